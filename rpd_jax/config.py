@@ -1,0 +1,182 @@
+"""The base training config, the variants every experiment shares, and config validation.
+
+Experiment files (``experiments/<name>.py``) define ``get_config(arg)``: they start from
+``base_config()``, set their env and teacher, and call ``apply_variants(config, arg, extra)``
+where ``arg`` is the text after ':' on the command line (``pickcube.py:ppo,smoke``) and
+``extra`` holds the experiment's own variants (at least ``smoke``). Variants are applied left to
+right, so ``:sparse,smoke`` is a sparse-reward run shrunk to seconds with the default loss.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import ml_collections
+
+Variant = Callable[[ml_collections.ConfigDict], None]
+
+LOSSES = ("none", "mse", "l1", "bc", "ppd")
+SCHEDULES = ("constant", "linear", "cosine")
+ENCODERS = ("mlp", "cnn")
+REWARDS = ("normalized_dense", "dense", "sparse")
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Defaults: ManiSkill's PPO settings and the published RPD run (see DESIGN.md)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.total_env_steps = 1_000_000
+
+  # Which environment, by name (rpd_jax.envs.make_env); kwargs go to its constructor.
+  c.env = ml_collections.ConfigDict()
+  c.env.name = "jax_push"
+  c.env.num_envs = 64
+  c.env.reward_mode = "normalized_dense"  # one of REWARDS
+  c.env.kwargs = ml_collections.ConfigDict()
+
+  # Which teacher, by name (rpd_jax.teachers.make_teacher); "none" for plain PPO.
+  c.teacher = ml_collections.ConfigDict()
+  c.teacher.name = "none"
+  c.teacher.chunk_size = 4096  # observations per teacher call inside the update, bounds memory
+  c.teacher.kwargs = ml_collections.ConfigDict()
+
+  # The distillation term added to the PPO loss.
+  c.distill = ml_collections.ConfigDict()
+  c.distill.loss = "mse"  # one of LOSSES; "none" is plain PPO
+  c.distill.coef = 1.0  # lambda
+  c.distill.schedule = "constant"  # one of SCHEDULES: lambda(step) decays to 0 at decay_steps
+  c.distill.decay_steps = 0  # env steps at which a linear/cosine schedule reaches 0
+  c.distill.ppd_samples = 8  # N teacher samples PPD fits its Gaussian to
+  c.distill.ppd_min_std = 0.05  # floor on the fitted std, so the fit never degenerates
+
+  # PPO, with ManiSkill's defaults.
+  c.ppo = ml_collections.ConfigDict()
+  c.ppo.num_steps = 50  # rollout length T per iteration (transitions = T * num_envs)
+  c.ppo.update_epochs = 8
+  c.ppo.num_minibatches = 32
+  c.ppo.learning_rate = 3e-4
+  c.ppo.anneal_lr = False
+  c.ppo.gamma = 0.8  # 0.8 for dense rewards, 0.99 for sparse (the "sparse" variant sets it)
+  c.ppo.gae_lambda = 0.9
+  c.ppo.finite_horizon_gae = True
+  c.ppo.clip_coef = 0.2
+  c.ppo.clip_vloss = False
+  c.ppo.vf_coef = 0.5
+  c.ppo.ent_coef = 0.0
+  c.ppo.max_grad_norm = 0.5
+  c.ppo.target_kl = 0.2  # stop the epochs of an update once the approx KL exceeds this (0: off)
+  c.ppo.norm_adv = True
+  c.ppo.reward_scale = 1.0
+
+  # The student network.
+  c.network = ml_collections.ConfigDict()
+  c.network.encoder = "mlp"  # one of ENCODERS: "mlp" on state, "cnn" (NatureCNN-like) on rgb
+  c.network.obs_keys = ("state",)  # observation keys the student sees
+  c.network.hidden = (256, 256, 256)  # MLP widths of the actor and critic heads
+  c.network.cnn_features = 256
+  c.network.log_std_init = -0.5
+
+  # Logging, evaluation and checkpoints, in PPO iterations.
+  c.log_every = 1
+  c.eval_every = 10
+  c.eval_envs = 16
+  c.eval_episodes = 32
+  c.eval_videos = 0  # episodes recorded as video per evaluation (needs env.render)
+  c.checkpoint_every = 10
+  c.keep_checkpoints = 3
+  return c
+
+
+def _loss(name: str) -> Variant:
+  def apply(c):
+    c.distill.loss = name
+  return apply
+
+
+def _sparse(c):
+  c.env.reward_mode = "sparse"
+  c.ppo.gamma = 0.99
+
+
+COMMON_VARIANTS: dict[str, Variant] = {
+    "ppo": _loss("none"),
+    "rpd_mse": _loss("mse"),
+    "rpd_l1": _loss("l1"),
+    "rpd_bc": _loss("bc"),
+    "ppd": _loss("ppd"),
+    "sparse": _sparse,
+}
+
+
+def apply_variants(c: ml_collections.ConfigDict, arg: str | None,
+                   extra: Mapping[str, Variant]) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants in ``arg``, left to right, to ``c``."""
+  variants = {**COMMON_VARIANTS, **extra}
+  for name in filter(None, (arg or "").split(",")):
+    name = name.strip()
+    if name not in variants:
+      raise ValueError(
+          f"unknown config variant {name!r}; choose from {', '.join(sorted(variants))} "
+          f"(combine them with commas, e.g. ':sparse,smoke')")
+    variants[name](c)
+  return c
+
+
+class ConfigError(ValueError):
+  """A config value that cannot work; the message names the value and the fix."""
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Raises ConfigError for the first bad value, before anything is built or compiled."""
+  def check(ok: bool, msg: str):
+    if not ok:
+      raise ConfigError(msg)
+
+  check(c.distill.loss in LOSSES,
+        f"config.distill.loss={c.distill.loss!r} is unknown; use one of {', '.join(LOSSES)}")
+  check(c.distill.schedule in SCHEDULES,
+        f"config.distill.schedule={c.distill.schedule!r} is unknown; use one of "
+        f"{', '.join(SCHEDULES)}")
+  check(c.distill.schedule == "constant" or c.distill.decay_steps > 0,
+        f"config.distill.decay_steps={c.distill.decay_steps} must be > 0 for the "
+        f"{c.distill.schedule!r} schedule (the env step at which lambda reaches 0)")
+  check(c.network.encoder in ENCODERS,
+        f"config.network.encoder={c.network.encoder!r} is unknown; use one of "
+        f"{', '.join(ENCODERS)}")
+  check(c.env.reward_mode in REWARDS,
+        f"config.env.reward_mode={c.env.reward_mode!r} is unknown; use one of "
+        f"{', '.join(REWARDS)}")
+  check(c.distill.loss == "none" or c.teacher.name != "none",
+        f"config.distill.loss={c.distill.loss!r} needs a teacher but config.teacher.name is "
+        f"'none'; set --config.teacher.name or use the 'ppo' variant")
+  for name in ("learning_rate", "clip_coef", "vf_coef", "ent_coef", "max_grad_norm",
+               "target_kl", "gae_lambda", "reward_scale"):
+    value = c.ppo[name]
+    check(value >= 0, f"config.ppo.{name}={value} is negative; it must be >= 0")
+  check(c.distill.coef >= 0, f"config.distill.coef={c.distill.coef} is negative; it must be >= 0")
+  check(0 < c.ppo.gamma <= 1, f"config.ppo.gamma={c.ppo.gamma} must be in (0, 1]")
+  check(c.distill.ppd_min_std > 0,
+        f"config.distill.ppd_min_std={c.distill.ppd_min_std} must be > 0 (it floors the std of "
+        f"PPD's fitted Gaussian)")
+  check(c.distill.loss != "ppd" or c.distill.ppd_samples >= 2,
+        f"config.distill.ppd_samples={c.distill.ppd_samples}: PPD fits a Gaussian to the "
+        f"teacher's samples and needs at least 2")
+  for name, value in (("env.num_envs", c.env.num_envs), ("ppo.num_steps", c.ppo.num_steps),
+                      ("ppo.update_epochs", c.ppo.update_epochs),
+                      ("ppo.num_minibatches", c.ppo.num_minibatches),
+                      ("total_env_steps", c.total_env_steps), ("eval_envs", c.eval_envs),
+                      ("log_every", c.log_every), ("eval_every", c.eval_every),
+                      ("checkpoint_every", c.checkpoint_every),
+                      ("teacher.chunk_size", c.teacher.chunk_size)):
+    check(value > 0, f"config.{name}={value} must be a positive integer")
+  batch = c.env.num_envs * c.ppo.num_steps
+  check(batch % c.ppo.num_minibatches == 0,
+        f"config.ppo.num_minibatches={c.ppo.num_minibatches} does not divide the batch of "
+        f"num_envs * num_steps = {c.env.num_envs} * {c.ppo.num_steps} = {batch}; pick a divisor "
+        f"of {batch}")
+  check(c.total_env_steps >= batch,
+        f"config.total_env_steps={c.total_env_steps} is less than one iteration "
+        f"(num_envs * num_steps = {batch}); raise it")
+  check(c.eval_episodes % c.eval_envs == 0,
+        f"config.eval_episodes={c.eval_episodes} is not a multiple of config.eval_envs="
+        f"{c.eval_envs}; make it one")

@@ -1,0 +1,65 @@
+"""The vector-environment contract shared by the pure-JAX env and the ManiSkill bridge.
+
+Every environment the trainer sees is a stateful host object with batched JAX arrays at its
+boundary and ManiSkill's semantics:
+
+- actions: float32 [B, A] in [-1, 1] (A = 7 for pd_ee_delta_pose: delta xyz, delta rotation,
+  gripper);
+- observations: a dict of JAX arrays with a leading batch dim [B, ...]. Keys the project uses:
+  ``state`` (float32 [B, D]), ``rgb`` (uint8 [B, H, W, 3]) and ``privileged`` (float32 [B, P],
+  the full simulator state that scripted teachers read; students never see it);
+- auto-reset: an episode that ends at a step is reset inside that step; ``obs`` is then the first
+  observation of the new episode and ``final_obs`` the last observation of the old one (for
+  bootstrapping on truncation). Where no episode ended ``final_obs`` equals ``obs``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple, Protocol
+
+import jax
+
+Observation = dict[str, jax.Array]
+
+
+class StepResult(NamedTuple):
+  """What ``VecEnv.step`` returns; every field has leading dim B = num_envs."""
+
+  obs: Observation  # next observation, after auto-reset where an episode ended
+  reward: jax.Array  # float32 [B]
+  terminated: jax.Array  # bool [B]: the episode ended in a terminal state (e.g. success)
+  truncated: jax.Array  # bool [B]: the episode hit its time limit
+  success: jax.Array  # bool [B]: task solved at this step
+  final_obs: Observation  # last observation of episodes that ended here (else == obs)
+
+
+class VecEnv(Protocol):
+  """A batch of ``num_envs`` environments with auto-reset (see module docstring)."""
+
+  num_envs: int
+  action_dim: int
+  max_episode_steps: int
+  # Per-env shapes and dtypes of the observation dict, without the batch dim.
+  observation_spec: dict[str, jax.ShapeDtypeStruct]
+
+  def reset(self, seed: int) -> Observation:
+    ...
+
+  def step(self, action: jax.Array) -> StepResult:
+    ...
+
+  def render(self) -> jax.Array:
+    """uint8 [B, H, W, 3] frames of the current state, for videos."""
+    ...
+
+  def close(self) -> None:
+    ...
+
+
+def spec_of(obs: Observation) -> dict[str, jax.ShapeDtypeStruct]:
+  """Per-env observation spec (batch dim dropped) of a batched observation dict."""
+  return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in obs.items()}
+
+
+def describe(spec: dict[str, Any]) -> str:
+  return ", ".join(f"{k}: {tuple(v.shape)} {v.dtype}" for k, v in sorted(spec.items()))
