@@ -1,0 +1,341 @@
+"""Octo as an in-process RPD teacher: the adapter between ManiSkill observations and Octo.
+
+One teacher call, inside the jitted PPO update, for a batch of B observations:
+
+1. images ``obs["rgb"]`` uint8 [B, H, W, 3] of any size -> the checkpoint's primary-camera size
+   (read from its example batch), resized on device as Octo's data pipeline and gym wrapper do
+   (lanczos3 with antialiasing, rounded and clipped to uint8), optionally after a centre crop;
+2. a window of W frames (W = 1 or 2): with W = 2 the previous frame comes from ``prev_obs``;
+   at an episode start (``is_first``) the current frame is repeated and the first timestep is
+   padded out, as Octo's ``HistoryWrapper`` does after a reset;
+3. the task: the instruction's T5 embedding, computed once at construction and stored in the
+   teacher's params (an argument of the jitted update, not a constant baked into it);
+4. Octo's diffusion head samples a chunk [B, 4, 7] (N chunks for PPD), unnormalised with the
+   checkpoint's action statistics;
+5. the gripper, Octo's 1 = open in [0, 1], is mapped to ManiSkill's pd_ee_delta_pose gripper
+   action in [-1, 1] (+1 = open: the Panda's finger target goes from -0.01 m at -1 to 0.04 m at
+   +1), all dims are clipped to the env's [-1, 1], and the chunk's first action is returned.
+
+Shapes are fixed by the observation batch, so the teacher compiles once per batch size.
+``TemporalEnsemble`` averages overlapping chunks when a teacher drives an env on its own.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rpd_jax.envs.base import Observation
+from rpd_jax.octo import text
+from rpd_jax.teachers.base import Teacher, TeacherOutput
+
+GRIPPER_MODES = ("maniskill", "raw")
+# Released checkpoints by name (third_party/README.md says how to download them).
+KNOWN_CHECKPOINTS = {
+    "octo-small": "rail-berkeley/octo-small",
+    "octo-base": "rail-berkeley/octo-base",
+    "octo-small-1.5": "rail-berkeley/octo-small-1.5",
+    "octo-base-1.5": "rail-berkeley/octo-base-1.5",
+    "octo-base-1.5-finetuned-maniskill": "Juelg/octo-base-1.5-finetuned-maniskill",
+}
+DOWNLOADS = pathlib.Path(__file__).resolve().parents[2] / "third_party" / "downloads"
+
+
+def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
+  """A checkpoint folder for ``checkpoint``: a folder, or a released checkpoint's name or hub id.
+
+  Names (``octo-small-1.5``, ``rail-berkeley/octo-small-1.5``, ...) resolve to
+  ``third_party/downloads/<name>``, then to the newest Hugging Face hub-cache snapshot.
+  """
+  checkpoint = str(checkpoint)
+  if os.path.isdir(checkpoint):
+    return checkpoint
+  name = checkpoint.removeprefix("hf://").rstrip("/")
+  hub_id = KNOWN_CHECKPOINTS.get(name, name)
+  if hub_id not in KNOWN_CHECKPOINTS.values():
+    raise FileNotFoundError(
+        f"checkpoint={checkpoint!r} is neither a folder nor a released checkpoint "
+        f"({', '.join(KNOWN_CHECKPOINTS)})")
+  local = DOWNLOADS / hub_id.split("/")[1]
+  if local.is_dir():
+    return str(local)
+  snapshots = text.hf_cache_dir() / ("models--" + hub_id.replace("/", "--")) / "snapshots"
+  found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
+  if not found:
+    raise FileNotFoundError(
+        f"checkpoint {hub_id} is not downloaded: found neither {local} nor a snapshot in "
+        f"{snapshots}; see third_party/README.md")
+  return str(found[-1])
+
+
+def resize_images(images: jax.Array, size: tuple[int, int],
+                  center_crop: Optional[float] = None) -> jax.Array:
+  """uint8 [..., H, W, 3] -> uint8 [..., size[0], size[1], 3], as Octo's pipeline resizes.
+
+  Lanczos3 with antialiasing, rounded and clipped, like the official ``ResizeImageWrapper``
+  (``tf.image.resize(method="lanczos3", antialias=True)``). ``center_crop``, if set, first keeps
+  the central fraction of the image's area (0.9: the mean of the random crops of 0.8-1.0 of the
+  area that Octo's training augmentation applied to the primary camera), same aspect ratio.
+  """
+  height, width = images.shape[-3:-1]
+  if center_crop is not None:
+    if not 0.0 < center_crop <= 1.0:
+      raise ValueError(f"center_crop={center_crop} must be an area fraction in (0, 1]")
+    side = math.sqrt(center_crop)
+    crop_h, crop_w = round(height * side), round(width * side)
+    top, left = (height - crop_h) // 2, (width - crop_w) // 2
+    images = images[..., top:top + crop_h, left:left + crop_w, :]
+    height, width = crop_h, crop_w
+  if (height, width) == tuple(size):
+    return images
+  shape = images.shape[:-3] + tuple(size) + images.shape[-1:]
+  resized = jax.image.resize(images.astype(jnp.float32), shape, method="lanczos3",
+                             antialias=True)
+  return jnp.clip(jnp.round(resized), 0, 255).astype(jnp.uint8)
+
+
+def history_window(frame: jax.Array, prev_frame: jax.Array, is_first: jax.Array,
+                   window: int) -> tuple[jax.Array, jax.Array]:
+  """Stacks Octo's observation window and its timestep pad mask.
+
+  Args:
+    frame, prev_frame: [B, H, W, 3] the current and the previous frame of each env.
+    is_first: bool [B], True where ``frame`` starts an episode (``prev_frame`` is another one's).
+    window: 1 or 2.
+
+  Returns:
+    frames [B, window, H, W, 3] (oldest first) and timestep_pad_mask bool [B, window] (True =
+    valid). At an episode start the current frame is repeated and the older timestep padded,
+    as Octo's HistoryWrapper does after a reset.
+  """
+  batch = frame.shape[0]
+  if window == 1:
+    return frame[:, None], jnp.ones((batch, 1), bool)
+  if window != 2:
+    raise ValueError(f"window={window}: Octo's released models take a window of 1 or 2")
+  first = is_first.reshape((batch,) + (1,) * (frame.ndim - 1))
+  older = jnp.where(first, frame, prev_frame)
+  mask = jnp.stack([~is_first, jnp.ones_like(is_first)], axis=1)
+  return jnp.stack([older, frame], axis=1), mask
+
+
+def gripper_to_maniskill(actions: jax.Array) -> jax.Array:
+  """Octo's gripper (last dim, 1 = open, in [0, 1]) -> ManiSkill's (+1 = open, in [-1, 1])."""
+  gripper = 2.0 * jnp.clip(actions[..., -1:], 0.0, 1.0) - 1.0
+  return jnp.concatenate([actions[..., :-1], gripper], axis=-1)
+
+
+def action_statistics(dataset_statistics: Mapping[str, Any],
+                      dataset_name: Optional[str] = None) -> dict[str, np.ndarray]:
+  """The ``action`` statistics to unnormalise with, as arrays (mask bool, the rest float32).
+
+  Fine-tuned checkpoints carry one statistics dict; pretrained ones one per dataset name, of
+  which ``dataset_name`` picks one.
+  """
+  if "action" in dataset_statistics:
+    if dataset_name is not None:
+      raise ValueError(f"dataset_name={dataset_name!r} was given, but this checkpoint has a "
+                       "single statistics dict (a fine-tuned checkpoint); drop dataset_name")
+    stats = dataset_statistics["action"]
+  else:
+    if dataset_name not in dataset_statistics:
+      raise ValueError(
+          f"dataset_name={dataset_name!r}: this checkpoint has action statistics per dataset; "
+          f"pass one of {', '.join(sorted(dataset_statistics))}")
+    stats = dataset_statistics[dataset_name]["action"]
+  out = {}
+  for key, value in stats.items():
+    value = np.asarray(value)
+    if value.ndim == 1:  # mean, std, min, max, p01, p99, mask (counts are scalars)
+      out[key] = value.astype(bool if key == "mask" else np.float32)
+  return out
+
+
+def instruction_for(env_config: ml_collections.ConfigDict) -> str:
+  """The language instruction of the env's task, from ``rpd_jax.envs.tasks.TASKS``."""
+  env_id = env_config.get("kwargs", {}).get("env_id")
+  if env_id is None:
+    raise ValueError("the Octo teacher needs a language instruction: pass "
+                     "config.teacher.kwargs.instruction='...' (config.env.kwargs has no env_id "
+                     "to look one up)")
+  try:
+    from rpd_jax.envs.tasks import TASKS  # pylint: disable=g-import-not-at-top
+  except ImportError as e:
+    raise ValueError(f"no task table to look up the instruction of {env_id!r} ({e}); pass "
+                     "config.teacher.kwargs.instruction='...'") from e
+  if env_id not in TASKS:
+    raise ValueError(f"env_id={env_id!r} has no instruction in rpd_jax.envs.tasks.TASKS "
+                     f"({', '.join(TASKS)}); pass config.teacher.kwargs.instruction='...'")
+  return TASKS[env_id].instruction
+
+
+def embed_instruction(model: Any, instruction: str, tokenizer: Callable[[Sequence[str]], Any],
+                      search_dirs: Sequence[str] = ()) -> jax.Array:
+  """The T5 last hidden state of ``instruction``, float32 [16, D], with the checkpoint's encoder.
+
+  ``tokenizer`` maps texts to ``input_ids``/``attention_mask`` [B, 16] (``text.T5Tokenizer``).
+  The encoder named in the checkpoint's config is resolved by ``t5.resolve_t5_config``, looking
+  in ``search_dirs`` for names other than t5-base.
+  """
+  from rpd_jax.octo import t5  # pylint: disable=g-import-not-at-top
+  name = model.config["model"]["task_tokenizers"]["language"]["kwargs"]["encoder"]
+  encoder = t5.T5Encoder(t5.resolve_t5_config(name, search_dirs=search_dirs))
+  params = model.params["octo_transformer"]["task_tokenizers_language"]["hf_model"]
+  tokens = tokenizer([instruction])
+  hidden = jax.jit(encoder.apply)({"params": params}, jnp.asarray(tokens["input_ids"]),
+                                  jnp.asarray(tokens["attention_mask"]))
+  return hidden[0].astype(jnp.float32)
+
+
+def teacher_from_model(model: Any, language_embedding: jax.Array, *,
+                       window: int = 1,
+                       dataset_name: Optional[str] = None,
+                       center_crop: Optional[float] = None,
+                       gripper: str = "maniskill",
+                       image_key: str = "rgb",
+                       chunk_size: int = 4096,
+                       name: str = "octo") -> Teacher:
+  """An Octo teacher from a loaded model and its instruction's embedding.
+
+  Args:
+    model: an ``rpd_jax.octo`` model (a pytree: params and statistics are leaves).
+    language_embedding: float [16, D], the instruction's T5 last hidden state
+      (``embed_instruction``).
+    window: frames per query, 1 (the published RPD setting) or 2 (uses ``prev_obs``); at most
+      the checkpoint's training window.
+    dataset_name: which dataset's action statistics to unnormalise with, for pretrained
+      checkpoints that carry several; None for fine-tuned ones.
+    center_crop: area fraction of a centre crop before resizing (None: no crop; 0.9 is the
+      official evaluation's choice for models trained with random crops).
+    gripper: "maniskill" maps Octo's gripper (1 = open, [0, 1]) to ManiSkill's (+1 = open) and
+      clips every dim to [-1, 1]; "raw" returns Octo's unnormalised actions untouched.
+    image_key: the observation key holding the teacher's camera, uint8 [B, H, W, 3].
+    chunk_size: observations per call inside the PPO update (see ``Teacher``).
+
+  Returns:
+    A ``Teacher`` whose apply_fn gives the first action of each sampled chunk, [B, 7], and N
+    samples [N, B, 7] when asked.
+  """
+  if gripper not in GRIPPER_MODES:
+    raise ValueError(f"gripper={gripper!r}; use one of {', '.join(GRIPPER_MODES)}")
+  example = model.example_batch["observation"]["image_primary"]
+  trained_window, size = example.shape[1], tuple(example.shape[2:4])
+  if not 1 <= window <= trained_window:
+    raise ValueError(f"window={window}: this checkpoint was trained with a window of "
+                     f"{trained_window}; use 1..{trained_window}")
+  params = {
+      "model": model,
+      "language": jnp.asarray(language_embedding, jnp.float32),
+      "action_stats": action_statistics(model.dataset_statistics, dataset_name),
+  }
+  chunk_fn = make_chunk_fn(size, window, center_crop, gripper, image_key)
+
+  def apply_fn(params, obs, prev_obs, is_first, key, num_samples):
+    chunks = chunk_fn(params, obs, prev_obs, is_first, key, max(num_samples, 1))
+    samples = chunks[:, :, 0] if num_samples else None  # [N, B, 7]
+    return TeacherOutput(action=chunks[0, :, 0], samples=samples)
+
+  return Teacher(params=params, apply_fn=apply_fn, name=name, chunk_size=chunk_size)
+
+
+def make_chunk_fn(size: tuple[int, int], window: int, center_crop: Optional[float],
+                  gripper: str, image_key: str = "rgb"):
+  """The pure function behind the teacher, returning whole action chunks.
+
+  ``chunk_fn(params, obs, prev_obs, is_first, key, num_samples)`` -> float32
+  [num_samples, B, 4, 7]: unnormalised, gripper-mapped chunks (for temporal ensembling, or the
+  teacher's first action).
+  """
+
+  def chunk_fn(params, obs: Observation, prev_obs: Observation, is_first: jax.Array,
+               key: jax.Array, num_samples: int) -> jax.Array:
+    model = params["model"]
+    frame = resize_images(obs[image_key], size, center_crop)
+    prev_frame = resize_images(prev_obs[image_key], size, center_crop) if window > 1 else frame
+    frames, pad_mask = history_window(frame, prev_frame, is_first, window)
+    batch = frames.shape[0]
+    observations = {"image_primary": frames, "timestep_pad_mask": pad_mask}
+    language = jnp.broadcast_to(params["language"], (batch,) + params["language"].shape)
+    tasks = model.create_tasks(language_embeddings=language)
+    chunks = model.sample_actions(observations, tasks, key,
+                                  unnormalization_statistics=params["action_stats"],
+                                  num_samples=num_samples)
+    chunks = chunks.astype(jnp.float32)
+    if gripper == "maniskill":
+      chunks = jnp.clip(gripper_to_maniskill(chunks), -1.0, 1.0)
+    return chunks
+
+  return chunk_fn
+
+
+def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int, *,
+                 checkpoint: str,
+                 step: Optional[int] = None,
+                 instruction: Optional[str] = None,
+                 tokenizer_dir: Optional[str] = None,
+                 **kwargs) -> Teacher:
+  """The Octo teacher of ``config.teacher.kwargs``: load, embed the instruction, adapt.
+
+  Args:
+    env_config: ``config.env``; its ``kwargs.env_id`` picks the instruction from
+      ``rpd_jax.envs.tasks.TASKS`` when ``instruction`` is None.
+    chunk_size: ``config.teacher.chunk_size``.
+    checkpoint: a checkpoint folder or a released checkpoint's name (``resolve_checkpoint``).
+    step: the checkpoint step to load (None: the latest).
+    instruction: the task's language instruction (None: looked up by env_id).
+    tokenizer_dir: folder with the t5-base ``spiece.model`` (None: ``T5Tokenizer.find()``).
+    **kwargs: ``teacher_from_model``'s options (window, dataset_name, center_crop, gripper,
+      image_key).
+  """
+  from rpd_jax import octo  # pylint: disable=g-import-not-at-top
+  if instruction is None:
+    instruction = instruction_for(env_config)
+  tokenizer = text.T5Tokenizer.find(tokenizer_dir)
+  folder = resolve_checkpoint(checkpoint)
+  model = octo.load_pretrained(folder, step=step)
+  embedding = embed_instruction(model, instruction, tokenizer,
+                                search_dirs=(str(pathlib.Path(folder).parent),))
+  return teacher_from_model(model, embedding, chunk_size=chunk_size,
+                            name=f"octo:{pathlib.Path(folder).name}", **kwargs)
+
+
+class TemporalEnsemble:
+  """Temporal ensembling of action chunks for a teacher driving B envs on its own (evaluation).
+
+  As Octo's ``TemporalEnsembleWrapper``: the action at step t averages the predictions for t
+  made by the last ``horizon`` chunks, with weights ``exp(-exp_weight * i)``, i = 0 for the
+  oldest prediction (exp_weight > 0 favours older predictions; 0: uniform). Each env keeps its
+  own history, cleared where ``is_first``.
+  """
+
+  def __init__(self, horizon: int = 4, exp_weight: float = 0.0):
+    self.horizon = horizon
+    self.exp_weight = exp_weight
+    self._chunks: Optional[np.ndarray] = None  # [horizon (oldest first), B, horizon, A]
+    self._valid: Optional[np.ndarray] = None  # bool [horizon, B]
+
+  def __call__(self, chunk: np.ndarray | jax.Array, is_first: np.ndarray | jax.Array
+              ) -> np.ndarray:
+    """chunk [B, >= horizon, A], is_first bool [B] -> the action to execute now, [B, A]."""
+    chunk = np.asarray(chunk, np.float32)[:, :self.horizon]
+    is_first = np.asarray(is_first, bool)
+    if self._chunks is None or self._chunks.shape[1:] != chunk.shape:
+      self._chunks = np.zeros((self.horizon,) + chunk.shape, np.float32)
+      self._valid = np.zeros((self.horizon, chunk.shape[0]), bool)
+    self._valid[:, is_first] = False
+    self._chunks = np.concatenate([self._chunks[1:], chunk[None]])
+    self._valid = np.concatenate([self._valid[1:], np.ones((1, chunk.shape[0]), bool)])
+    ages = np.arange(self.horizon)[::-1]  # row k of the history was predicted `age` steps ago
+    preds = self._chunks[np.arange(self.horizon), :, ages]  # [horizon, B, A]: for this step
+    # i counts from the oldest valid prediction of each env (valid rows are the newest ones).
+    i = np.cumsum(self._valid, axis=0) - 1
+    weights = np.where(self._valid, np.exp(-self.exp_weight * i), 0.0)
+    weights /= weights.sum(axis=0, keepdims=True)
+    return np.einsum("hb,hba->ba", weights, preds)

@@ -1,0 +1,296 @@
+"""The Octo teacher adapter: shapes, window/pad at episode starts, resize, gripper mapping,
+statistics, compile-once, temporal ensembling; then the real model on the tiny fixtures.
+
+``ProbeModel`` is an Octo-API stand-in whose "actions" are functions of what it was given (mean
+pixel per timestep, the pad mask, the language embedding), so the adapter's plumbing can be
+checked exactly; the fixture tests run the same adapter on the real model.
+"""
+
+import collections
+import io
+import os
+import pathlib
+from typing import Any
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import sentencepiece as spm
+from flax import struct
+
+import rpd_jax.octo as rpd_octo
+from rpd_jax.octo import text
+from rpd_jax.teachers import base, octo
+
+FIXTURE_DIR = pathlib.Path(
+    os.environ.get("OCTO_PARITY_DIR", pathlib.Path(__file__).parent / "data" / "octo_parity"))
+
+
+@struct.dataclass
+class ProbeModel:
+  """Octo's inference API; chunk[b, t, :] = (mean pixel of timestep 0 (or -1 if padded),
+  mean pixel of the last timestep, pad flag of timestep 0, language sum, t, noise, gripper)."""
+
+  example_batch: Any
+  dataset_statistics: Any
+  gripper: jax.Array
+
+  def create_tasks(self, language_embeddings):
+    return {"language_instruction": language_embeddings}
+
+  def sample_actions(self, observations, tasks, rng, unnormalization_statistics=None,
+                     num_samples=None):
+    images = observations["image_primary"].astype(jnp.float32)  # [B, W, H, W, 3]
+    chex.assert_shape(images, (None, None) + self.example_batch["observation"][
+        "image_primary"].shape[2:])
+    pad = observations["timestep_pad_mask"]
+    means = images.mean(axis=(2, 3, 4))
+    first = jnp.where(pad[:, 0], means[:, 0], -1.0)
+    batch = images.shape[0]
+    lang = jnp.sum(tasks["language_instruction"], axis=(1, 2))
+    t = jnp.broadcast_to(jnp.arange(4.0), (batch, 4))
+    noise = jax.random.normal(rng, (num_samples, batch, 4))
+    cols = [first[:, None] * jnp.ones(4), means[:, -1:] * jnp.ones(4),
+            pad[:, :1] * jnp.ones(4), lang[:, None] * jnp.ones(4), t]
+    chunk = jnp.stack(cols, axis=-1)  # [B, 4, 5]
+    chunk = jnp.broadcast_to(chunk, (num_samples,) + chunk.shape)
+    gripper = jnp.broadcast_to(self.gripper, (num_samples, batch, 4))
+    actions = jnp.concatenate([chunk, noise[..., None], gripper[..., None]], axis=-1)
+    stats = unnormalization_statistics
+    return jnp.where(stats["mask"], actions * stats["std"] + stats["mean"], actions)
+
+
+def probe_model(gripper=0.75, size=8, window=2, statistics=None):
+  example = {"observation": {"image_primary": np.zeros((1, window, size, size, 3), np.uint8)}}
+  if statistics is None:  # identity unnormalisation: actions come out as computed
+    statistics = {"action": {"mean": [0.0] * 7, "std": [1.0] * 7, "mask": [True] * 6 + [False],
+                             "p01": [0.0] * 7, "p99": [1.0] * 7}}
+  return ProbeModel(example, statistics, jnp.float32(gripper))
+
+
+def gray(batch, value, size=8):
+  return jnp.full((batch, size, size, 3), value, jnp.uint8)
+
+
+def raw_teacher(model, **kwargs):
+  return octo.teacher_from_model(model, jnp.ones((16, 4)), gripper="raw", **kwargs)
+
+
+def test_shapes_and_samples():
+  teacher = raw_teacher(probe_model(), window=2)
+  obs, key = {"rgb": gray(3, 10)}, jax.random.key(0)
+  out = base.query(teacher, obs, obs, jnp.zeros(3, bool), key)
+  assert out.action.shape == (3, 7) and out.action.dtype == jnp.float32 and out.samples is None
+  out = base.query(teacher, obs, obs, jnp.zeros(3, bool), key, num_samples=5)
+  assert out.action.shape == (3, 7) and out.samples.shape == (5, 3, 7)
+  np.testing.assert_array_equal(out.samples[0], out.action)  # the action is the first sample
+  assert np.std(out.samples[:, :, 5], axis=0).min() > 0  # independent noise per sample
+  np.testing.assert_allclose(out.action[:, 3], 16 * 4)  # the stored embedding reached the model
+
+
+def test_window_and_pad_at_episode_starts():
+  teacher = raw_teacher(probe_model(), window=2)
+  obs, prev = {"rgb": gray(2, 100)}, {"rgb": gray(2, 50)}
+  is_first = jnp.array([True, False])
+  out = teacher.apply_fn(teacher.params, obs, prev, is_first, jax.random.key(0), 0)
+  # Row 0 starts an episode: timestep 0 is padded (flag 0, probe reports -1); row 1 sees the
+  # previous frame (50) then the current one (100).
+  np.testing.assert_allclose(out.action[:, :3], [[-1, 100, 0], [50, 100, 1]])
+  frames, mask = octo.history_window(obs["rgb"], prev["rgb"], is_first, 2)
+  np.testing.assert_array_equal(frames[0, 0], obs["rgb"][0])  # current frame repeated
+  np.testing.assert_array_equal(mask, [[False, True], [True, True]])
+
+
+def test_window_one_ignores_prev_obs():
+  teacher = raw_teacher(probe_model(), window=1)
+  obs = {"rgb": gray(2, 100)}
+  out = teacher.apply_fn(teacher.params, obs, {"rgb": gray(2, 7)}, jnp.array([True, False]),
+                         jax.random.key(0), 0)
+  np.testing.assert_allclose(out.action[:, :3], [[100, 100, 1], [100, 100, 1]])
+  with pytest.raises(ValueError, match="window of 2"):
+    raw_teacher(probe_model(), window=3)
+
+
+def test_resize_to_checkpoint_size():
+  teacher = raw_teacher(probe_model(size=8), window=1)
+  obs = {"rgb": gray(2, 200, size=20)}  # any size; constant images stay constant
+  out = teacher.apply_fn(teacher.params, obs, obs, jnp.zeros(2, bool), jax.random.key(0), 0)
+  np.testing.assert_allclose(out.action[:, 1], 200)
+  rng = np.random.default_rng(0)
+  images = jnp.asarray(rng.integers(0, 256, (2, 3, 37, 53, 3)), jnp.uint8)
+  resized = octo.resize_images(images, (16, 16))
+  assert resized.shape == (2, 3, 16, 16, 3) and resized.dtype == jnp.uint8
+  same = octo.resize_images(images, (37, 53))
+  np.testing.assert_array_equal(same, images)
+  # Downscaling with antialiasing keeps a smooth ramp close to its box average.
+  ramp = jnp.broadcast_to(jnp.arange(64, dtype=jnp.uint8)[None, :, None] * 4, (64, 64, 3))
+  small = np.asarray(octo.resize_images(ramp, (16, 16)), np.float32)
+  box = np.asarray(ramp, np.float32).reshape(16, 4, 16, 4, 3).mean(axis=(1, 3))
+  assert np.abs(small - box)[:, 2:-2].max() <= 1.0
+
+
+def test_center_crop():
+  image = np.zeros((1, 100, 100, 3), np.uint8)
+  image[:, 2:98, 2:98] = 255  # a frame of width 2 that a 0.9-area crop (side 95) removes
+  cropped = octo.resize_images(jnp.asarray(image), (95, 95), center_crop=0.9)
+  assert cropped.shape == (1, 95, 95, 3)
+  np.testing.assert_array_equal(cropped, 255)
+  with pytest.raises(ValueError, match="area fraction"):
+    octo.resize_images(jnp.asarray(image), (95, 95), center_crop=1.5)
+
+
+@pytest.mark.parametrize("octo_gripper, expected", [(1.0, 1.0), (0.0, -1.0), (0.75, 0.5),
+                                                    (1.3, 1.0), (-0.2, -1.0)])
+def test_gripper_mapping(octo_gripper, expected):
+  teacher = octo.teacher_from_model(probe_model(gripper=octo_gripper), jnp.zeros((16, 4)),
+                                    window=1)
+  obs = {"rgb": gray(1, 255)}
+  out = teacher.apply_fn(teacher.params, obs, obs, jnp.zeros(1, bool), jax.random.key(0), 0)
+  np.testing.assert_allclose(out.action[0, -1], expected)
+  assert out.action[0, 0] == 1.0  # mean pixel 255, clipped to the env's action bound
+
+
+def test_unnormalisation_statistics():
+  per_dataset = {name: {"action": {"mean": [float(i)] * 7, "std": [2.0] * 7,
+                                   "mask": [True] * 6 + [False]}, "num_transitions": 3}
+                 for i, name in enumerate(["bridge_dataset", "fractal20220817_data"])}
+  model = probe_model(statistics=per_dataset)
+  with pytest.raises(ValueError, match="bridge_dataset, fractal20220817_data"):
+    raw_teacher(model)
+  teacher = raw_teacher(model, window=1, dataset_name="fractal20220817_data")
+  obs = {"rgb": gray(1, 10)}
+  out = teacher.apply_fn(teacher.params, obs, obs, jnp.zeros(1, bool), jax.random.key(0), 0)
+  np.testing.assert_allclose(out.action[0, :3], [10 * 2 + 1, 10 * 2 + 1, 1 * 2 + 1])
+  np.testing.assert_allclose(out.action[0, 6], 0.75)  # mask False: gripper stays raw
+  with pytest.raises(ValueError, match="single statistics dict"):
+    raw_teacher(probe_model(), dataset_name="bridge_dataset")
+
+
+def test_compiles_once():
+  teacher = raw_teacher(probe_model(), window=2)
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def update(teacher, obs, prev, is_first, key):
+    return base.query(teacher, obs, prev, is_first, key, num_samples=4)
+
+  chex.clear_trace_counter()
+  key = jax.random.key(0)
+  for i in range(3):  # new data, new params values, new keys: same trace
+    teacher = teacher.replace(params={**teacher.params, "language": teacher.params["language"] + i})
+    obs = {"rgb": gray(4, i, size=12)}
+    out = update(teacher, obs, obs, jnp.arange(4) % 2 == i % 2, jax.random.fold_in(key, i))
+    jax.block_until_ready(out)
+
+
+def test_instruction_lookup():
+  env = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}})
+  from rpd_jax.envs import tasks
+  assert octo.instruction_for(env) == tasks.TASKS["PushCube-v1"].instruction
+  env.kwargs.env_id = "Nope-v0"
+  with pytest.raises(ValueError, match="instruction="):
+    octo.instruction_for(env)
+  with pytest.raises(ValueError, match="instruction="):
+    octo.instruction_for(ml_collections.ConfigDict({"name": "jax_push", "kwargs": {}}))
+
+
+def test_resolve_checkpoint(tmp_path, monkeypatch):
+  assert octo.resolve_checkpoint(tmp_path) == str(tmp_path)
+  monkeypatch.setattr(octo, "DOWNLOADS", tmp_path / "downloads")
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+  with pytest.raises(FileNotFoundError, match="third_party/README.md"):
+    octo.resolve_checkpoint("octo-small-1.5")
+  snapshot = tmp_path / "hub" / "models--rail-berkeley--octo-small-1.5" / "snapshots" / "abc"
+  snapshot.mkdir(parents=True)
+  assert octo.resolve_checkpoint("hf://rail-berkeley/octo-small-1.5") == str(snapshot)
+  (tmp_path / "downloads" / "octo-small-1.5").mkdir(parents=True)
+  assert octo.resolve_checkpoint("octo-small-1.5").endswith("downloads/octo-small-1.5")
+  with pytest.raises(FileNotFoundError, match="neither a folder"):
+    octo.resolve_checkpoint("octo-huge")
+
+
+def official_ensemble(chunks, exp_weight):
+  """Octo's TemporalEnsembleWrapper.step for one env, chunk by chunk."""
+  history, out = collections.deque(maxlen=4), []
+  for chunk in chunks:
+    history.append(chunk[:4])
+    n = len(history)
+    preds = np.stack([c[i] for i, c in zip(range(n - 1, -1, -1), history)])
+    w = np.exp(-exp_weight * np.arange(n))
+    out.append(np.sum((w / w.sum())[:, None] * preds, axis=0))
+  return np.stack(out)
+
+
+@pytest.mark.parametrize("exp_weight", [0.0, 0.5])
+def test_temporal_ensemble_matches_official(exp_weight):
+  rng = np.random.default_rng(0)
+  chunks = rng.normal(size=(9, 2, 4, 3)).astype(np.float32)  # [steps, B, horizon, A]
+  ensemble = octo.TemporalEnsemble(horizon=4, exp_weight=exp_weight)
+  # Env 1 starts a new episode at step 5 and must forget its history there.
+  got = np.stack([ensemble(chunks[t], np.array([t == 0, t in (0, 5)])) for t in range(9)])
+  np.testing.assert_allclose(got[:, 0], official_ensemble(chunks[:, 0], exp_weight), rtol=1e-5)
+  np.testing.assert_allclose(got[:5, 1], official_ensemble(chunks[:5, 1], exp_weight), rtol=1e-5)
+  np.testing.assert_allclose(got[5:, 1], official_ensemble(chunks[5:, 1], exp_weight), rtol=1e-5)
+
+
+# --- The real model on the tiny fixture checkpoints. ---------------------------------------
+
+
+def _fixture(name):
+  if not (FIXTURE_DIR / name).is_dir():
+    pytest.skip(f"Octo parity fixture {name} not in {FIXTURE_DIR}")
+  return FIXTURE_DIR / name
+
+
+@pytest.fixture(scope="module")
+def tiny_tokenizer_dir(tmp_path_factory):
+  """A SentencePiece model with T5's special ids and ids < 128 (the tiny T5's vocabulary)."""
+  model = io.BytesIO()
+  sentences = ["push the cube away from the robot base", "pick up the cube",
+               "lift the peg upright", "stack the red cube on the green cube"] * 4
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=model, vocab_size=40, pad_id=0, eos_id=1,
+      unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2)
+  folder = tmp_path_factory.mktemp("spiece")
+  (folder / text.SPIECE).write_bytes(model.getvalue())
+  return folder
+
+
+@pytest.fixture(scope="module", params=["tiny_v15", "tiny_v10"])
+def fixture_teacher(request, tiny_tokenizer_dir):
+  folder = _fixture(request.param)
+  if not hasattr(rpd_octo, "load_pretrained"):
+    pytest.skip("rpd_jax.octo.load_pretrained is not available")
+  env = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}})
+  return octo.make_teacher(env, chunk_size=4, checkpoint=str(folder), window=2,
+                           tokenizer_dir=str(tiny_tokenizer_dir))
+
+
+def test_fixture_teacher(fixture_teacher):
+  teacher = fixture_teacher
+  rng = np.random.default_rng(0)
+  obs = {"rgb": jnp.asarray(rng.integers(0, 256, (8, 48, 48, 3)), jnp.uint8)}
+  prev = {"rgb": jnp.asarray(rng.integers(0, 256, (8, 48, 48, 3)), jnp.uint8)}
+  is_first = jnp.arange(8) % 3 == 0
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def query(teacher, obs, prev, is_first, key):
+    return base.query(teacher, obs, prev, is_first, key, num_samples=3)
+
+  chex.clear_trace_counter()
+  out = query(teacher, obs, prev, is_first, jax.random.key(0))
+  assert out.action.shape == (8, 7) and out.samples.shape == (3, 8, 7)
+  assert np.isfinite(out.action).all()
+  assert np.abs(out.action).max() <= 1.0 and np.abs(out.samples).max() <= 1.0
+  np.testing.assert_array_equal(out.samples[0], out.action)
+  out2 = query(teacher, obs, obs, ~is_first, jax.random.key(1))
+  assert not np.allclose(out.action, out2.action)
+  # Where an episode starts the previous frame is padded out: prev_obs must not matter there.
+  key = jax.random.key(2)
+  a = teacher.apply_fn(teacher.params, obs, prev, jnp.ones(8, bool), key, 0)
+  b = teacher.apply_fn(teacher.params, obs, obs, jnp.ones(8, bool), key, 0)
+  np.testing.assert_allclose(a.action, b.action, atol=1e-5)
