@@ -1,0 +1,66 @@
+"""Evaluation of a policy (the student's mean action, or a teacher alone) on a VecEnv."""
+
+from __future__ import annotations
+
+import os
+from typing import Callable, Optional
+
+import imageio
+import jax
+import numpy as np
+
+from rpd_jax.envs.base import Observation, VecEnv
+
+# (obs [B, ...], prev_obs [B, ...], is_first bool [B], key) -> action [B, A]
+ActFn = Callable[[Observation, Observation, jax.Array, jax.Array], jax.Array]
+
+
+def evaluate(env: VecEnv, act: ActFn, num_episodes: int, seed: int, key: jax.Array,
+             video_dir: Optional[str] = None, num_videos: int = 0,
+             video_prefix: str = "eval") -> dict[str, float]:
+  """Runs ``num_episodes`` episodes (first episode of each env per round) and averages them.
+
+  Success counts an episode in which the task was solved at any step. Videos of the first
+  ``num_videos`` envs of the first round go to ``video_dir/<video_prefix>_<i>.mp4``.
+  """
+  if num_episodes % env.num_envs:
+    raise ValueError(f"num_episodes={num_episodes} is not a multiple of the eval env count "
+                     f"{env.num_envs}")
+  returns, successes, lengths = [], [], []
+  for round_ in range(num_episodes // env.num_envs):
+    obs = env.reset(seed=seed + round_)
+    prev_obs, is_first = obs, np.ones(env.num_envs, bool)
+    done = np.zeros(env.num_envs, bool)
+    ret = np.zeros(env.num_envs)
+    success = np.zeros(env.num_envs, bool)
+    length = np.zeros(env.num_envs, int)
+    record = num_videos if round_ == 0 and video_dir else 0
+    frames = [[] for _ in range(record)]
+    for t in range(env.max_episode_steps):
+      if record:
+        image = np.asarray(env.render())
+        for i in range(record):
+          if not done[i]:
+            frames[i].append(image[i])
+      action = act(obs, prev_obs, is_first, jax.random.fold_in(key, round_ * 100_000 + t))
+      res = env.step(action)
+      alive = ~done
+      ret += np.asarray(res.reward) * alive
+      success |= np.asarray(res.success) & alive
+      length += alive
+      ended = np.asarray(res.terminated) | np.asarray(res.truncated)
+      done |= ended
+      prev_obs, obs, is_first = obs, res.obs, ended
+      if done.all():
+        break
+    returns.append(ret)
+    successes.append(success)
+    lengths.append(length)
+    if record:
+      os.makedirs(video_dir, exist_ok=True)
+      for i, clip in enumerate(frames):
+        imageio.mimsave(os.path.join(video_dir, f"{video_prefix}_{i}.mp4"), clip, fps=20)
+  return {"eval/success_rate": float(np.mean(np.concatenate(successes))),
+          "eval/return": float(np.mean(np.concatenate(returns))),
+          "eval/episode_length": float(np.mean(np.concatenate(lengths))),
+          "eval/episodes": float(num_episodes)}

@@ -1,0 +1,92 @@
+"""Flax actor-critic: a state MLP or a NatureCNN-like pixel encoder, chosen by config.
+
+The policy is a diagonal Gaussian with a state-independent log-std (ManiSkill's PPO): actions are
+sampled unbounded and clipped to [-1, 1] by the environment.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from rpd_jax.envs.base import Observation
+
+
+def _dense(features: int, scale: float = np.sqrt(2)) -> nn.Dense:
+  return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale),
+                  bias_init=nn.initializers.zeros)
+
+
+class MLP(nn.Module):
+  """Tanh MLP, ManiSkill's state-PPO trunk; ``out`` features from a small-scale last layer."""
+  hidden: Sequence[int]
+  out: int
+  out_scale: float
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for width in self.hidden:
+      x = nn.tanh(_dense(width)(x))
+    return _dense(self.out, self.out_scale)(x)
+
+
+class NatureCNN(nn.Module):
+  """NatureCNN-like encoder of uint8 rgb [B, H, W, 3] (plus optional state) to [B, features]."""
+  features: int
+
+  @nn.compact
+  def __call__(self, obs: Observation) -> jax.Array:
+    x = obs["rgb"].astype(jnp.float32) / 255.0
+    for channels, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+      x = nn.relu(nn.Conv(channels, (kernel, kernel), (stride, stride), padding="VALID")(x))
+    x = nn.relu(_dense(self.features)(x.reshape(x.shape[0], -1)))
+    if "state" in obs:
+      x = jnp.concatenate([x, nn.relu(_dense(self.features)(obs["state"]))], axis=-1)
+    return x
+
+
+class ActorCritic(nn.Module):
+  """Returns (action mean [B, A], log-std [A], value [B]) for an observation dict [B, ...]."""
+  action_dim: int
+  encoder: str
+  obs_keys: Sequence[str]
+  hidden: Sequence[int]
+  cnn_features: int
+  log_std_init: float
+
+  @nn.compact
+  def __call__(self, obs: Observation):
+    obs = {k: obs[k] for k in self.obs_keys}
+    if self.encoder == "cnn":
+      # One pixel encoder shared by actor and critic, as ManiSkill's rgb PPO does.
+      x = NatureCNN(self.cnn_features, name="encoder")(obs)
+    else:
+      x = jnp.concatenate([obs[k].reshape(obs[k].shape[0], -1) for k in self.obs_keys], -1)
+    mean = MLP(self.hidden, self.action_dim, 0.01 * np.sqrt(2), name="actor")(x)
+    value = MLP(self.hidden, 1, 1.0, name="critic")(x)[:, 0]
+    log_std = self.param("log_std", nn.initializers.constant(self.log_std_init),
+                         (self.action_dim,))
+    return mean, log_std, value
+
+
+def make_network(config: ml_collections.ConfigDict, action_dim: int) -> ActorCritic:
+  c = config.network
+  return ActorCritic(action_dim=action_dim, encoder=c.encoder, obs_keys=tuple(c.obs_keys),
+                     hidden=tuple(c.hidden), cnn_features=c.cnn_features,
+                     log_std_init=c.log_std_init)
+
+
+def gaussian_log_prob(x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
+  """Log-density of a diagonal Gaussian, summed over the last axis: [..., A] -> [...]."""
+  z = (x - mean) * jnp.exp(-log_std)
+  return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
+
+
+def gaussian_entropy(log_std: jax.Array) -> jax.Array:
+  """Entropy of a diagonal Gaussian with log-std [A] (a scalar)."""
+  return jnp.sum(log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e))

@@ -1,0 +1,143 @@
+"""GAE against plain Python, losses against hand arithmetic, and the lambda schedules."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from rpd_jax import losses
+from rpd_jax.networks import gaussian_log_prob
+
+
+def gae_reference(rewards, values, next_values, dones, gamma, lam, finite):
+  """Plain Python: finite-horizon GAE as the lambda-weighted mean of the n-step returns that fit
+  before the episode (or the rollout) ends; classic GAE by its recursion."""
+  T, B = rewards.shape
+  adv = np.zeros((T, B))
+  for b in range(B):
+    for t in range(T):
+      if not finite:
+        total, discount = 0.0, 1.0
+        for k in range(t, T):
+          delta = rewards[k, b] + gamma * next_values[k, b] - values[k, b]
+          total += discount * delta
+          if dones[k, b]:
+            break
+          discount *= gamma * lam
+        adv[t, b] = total
+        continue
+      end = t
+      while end < T - 1 and not dones[end, b]:
+        end += 1
+      num, den = 0.0, 0.0
+      for n in range(1, end - t + 2):  # n-step returns G^(n), n = 1 .. steps left
+        g = sum(gamma**k * rewards[t + k, b] for k in range(n))
+        g += gamma**n * next_values[t + n - 1, b]
+        num += lam**(n - 1) * g
+        den += lam**(n - 1)
+      adv[t, b] = num / den - values[t, b]
+  return adv
+
+
+@pytest.mark.parametrize("finite", [False, True])
+def test_gae_matches_python_reference_with_truncation(finite):
+  rng = np.random.default_rng(0)
+  T, B = 9, 3
+  rewards = rng.normal(size=(T, B))
+  values = rng.normal(size=(T, B))
+  next_values = rng.normal(size=(T, B))
+  dones = np.zeros((T, B), bool)
+  dones[3, 0] = dones[7, 0] = True  # two episode ends in env 0
+  dones[5, 1] = True  # one in env 1; env 2 runs through the rollout end
+  # A truncated episode bootstraps from V(final obs), a terminated one from 0: both arrive as
+  # next_values, so zero a "terminated" one to cover that path too.
+  next_values[7, 0] = 0.0
+  got = losses.gae(jnp.asarray(rewards, jnp.float32), jnp.asarray(values, jnp.float32),
+                   jnp.asarray(next_values, jnp.float32), jnp.asarray(dones), 0.9, 0.8, finite)
+  want = gae_reference(rewards, values, next_values, dones, 0.9, 0.8, finite)
+  np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
+
+
+def test_one_step_gae_is_td_error():
+  # T = 1: both forms reduce to r + gamma * V' - V = 1 + 0.5 * 4 - 2 = 1.
+  args = [jnp.array([[1.0]]), jnp.array([[2.0]]), jnp.array([[4.0]]), jnp.array([[False]])]
+  for finite in (False, True):
+    assert float(losses.gae(*args, 0.5, 0.9, finite)[0, 0]) == pytest.approx(1.0)
+
+
+def test_distill_mse_l1_by_hand():
+  mean = jnp.array([[1.0, 2.0], [0.0, -1.0]])
+  target = jnp.array([[0.0, 0.0], [1.0, 1.0]])
+  # squared errors 1, 4, 1, 4 -> mean 2.5; absolute 1, 2, 1, 2 -> mean 1.5
+  assert float(losses.distill_mse(mean, target)) == pytest.approx(2.5)
+  assert float(losses.distill_l1(mean, target)) == pytest.approx(1.5)
+
+
+def test_distill_bc_by_hand():
+  # One 1-d sample, student N(0, e^0), teacher action 1: -log p = 0.5 + 0.5 log(2 pi).
+  got = losses.distill_bc(jnp.zeros((1, 1)), jnp.zeros(1), jnp.ones((1, 1)))
+  assert float(got) == pytest.approx(0.5 + 0.5 * np.log(2 * np.pi), rel=1e-6)
+
+
+def test_gaussian_kl_by_hand_and_ppd_weighting():
+  # KL(N(1, 2^2) || N(0, 1)) = log(1/2) + (4 + 1) / 2 - 1/2 = 2 - log 2
+  kl = losses.gaussian_kl(jnp.array([1.0]), jnp.array([2.0]), jnp.array([0.0]), jnp.array([0.0]))
+  assert float(kl) == pytest.approx(2.0 - np.log(2.0), rel=1e-6)
+  # PPD weights the KL by max(ratio, 1 - eps): ratios 0.5 -> 0.8 (eps 0.2), 1.5 -> 1.5.
+  ppd = losses.distill_ppd(jnp.zeros((2, 1)), jnp.zeros(1), jnp.ones((2, 1)),
+                           jnp.full((2, 1), 2.0), jnp.array([0.5, 1.5]), 0.2)
+  assert float(ppd) == pytest.approx((0.8 + 1.5) / 2 * (2.0 - np.log(2.0)), rel=1e-6)
+
+
+def test_fit_gaussian_floors_std():
+  samples = jnp.ones((4, 3, 7))  # a deterministic teacher: sample std 0
+  mean, std = losses.fit_gaussian(samples, 0.05)
+  np.testing.assert_allclose(mean, 1.0)
+  np.testing.assert_allclose(std, 0.05)
+
+
+def test_ppo_loss_by_hand():
+  # Same policy as the data: ratio 1, so the clip loss is -mean(adv) and KL is 0.
+  mean, log_std = jnp.zeros((2, 1)), jnp.zeros(1)
+  actions = jnp.array([[0.5], [-0.5]])
+  old_lp = gaussian_log_prob(actions, mean, log_std)
+  loss, aux = losses.ppo_loss(mean, log_std, jnp.array([1.0, 0.0]), actions, old_lp,
+                              jnp.zeros(2), jnp.array([1.0, 3.0]), jnp.array([2.0, 2.0]),
+                              0.2, 0.5, 0.0, False)
+  # pg = -(1 + 3) / 2 = -2; v = 0.5 * ((1-2)^2 + (0-2)^2) / 2 = 1.25; total -2 + 0.5 * 1.25
+  assert float(aux["pg_loss"]) == pytest.approx(-2.0)
+  assert float(aux["v_loss"]) == pytest.approx(1.25)
+  assert float(loss) == pytest.approx(-2.0 + 0.625)
+  assert float(aux["approx_kl"]) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_ppo_clip_by_hand():
+  # ratio e^1 > 1.2 with positive advantage: the clipped term 1.2 * adv is used.
+  mean, log_std = jnp.zeros((1, 1)), jnp.zeros(1)
+  actions = jnp.zeros((1, 1))
+  old_lp = gaussian_log_prob(actions, mean, log_std) - 1.0
+  _, aux = losses.ppo_loss(mean, log_std, jnp.zeros(1), actions, old_lp, jnp.zeros(1),
+                           jnp.array([2.0]), jnp.zeros(1), 0.2, 0.5, 0.0, False)
+  assert float(aux["pg_loss"]) == pytest.approx(-2.4)
+  assert float(aux["clipfrac"]) == 1.0
+
+
+def test_no_gradient_reaches_the_teacher_action():
+  mean = jnp.array([[0.3, -0.2]])
+  target = jnp.array([[1.0, 1.0]])
+  for fn in (losses.distill_mse, losses.distill_l1,
+             lambda m, t: losses.distill_bc(m, jnp.zeros(2), t)):
+    g_target = jax.grad(lambda t: fn(mean, t))(target)
+    np.testing.assert_array_equal(g_target, 0.0)
+    assert np.any(jax.grad(lambda m: fn(m, target))(mean) != 0)
+  g = jax.grad(lambda tm: losses.distill_ppd(mean, jnp.zeros(2), tm, jnp.ones((1, 2)),
+                                             jnp.ones(1), 0.2))(target)
+  np.testing.assert_array_equal(g, 0.0)
+
+
+@pytest.mark.parametrize("schedule,step,want", [
+    ("constant", 500, 2.0), ("linear", 0, 2.0), ("linear", 250, 1.5), ("linear", 1000, 0.0),
+    ("linear", 5000, 0.0), ("cosine", 0, 2.0), ("cosine", 500, 1.0), ("cosine", 1000, 0.0)])
+def test_schedules(schedule, step, want):
+  got = losses.distill_coef(jnp.asarray(step), 2.0, schedule, 1000)
+  assert float(got) == pytest.approx(want, abs=1e-6)
