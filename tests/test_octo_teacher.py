@@ -180,7 +180,8 @@ def test_compiles_once():
   chex.clear_trace_counter()
   key = jax.random.key(0)
   for i in range(3):  # new data, new params values, new keys: same trace
-    teacher = teacher.replace(params={**teacher.params, "language": teacher.params["language"] + i})
+    task = {"language_instruction": teacher.params["task"]["language_instruction"] + i}
+    teacher = teacher.replace(params={**teacher.params, "task": task})
     obs = {"rgb": gray(4, i, size=12)}
     out = update(teacher, obs, obs, jnp.arange(4) % 2 == i % 2, jax.random.fold_in(key, i))
     jax.block_until_ready(out)
@@ -270,10 +271,14 @@ def fixture_teacher(request, tiny_tokenizer_dir):
 
 
 def test_fixture_teacher(fixture_teacher):
+  """Shapes, bounds, compile-once and padding of the previous frame, on the real model.
+
+  Images are 48x48, resized to the checkpoint's 64x64. Rows 0, 3 and 6 start an episode.
+  """
   teacher = fixture_teacher
   rng = np.random.default_rng(0)
-  obs = {"rgb": jnp.asarray(rng.integers(0, 256, (8, 48, 48, 3)), jnp.uint8)}
-  prev = {"rgb": jnp.asarray(rng.integers(0, 256, (8, 48, 48, 3)), jnp.uint8)}
+  images = lambda: jnp.asarray(rng.integers(0, 256, (8, 48, 48, 3)), jnp.uint8)
+  obs, prev, other_prev = {"rgb": images()}, {"rgb": images()}, {"rgb": images()}
   is_first = jnp.arange(8) % 3 == 0
 
   @jax.jit
@@ -282,15 +287,12 @@ def test_fixture_teacher(fixture_teacher):
     return base.query(teacher, obs, prev, is_first, key, num_samples=3)
 
   chex.clear_trace_counter()
-  out = query(teacher, obs, prev, is_first, jax.random.key(0))
+  key = jax.random.key(0)
+  out = query(teacher, obs, prev, is_first, key)
   assert out.action.shape == (8, 7) and out.samples.shape == (3, 8, 7)
-  assert np.isfinite(out.action).all()
-  assert np.abs(out.action).max() <= 1.0 and np.abs(out.samples).max() <= 1.0
+  assert np.isfinite(out.samples).all() and np.abs(out.samples).max() <= 1.0
   np.testing.assert_array_equal(out.samples[0], out.action)
-  out2 = query(teacher, obs, obs, ~is_first, jax.random.key(1))
-  assert not np.allclose(out.action, out2.action)
-  # Where an episode starts the previous frame is padded out: prev_obs must not matter there.
-  key = jax.random.key(2)
-  a = teacher.apply_fn(teacher.params, obs, prev, jnp.ones(8, bool), key, 0)
-  b = teacher.apply_fn(teacher.params, obs, obs, jnp.ones(8, bool), key, 0)
-  np.testing.assert_allclose(a.action, b.action, atol=1e-5)
+  # Same key, another previous frame: only rows that do not start an episode may change.
+  out2 = query(teacher, obs, other_prev, is_first, key)
+  np.testing.assert_allclose(out2.samples[:, is_first], out.samples[:, is_first], atol=1e-5)
+  assert not np.allclose(out2.samples[:, ~is_first], out.samples[:, ~is_first])

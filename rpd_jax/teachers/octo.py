@@ -132,13 +132,16 @@ def gripper_to_maniskill(actions: jax.Array) -> jax.Array:
   return jnp.concatenate([actions[..., :-1], gripper], axis=-1)
 
 
-def action_statistics(dataset_statistics: Mapping[str, Any],
-                      dataset_name: Optional[str] = None) -> dict[str, np.ndarray]:
+def action_statistics(dataset_statistics: Optional[Mapping[str, Any]],
+                      dataset_name: Optional[str] = None) -> Optional[dict[str, np.ndarray]]:
   """The ``action`` statistics to unnormalise with, as arrays (mask bool, the rest float32).
 
   Fine-tuned checkpoints carry one statistics dict; pretrained ones one per dataset name, of
-  which ``dataset_name`` picks one.
+  which ``dataset_name`` picks one. Randomly initialised models have none (None: the actions
+  stay normalised).
   """
+  if dataset_statistics is None:
+    return None
   if "action" in dataset_statistics:
     if dataset_name is not None:
       raise ValueError(f"dataset_name={dataset_name!r} was given, but this checkpoint has a "
@@ -176,21 +179,15 @@ def instruction_for(env_config: ml_collections.ConfigDict) -> str:
   return TASKS[env_id].instruction
 
 
-def embed_instruction(model: Any, instruction: str, tokenizer: Callable[[Sequence[str]], Any],
-                      search_dirs: Sequence[str] = ()) -> jax.Array:
+def embed_instruction(model: Any, instruction: str,
+                      tokenizer: Callable[[Sequence[str]], Any]) -> jax.Array:
   """The T5 last hidden state of ``instruction``, float32 [16, D], with the checkpoint's encoder.
 
   ``tokenizer`` maps texts to ``input_ids``/``attention_mask`` [B, 16] (``text.T5Tokenizer``).
-  The encoder named in the checkpoint's config is resolved by ``t5.resolve_t5_config``, looking
-  in ``search_dirs`` for names other than t5-base.
   """
-  from rpd_jax.octo import t5  # pylint: disable=g-import-not-at-top
-  name = model.config["model"]["task_tokenizers"]["language"]["kwargs"]["encoder"]
-  encoder = t5.T5Encoder(t5.resolve_t5_config(name, search_dirs=search_dirs))
-  params = model.params["octo_transformer"]["task_tokenizers_language"]["hf_model"]
   tokens = tokenizer([instruction])
-  hidden = jax.jit(encoder.apply)({"params": params}, jnp.asarray(tokens["input_ids"]),
-                                  jnp.asarray(tokens["attention_mask"]))
+  hidden = jax.jit(type(model).encode_language)(model, jnp.asarray(tokens["input_ids"]),
+                                                jnp.asarray(tokens["attention_mask"]))
   return hidden[0].astype(jnp.float32)
 
 
@@ -200,6 +197,7 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
                        center_crop: Optional[float] = None,
                        gripper: str = "maniskill",
                        image_key: str = "rgb",
+                       dtype: Optional[str] = None,
                        chunk_size: int = 4096,
                        name: str = "octo") -> Teacher:
   """An Octo teacher from a loaded model and its instruction's embedding.
@@ -217,6 +215,9 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
     gripper: "maniskill" maps Octo's gripper (1 = open, [0, 1]) to ManiSkill's (+1 = open) and
       clips every dim to [-1, 1]; "raw" returns Octo's unnormalised actions untouched.
     image_key: the observation key holding the teacher's camera, uint8 [B, H, W, 3].
+    dtype: compute dtype of the transformer, tokenizers and T5 ("bfloat16" roughly halves the
+      cost on accelerators; the diffusion head and the parameters stay float32); None keeps the
+      model's.
     chunk_size: observations per call inside the PPO update (see ``Teacher``).
 
   Returns:
@@ -230,9 +231,15 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
   if not 1 <= window <= trained_window:
     raise ValueError(f"window={window}: this checkpoint was trained with a window of "
                      f"{trained_window}; use 1..{trained_window}")
+  if dtype is not None:
+    model = model.replace(module=model.module.clone(dtype=jnp.dtype(dtype)))
+  # The task (zero goal images padded out, the instruction's embedding) is built once for a
+  # batch of one, concretely, and broadcast to the batch inside the call.
+  embedding = jnp.asarray(language_embedding, jnp.float32)[None]
+  task = model.create_tasks(language_embeddings=embedding)
   params = {
       "model": model,
-      "language": jnp.asarray(language_embedding, jnp.float32),
+      "task": jax.tree.map(jnp.asarray, task),
       "action_stats": action_statistics(model.dataset_statistics, dataset_name),
   }
   chunk_fn = make_chunk_fn(size, window, center_crop, gripper, image_key)
@@ -262,8 +269,7 @@ def make_chunk_fn(size: tuple[int, int], window: int, center_crop: Optional[floa
     frames, pad_mask = history_window(frame, prev_frame, is_first, window)
     batch = frames.shape[0]
     observations = {"image_primary": frames, "timestep_pad_mask": pad_mask}
-    language = jnp.broadcast_to(params["language"], (batch,) + params["language"].shape)
-    tasks = model.create_tasks(language_embeddings=language)
+    tasks = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:]), params["task"])
     chunks = model.sample_actions(observations, tasks, key,
                                   unnormalization_statistics=params["action_stats"],
                                   num_samples=num_samples)
@@ -292,16 +298,17 @@ def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int, *,
     instruction: the task's language instruction (None: looked up by env_id).
     tokenizer_dir: folder with the t5-base ``spiece.model`` (None: ``T5Tokenizer.find()``).
     **kwargs: ``teacher_from_model``'s options (window, dataset_name, center_crop, gripper,
-      image_key).
+      image_key, dtype).
   """
   from rpd_jax import octo  # pylint: disable=g-import-not-at-top
   if instruction is None:
     instruction = instruction_for(env_config)
   tokenizer = text.T5Tokenizer.find(tokenizer_dir)
   folder = resolve_checkpoint(checkpoint)
+  # Loaded in float32: the instruction is embedded once, at full precision, whatever the
+  # teacher's compute dtype.
   model = octo.load_pretrained(folder, step=step)
-  embedding = embed_instruction(model, instruction, tokenizer,
-                                search_dirs=(str(pathlib.Path(folder).parent),))
+  embedding = embed_instruction(model, instruction, tokenizer)
   return teacher_from_model(model, embedding, chunk_size=chunk_size,
                             name=f"octo:{pathlib.Path(folder).name}", **kwargs)
 
