@@ -1,0 +1,338 @@
+"""ManiSkill3 tasks behind the VecEnv contract, with torch <-> JAX through DLPack.
+
+One interface, one set of semantics, two simulation backends:
+
+- ``physx_cuda`` (GPU): N envs in one process, partial auto-resets by ManiSkill's own
+  ``ManiSkillVectorEnv``; tensors stay on the GPU and reach JAX without a copy.
+- ``physx_cpu`` (CPU): ManiSkill allows one env per process, so N worker processes run under
+  gymnasium's ``AsyncVectorEnv`` (``forkserver``: ``fork`` hangs once rendering is on) with
+  ``SAME_STEP`` auto-reset, which hands back the last observation of an ended episode.
+
+Both backends run ManiSkill with the full state observation, which becomes ``privileged`` (for
+scripted teachers) whatever the student sees, and apply the same observation wrapper
+(``_Observation``) to the batched torch env, so keys, dtypes and reset semantics are identical:
+
+- ``state``: float32 [B, D]. With ``obs_mode="state"`` the full state (== ``privileged``); with
+  ``"state_rgb"`` only the robot's proprioception (joint positions and velocities), as a camera
+  policy would get on a real robot.
+- ``rgb``: uint8 [B, H, W, 3] from the ``human`` render camera (the paper's 256x256 view, which
+  shows goal markers such as PickCube's hidden goal sphere) or ManiSkill's ``sensor`` camera.
+- ``privileged``: float32 [B, P], ManiSkill's flat ``state`` observation.
+
+Episodes end on success (``terminated``, ManiSkill's partial-reset convention, as in its PPO
+baseline and the RPD runs) or at the task's time limit (``truncated``).
+"""
+
+from __future__ import annotations
+
+import functools
+import multiprocessing
+from typing import Any, Optional
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import torch
+
+from rpd_jax.envs import base
+from rpd_jax.envs import tasks
+from rpd_jax.envs import vulkan
+
+OBS_MODES = ("state", "rgb", "state_rgb")
+CAMERAS = ("human", "sensor")
+SIM_BACKENDS = ("auto", "physx_cuda", "physx_cpu")
+REWARD_MODES = ("normalized_dense", "dense", "sparse")
+
+# Camera poses as (eye, target) for sapien_utils.look_at, replacing the pose of the camera the
+# student sees. "moved": PushCube's default human camera looks from (0.6, 0.7, 0.6) at
+# (0, 0, 0.35), i.e. from the robot's left and above; this one looks from its right side, lower
+# and closer, so the view of the robot, cube and goal changes in azimuth, elevation and scale.
+CAMERA_VARIANTS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "moved": ((0.5, -0.6, 0.35), (0.0, 0.0, 0.1)),
+}
+
+
+def to_jax(x: torch.Tensor | np.ndarray) -> jax.Array:
+  """A torch tensor (any device) or numpy array as a JAX array, zero-copy where possible.
+
+  ``.contiguous()`` first: DLPack of a strided tensor is copied silently (and older JAX
+  versions misread transposed tensors).
+  """
+  if isinstance(x, np.ndarray):
+    x = torch.from_numpy(x)
+  return jax.dlpack.from_dlpack(x.contiguous())
+
+
+def to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
+  """A JAX array as a torch tensor on ``device``, zero-copy where the devices match."""
+  return torch.from_dlpack(x).to(device)
+
+
+def _resolve_backend(sim_backend: str) -> str:
+  if sim_backend not in SIM_BACKENDS:
+    raise ValueError(f"sim_backend={sim_backend!r} is unknown; use one of {', '.join(SIM_BACKENDS)}")
+  if sim_backend == "auto":
+    return "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
+  return sim_backend
+
+
+class _Observation(gym.ObservationWrapper):
+  """ManiSkill's batched torch observation -> the project's obs dict of torch tensors [n, ...].
+
+  Applied to the batched ManiSkill env on both backends (inside ``ManiSkillVectorEnv`` on the
+  GPU, so that the final observation of an auto-reset episode carries its image too).
+  """
+
+  def __init__(self, env: gym.Env, obs_mode: str, camera: str, image_size: int):
+    super().__init__(env)
+    self._obs_mode = obs_mode
+    self._camera = camera
+    proprio = env.unwrapped.agent.get_proprioception()
+    # ManiSkill flattens {agent: proprioception, extra: task state} in that order, so the
+    # robot's own state is the leading slice of the flat state.
+    self._proprio_dim = sum(int(np.prod(v.shape[1:])) for v in proprio.values())
+    # Spaces from ManiSkill's (computed when it was built) and the image size, not from a
+    # rendered observation: the first image of a process costs seconds on a CPU (lavapipe
+    # compiles its shaders), and AsyncVectorEnv builds one throwaway env just for the spaces.
+    space = env.unwrapped.single_observation_space
+    full_dim = (space["state"] if isinstance(space, gym.spaces.Dict) else space).shape[0]
+    box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+    spaces = {"privileged": box(full_dim)}
+    if obs_mode == "state":
+      spaces["state"] = box(full_dim)
+    elif obs_mode == "state_rgb":
+      spaces["state"] = box(self._proprio_dim)
+    if obs_mode != "state":
+      spaces["rgb"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    self.single_observation_space = gym.spaces.Dict(spaces)
+
+  def observation(self, obs: Any) -> dict[str, torch.Tensor]:
+    if isinstance(obs, dict):  # ManiSkill obs_mode "state+rgb": the sensor camera's image
+      privileged, rgb = obs["state"], obs["sensor_data"]["base_camera"]["rgb"]
+    else:
+      privileged, rgb = obs, None
+    out = {"privileged": privileged.float().contiguous()}
+    if self._obs_mode == "state":
+      out["state"] = out["privileged"]
+    elif self._obs_mode == "state_rgb":
+      out["state"] = out["privileged"][:, :self._proprio_dim].contiguous()
+    if self._obs_mode != "state":
+      if self._camera == "human":
+        rgb = self.env.render()
+      out["rgb"] = rgb.contiguous()
+    return out
+
+
+def _make_maniskill(env_id: str, num_envs: int, sim_backend: str, obs_mode: str,
+                    reward_mode: str, control_mode: str, image_size: int, camera: str,
+                    camera_variant: Optional[str],
+                    max_episode_steps: Optional[int]) -> gym.Env:
+  """The batched ManiSkill env (torch in, torch out) with the project's observation dict."""
+  import mani_skill.envs  # pylint: disable=g-import-not-at-top,unused-import  (registers tasks)
+  from mani_skill.utils import sapien_utils  # pylint: disable=g-import-not-at-top
+
+  size = dict(width=image_size, height=image_size)
+  human, sensor = dict(size), dict(size)
+  if camera_variant is not None:
+    eye, target = CAMERA_VARIANTS[camera_variant]
+    (human if camera == "human" else sensor)["pose"] = sapien_utils.look_at(eye, target)
+  use_sensor = obs_mode != "state" and camera == "sensor"
+  kwargs = dict(
+      num_envs=num_envs,
+      sim_backend=sim_backend,
+      obs_mode="state+rgb" if use_sensor else "state",
+      reward_mode=reward_mode,
+      control_mode=control_mode,
+      render_mode="rgb_array",
+      human_render_camera_configs=human,
+      sensor_configs=sensor,
+  )
+  if sim_backend == "physx_cpu":
+    kwargs["render_backend"] = "cpu"  # without it SAPIEN first tries CUDA and warns
+  if max_episode_steps is not None:
+    kwargs["max_episode_steps"] = max_episode_steps
+  env = gym.make(env_id, **kwargs)
+  return _Observation(env, obs_mode, camera, image_size)
+
+
+class _Worker(gym.Wrapper):
+  """One CPU env as a plain gymnasium env: numpy in and out, no batch dim, for AsyncVectorEnv."""
+
+  def __init__(self, env: gym.Env):
+    super().__init__(env)
+    self.observation_space = env.get_wrapper_attr("single_observation_space")
+    self.action_space = env.unwrapped.single_action_space
+
+  def _unbatch(self, obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    return {k: v[0].numpy() for k, v in obs.items()}
+
+  @torch.inference_mode()
+  def step(self, action: np.ndarray):
+    obs, reward, terminated, truncated, info = self.env.step(torch.from_numpy(action)[None])
+    return (self._unbatch(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]),
+            {"success": bool(info["success"][0])})
+
+  @torch.inference_mode()
+  def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
+    obs, _ = self.env.reset(seed=seed, options=options)
+    return self._unbatch(obs), {}
+
+  @torch.inference_mode()
+  def render(self) -> np.ndarray:
+    return self.env.render()[0].numpy()
+
+
+def _make_worker(**kwargs) -> _Worker:
+  # Each worker is one process on a small machine: torch's intra-op threads would only compete
+  # with the other workers.
+  torch.set_num_threads(1)
+  return _Worker(_make_maniskill(num_envs=1, sim_backend="physx_cpu", **kwargs))
+
+
+class ManiSkillVecEnv:
+  """``num_envs`` ManiSkill3 envs of one task behind the VecEnv contract (see module doc).
+
+  Args:
+    num_envs: B, the batch size of every array in and out.
+    seed: seed of the first reset (env i gets seed + i); ``reset(seed)`` reseeds.
+    reward_mode: "normalized_dense", "dense" or "sparse" (success as float32).
+    env_id: a ManiSkill3 task id, e.g. "PushCube-v1" (``tasks.TASKS`` lists the paper's).
+    obs_mode: what the student sees: "state", "rgb" or "state_rgb".
+    image_size: H = W of ``rgb`` and of ``render()`` frames.
+    camera: "human" (the paper's view, shows goal markers) or "sensor" (ManiSkill's base camera).
+    camera_variant: None, or a key of CAMERA_VARIANTS that moves the camera named by ``camera``.
+    control_mode: ManiSkill controller; actions are float32 [B, A] in [-1, 1].
+    sim_backend: "auto" (physx_cuda when torch sees a GPU, else physx_cpu), or either one.
+    max_episode_steps: None for the task's own time limit.
+  """
+
+  def __init__(self, num_envs: int, seed: int, reward_mode: str = "normalized_dense",
+               env_id: str = "PushCube-v1", obs_mode: str = "state", image_size: int = 256,
+               camera: str = "human", camera_variant: Optional[str] = None,
+               control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto",
+               max_episode_steps: Optional[int] = None):
+    for name, value, choices in (("obs_mode", obs_mode, OBS_MODES), ("camera", camera, CAMERAS),
+                                 ("reward_mode", reward_mode, REWARD_MODES)):
+      if value not in choices:
+        raise ValueError(f"{name}={value!r} is unknown; use one of {', '.join(choices)}")
+    if camera_variant is not None and camera_variant not in CAMERA_VARIANTS:
+      raise ValueError(f"camera_variant={camera_variant!r} is unknown; use None or one of "
+                       f"{', '.join(CAMERA_VARIANTS)}")
+    if num_envs < 1:
+      raise ValueError(f"num_envs={num_envs} must be >= 1")
+    vulkan.require_vulkan()
+    self.num_envs = num_envs
+    self.env_id = env_id
+    self.sim_backend = _resolve_backend(sim_backend)
+    self.reward_mode = reward_mode
+    make_kwargs = dict(env_id=env_id, obs_mode=obs_mode, reward_mode=reward_mode,
+                       control_mode=control_mode, image_size=image_size, camera=camera,
+                       camera_variant=camera_variant, max_episode_steps=max_episode_steps)
+    if self.sim_backend == "physx_cuda":
+      from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv  # pylint: disable=g-import-not-at-top
+      env = _make_maniskill(num_envs=num_envs, sim_backend="physx_cuda", **make_kwargs)
+      self._gpu = ManiSkillVectorEnv(env, num_envs, auto_reset=True, ignore_terminations=False,
+                                     record_metrics=False)
+      self._device = self._gpu.device
+      self.action_dim = int(np.prod(self._gpu.single_action_space.shape))
+    else:
+      self._gpu = None
+      self._device = torch.device("cpu")
+      # Workers fork from the forkserver process: with torch and ManiSkill imported there once,
+      # a worker starts in about a second instead of importing them again (seconds each).
+      multiprocessing.set_forkserver_preload(["rpd_jax.envs.maniskill", "mani_skill.envs"])
+      fns = [functools.partial(_make_worker, **make_kwargs) for _ in range(num_envs)]
+      self._cpu = gym.vector.AsyncVectorEnv(
+          fns, copy=False, context="forkserver",
+          autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+      self.action_dim = int(np.prod(self._cpu.single_action_space.shape))
+    if max_episode_steps is None:
+      max_episode_steps = tasks.TASKS[env_id].max_episode_steps if env_id in tasks.TASKS else (
+          self._find_max_episode_steps())
+    self.max_episode_steps = max_episode_steps
+    self.observation_spec = base.spec_of(self.reset(seed))
+
+  def _find_max_episode_steps(self) -> int:
+    from mani_skill.utils import gym_utils  # pylint: disable=g-import-not-at-top
+    if self._gpu is not None:
+      return int(gym_utils.find_max_episode_steps_value(self._gpu._env))  # pylint: disable=protected-access
+    return int(self._cpu.call("get_wrapper_attr", "_max_episode_steps")[0])
+
+  def reset(self, seed: int) -> base.Observation:
+    """Resets every env; env i is seeded with ``seed + i``. Returns obs [B, ...]."""
+    seeds = [seed + i for i in range(self.num_envs)]
+    if self._gpu is not None:
+      obs, _ = self._gpu.reset(seed=seeds)
+    else:
+      obs = self._own(self._cpu.reset(seed=seeds)[0])
+    return {k: to_jax(v) for k, v in obs.items()}
+
+  def step(self, action: jax.Array) -> base.StepResult:
+    """Steps every env with float32 action [B, A]; ended episodes are reset inside the step."""
+    if action.shape != (self.num_envs, self.action_dim):
+      raise ValueError(f"action has shape {action.shape}; expected (num_envs, action_dim) = "
+                       f"{(self.num_envs, self.action_dim)}")
+    if self._gpu is not None:
+      return self._step_gpu(action)
+    return self._step_cpu(action)
+
+  def _step_gpu(self, action: jax.Array) -> base.StepResult:
+    act = to_torch(jnp.asarray(action, jnp.float32), self._device)
+    obs, reward, terminated, truncated, info = self._gpu.step(act)
+    done = terminated | truncated
+    final_obs, success = obs, info["success"]
+    if "final_observation" in info:  # some episode ended: ManiSkillVectorEnv reset it
+      success = info["final_info"]["success"]
+      final_obs = {k: torch.where(done.reshape((-1,) + (1,) * (v.ndim - 1)),
+                                  info["final_observation"][k], v)
+                   for k, v in obs.items()}
+    return self._result(obs, reward, terminated, truncated, success, final_obs)
+
+  def _step_cpu(self, action: jax.Array) -> base.StepResult:
+    act = to_torch(jnp.asarray(action, jnp.float32), self._device).numpy()
+    obs, reward, terminated, truncated, info = self._cpu.step(act)
+    obs = self._own(obs)
+    no = np.zeros(self.num_envs, bool)
+    success = info.get("success", no) & info.get("_success", no)
+    final_obs = obs
+    if "final_obs" in info:  # SAME_STEP: an object array of the ended episodes' last obs dicts
+      ended = info["_final_obs"]
+      final = info["final_info"]
+      success = np.where(final.get("_success", no), final.get("success", no), success)
+      final_obs = {k: torch.stack([torch.from_numpy(f[k]) if e else v[i]
+                                   for i, (f, e) in enumerate(zip(info["final_obs"], ended))])
+                   for k, v in obs.items()}
+    return self._result(obs, reward, terminated, truncated, success, final_obs)
+
+  @staticmethod
+  def _own(obs: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    # AsyncVectorEnv (copy=False) hands out views of its shared memory, which the next step
+    # overwrites: copy them once, into torch's 64-byte aligned memory that JAX's CPU client then
+    # aliases (numpy's 16-byte aligned arrays would be copied a second time by DLPack).
+    return {k: torch.from_numpy(v).clone() for k, v in obs.items()}
+
+  def _result(self, obs, reward, terminated, truncated, success, final_obs) -> base.StepResult:
+    # torch.tensor copies the small numpy outputs of the CPU backend into aligned memory (see
+    # _own); on the GPU backend they already are torch tensors on the device.
+    as_bool = lambda x: to_jax(torch.as_tensor(x, dtype=torch.bool, device=self._device))
+    return base.StepResult(
+        obs={k: to_jax(v) for k, v in obs.items()},
+        reward=to_jax(torch.as_tensor(reward, dtype=torch.float32, device=self._device)),
+        terminated=as_bool(terminated),
+        truncated=as_bool(truncated),
+        success=as_bool(success),
+        final_obs={k: to_jax(v) for k, v in final_obs.items()},
+    )
+
+  def render(self) -> jax.Array:
+    """uint8 [B, H, W, 3] frames of the current state from the human camera, for videos."""
+    if self._gpu is not None:
+      return to_jax(self._gpu.render())
+    return to_jax(np.stack(self._cpu.render()))
+
+  def close(self) -> None:
+    if self._gpu is not None:
+      self._gpu.close()
+    else:
+      self._cpu.close()

@@ -1,0 +1,42 @@
+"""The eight ManiSkill3 tasks of the RPD paper, with the facts the project needs about each.
+
+Instructions are the ones the published RPD code gave its Octo/OpenVLA teachers (and the
+fine-tuning data), word for word, so that a teacher fine-tuned on them sees the text it knows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskInfo:
+  """One ManiSkill3 task, as ManiSkill 3.0.1 defines it with the Panda and pd_ee_delta_pose."""
+
+  env_id: str
+  instruction: str  # language instruction for a VLA teacher
+  max_episode_steps: int  # ManiSkill's own time limit
+  # ManiSkill's ``normalized_dense`` reward is the ``dense`` reward divided by this.
+  dense_reward_scale: float
+  state_dim: int  # size of the flat ``state`` observation (obs_mode="state")
+  # Whether the paper's teacher was fine-tuned on this task (False: held out).
+  teacher_trained: bool
+
+
+TASKS: dict[str, TaskInfo] = {t.env_id: t for t in (
+    TaskInfo("PickCube-v1", "pick up the cube", 50, 5.0, 42, True),
+    TaskInfo("PushCube-v1", "push the cube away from the robot base", 50, 4.0, 35, True),
+    TaskInfo("PullCube-v1", "pull the cube towards the robot base", 50, 3.0, 35, True),
+    TaskInfo("LiftPegUpright-v1", "lift the peg upright", 50, 3.0, 32, True),
+    TaskInfo("RollBall-v1", "push the ball", 80, 30.0, 44, True),
+    TaskInfo("StackCube-v1", "stack the red cube on the green cube", 50, 8.0, 48, True),
+    TaskInfo("PullCubeTool-v1", "pull the cube by using the red tool", 100, 5.0, 39, False),
+    TaskInfo("PokeCube-v1", "push the cube by using the blue tool", 50, 10.0, 54, False),
+)}
+
+
+def task_info(env_id: str) -> TaskInfo:
+  """The TaskInfo of ``env_id``; raises a KeyError that lists the known tasks."""
+  if env_id not in TASKS:
+    raise KeyError(f"env_id={env_id!r} is not one of the paper's tasks: {', '.join(TASKS)}")
+  return TASKS[env_id]
