@@ -86,14 +86,12 @@ class PushState:
 
 def reset(params: PushParams, key: jax.Array) -> tuple[PushState, Observation]:
   """Samples an initial state like PushCube's and returns it with its observation."""
-  k_block, k_goal, k_tcp, key = jax.random.split(key, 4)
-  block = jax.random.uniform(k_block, (2,), minval=-params.block_range, maxval=params.block_range)
-  jitter = jax.random.uniform(k_goal, (), minval=-params.goal_y_jitter,
-                              maxval=params.goal_y_jitter)
-  goal = block + jnp.stack([params.goal_ahead, jitter])
-  tcp = jnp.asarray(params.tcp_start) + jax.random.uniform(
-      k_tcp, (2,), minval=-params.tcp_start_jitter, maxval=params.tcp_start_jitter)
-  state = PushState(tcp=tcp.astype(jnp.float32), block=block, goal=goal,
+  k_draw, key = jax.random.split(key)
+  u = jax.random.uniform(k_draw, (5,), minval=-1.0, maxval=1.0)  # one draw: cheaper to compile
+  block = params.block_range * u[0:2]
+  goal = block + jnp.stack([params.goal_ahead, params.goal_y_jitter * u[2]])
+  tcp = jnp.asarray(params.tcp_start, jnp.float32) + params.tcp_start_jitter * u[3:5]
+  state = PushState(tcp=tcp, block=block, goal=goal,
                     elapsed=jnp.zeros((), jnp.int32), key=key)
   return state, observe(params, state)
 
@@ -201,6 +199,24 @@ def render(params: PushParams, state: PushState) -> jax.Array:
   return jnp.round(image * 255.0).astype(jnp.uint8)
 
 
+# Batched and jitted over envs; keyed by the (hashable) params, so envs with equal params, e.g.
+# a training and an evaluation env, share one compilation.
+@functools.partial(jax.jit, static_argnums=0)
+def _batched_reset(params: PushParams, keys: jax.Array) -> tuple[PushState, Observation]:
+  return jax.vmap(functools.partial(reset, params))(keys)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batched_step(params: PushParams, state: PushState,
+                  action: jax.Array) -> tuple[PushState, StepResult]:
+  return jax.vmap(functools.partial(step, params))(state, action)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _batched_render(params: PushParams, state: PushState) -> jax.Array:
+  return jax.vmap(functools.partial(render, params))(state)
+
+
 class JaxPushVecEnv:
   """``num_envs`` pushing envs behind the VecEnv protocol, stepped by one jitted batched call."""
 
@@ -218,24 +234,21 @@ class JaxPushVecEnv:
     self.params = PushParams(reward_mode=reward_mode, **kwargs)
     self.num_envs = num_envs
     self.max_episode_steps = self.params.max_episode_steps
-    self._reset = jax.jit(jax.vmap(functools.partial(reset, self.params)))
-    self._step = jax.jit(jax.vmap(functools.partial(step, self.params)))
-    self._render = jax.jit(jax.vmap(functools.partial(render, self.params)))
     obs = self.reset(seed)
     self.observation_spec = spec_of(obs)
 
   def reset(self, seed: int) -> Observation:
     keys = jax.random.split(jax.random.key(seed), self.num_envs)
-    self.state, obs = self._reset(keys)
+    self.state, obs = _batched_reset(self.params, keys)
     return obs
 
   def step(self, action: jax.Array) -> StepResult:
     chex.assert_shape(action, (self.num_envs, ACTION_DIM))
-    self.state, result = self._step(self.state, action)
+    self.state, result = _batched_step(self.params, self.state, action)
     return result
 
   def render(self) -> jax.Array:
-    return self._render(self.state)
+    return _batched_render(self.params, self.state)
 
   def close(self) -> None:
     pass
