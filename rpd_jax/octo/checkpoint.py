@@ -1,0 +1,174 @@
+"""Loading official Octo checkpoints (folder or Hugging Face cache) without TensorFlow or orbax.
+
+Layout: ``config.json``, ``example_batch.msgpack``, ``dataset_statistics.json`` and
+``<step>/default/checkpoint``, one flax-msgpack blob of the parameter tree (released checkpoints
+were saved aggregated, so ``flax.serialization.msgpack_restore`` reads it as is).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from typing import Any, Optional
+
+import flax.serialization
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rpd_jax.octo.config import parse_model_config
+from rpd_jax.octo.model import OctoModel, _freeze
+from rpd_jax.octo.module import OctoModule
+from rpd_jax.octo.t5 import T5Config
+
+_FILES = ("config.json", "example_batch.msgpack", "dataset_statistics.json")
+
+
+def _hub_cache() -> str:
+  if os.environ.get("HF_HUB_CACHE"):
+    return os.environ["HF_HUB_CACHE"]
+  if os.environ.get("HF_HOME"):
+    return os.path.join(os.environ["HF_HOME"], "hub")
+  return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
+
+
+def resolve_checkpoint_dir(path_or_hub_id: str) -> str:
+  """A local folder, or the cached snapshot of a hub id such as ``rail-berkeley/octo-small-1.5``.
+
+  In the cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) the
+  snapshot named by ``refs/main`` is used, else the most recently modified one.
+  """
+  if os.path.isdir(path_or_hub_id):
+    return path_or_hub_id
+  hub_id = path_or_hub_id.removeprefix("hf://")
+  if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
+    raise FileNotFoundError(f"Octo checkpoint {path_or_hub_id!r}: no such folder, and it is not "
+                            "a hub id of the form 'org/name'")
+  repo = os.path.join(_hub_cache(), "models--" + hub_id.replace("/", "--"))
+  snapshots = os.path.join(repo, "snapshots")
+  if not os.path.isdir(snapshots) or not os.listdir(snapshots):
+    raise FileNotFoundError(
+        f"Octo checkpoint {hub_id!r} is not a folder and not in the Hugging Face cache (looked "
+        f"for {snapshots}); download it first, e.g. `huggingface-cli download {hub_id}`, or "
+        "pass the checkpoint folder")
+  ref = os.path.join(repo, "refs", "main")
+  if os.path.isfile(ref):
+    with open(ref) as f:
+      snapshot = os.path.join(snapshots, f.read().strip())
+    if os.path.isdir(snapshot):
+      return snapshot
+  names = sorted(os.listdir(snapshots),
+                 key=lambda n: os.path.getmtime(os.path.join(snapshots, n)))
+  return os.path.join(snapshots, names[-1])
+
+
+def _steps(folder: str) -> list[int]:
+  return sorted(int(n) for n in os.listdir(folder)
+                if n.isdigit() and os.path.isfile(os.path.join(folder, n, "default",
+                                                               "checkpoint")))
+
+
+def _to_numpy(tree):
+  """JSON statistics -> numpy arrays at every non-dict leaf."""
+  if isinstance(tree, dict):
+    return {k: _to_numpy(v) for k, v in tree.items()}
+  return np.asarray(tree)
+
+
+def read_example_batch(path: str) -> dict[str, Any]:
+  """example_batch.msgpack, with Octo 1.0 names mapped to 1.5 ones as the official loader does."""
+  with open(path, "rb") as f:
+    batch = flax.serialization.msgpack_restore(f.read())
+  if "tasks" in batch:
+    batch["task"] = batch.pop("tasks")
+  obs = batch["observation"]
+  if "timestep_pad_mask" not in obs and "pad_mask" in obs:
+    obs["timestep_pad_mask"] = obs["pad_mask"]
+  return batch
+
+
+def param_shapes(module: OctoModule, example_batch) -> Any:
+  """The parameter tree of ``module`` as ShapeDtypeStructs (nothing is allocated)."""
+  obs, task = example_batch["observation"], example_batch["task"]
+  variables = jax.eval_shape(module.init, jax.random.PRNGKey(0), obs, task,
+                             obs["timestep_pad_mask"])
+  return variables["params"]
+
+
+def _compare(params, expected, source: str):
+  got = flax.traverse_util.flatten_dict(params, sep="/")
+  want = flax.traverse_util.flatten_dict(expected, sep="/")
+  missing = sorted(set(want) - set(got))
+  extra = sorted(set(got) - set(want))
+  wrong = sorted(k for k in set(got) & set(want)
+                 if tuple(np.shape(got[k])) != tuple(want[k].shape))
+  if not (missing or extra or wrong):
+    return
+  parts = []
+  if missing:
+    parts.append(f"{len(missing)} missing (e.g. {missing[:3]})")
+  if extra:
+    parts.append(f"{len(extra)} unexpected (e.g. {extra[:3]})")
+  if wrong:
+    parts.append(f"{len(wrong)} with other shapes (e.g. " + ", ".join(
+        f"{k}: stored {tuple(np.shape(got[k]))}, config needs {tuple(want[k].shape)}"
+        for k in wrong[:3]) + ")")
+  raise ValueError(
+      f"parameters in {source} do not match the model its config.json describes: "
+      + "; ".join(parts) + ". The config and the parameter blob must come from the same "
+      "checkpoint")
+
+
+def load_pretrained(path_or_hub_id: str, step: Optional[int] = None,
+                    t5_config: Optional[T5Config] = None, dtype=jnp.float32) -> OctoModel:
+  """Loads an official Octo checkpoint.
+
+  Args:
+    path_or_hub_id: a checkpoint folder, or a hub id ("rail-berkeley/octo-small-1.5",
+      optionally "hf://"-prefixed) already in the local Hugging Face cache.
+    step: which ``<step>/default/checkpoint``; the newest by default.
+    t5_config: the language encoder's config when it is neither t5-base nor a folder named
+      after the encoder next to the checkpoint.
+    dtype: compute dtype (e.g. jnp.bfloat16); parameters stay float32.
+
+  Returns:
+    An OctoModel with float32 parameters on the default device.
+  """
+  folder = resolve_checkpoint_dir(path_or_hub_id)
+  for name in _FILES:
+    if not os.path.isfile(os.path.join(folder, name)):
+      raise FileNotFoundError(
+          f"{os.path.join(folder, name)} is missing; an Octo checkpoint folder holds "
+          f"{', '.join(_FILES)} and <step>/default/checkpoint")
+  steps = _steps(folder)
+  if not steps:
+    raise FileNotFoundError(
+        f"no <step>/default/checkpoint parameter file in {folder}; the checkpoint is incomplete"
+        " (download all of its files)")
+  if step is None:
+    step = steps[-1]
+  elif step not in steps:
+    raise FileNotFoundError(f"step {step} is not in {folder}; available steps: {steps}")
+
+  with open(os.path.join(folder, "config.json")) as f:
+    config = json.load(f)
+  if "model" not in config:
+    raise ValueError(f"{os.path.join(folder, 'config.json')} has no 'model' section")
+  spec = parse_model_config(
+      config["model"], t5_search_dirs=(folder, os.path.dirname(os.path.abspath(folder))),
+      t5_config=t5_config)
+  example_batch = read_example_batch(os.path.join(folder, "example_batch.msgpack"))
+  with open(os.path.join(folder, "dataset_statistics.json")) as f:
+    dataset_statistics = _to_numpy(json.load(f))
+
+  module = OctoModule(spec, dtype)
+  blob = os.path.join(folder, str(step), "default", "checkpoint")
+  with open(blob, "rb") as f:
+    params = flax.serialization.msgpack_restore(f.read())
+  _compare(params, param_shapes(module, example_batch), blob)
+  params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  return OctoModel(params=params, example_batch=example_batch,
+                   dataset_statistics=dataset_statistics, module=module,
+                   config=_freeze(config))

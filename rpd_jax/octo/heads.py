@@ -1,0 +1,202 @@
+"""Octo's diffusion action head: a score network on the readout embedding, and its sampler."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+def cosine_beta_schedule(steps: int, s: float = 0.008) -> jax.Array:
+  """Betas [steps] of the cosine schedule (Nichol & Dhariwal), clipped to [0, 0.999], float32.
+
+  Computed with the same float32 operations as the official head: the sampler divides by
+  sqrt(alpha) (about 0.032 at the last step), so the schedule's rounding matters.
+  """
+  t = jnp.linspace(0, steps, steps + 1) / steps
+  alphas_cumprod = jnp.cos((t + s) / (1 + s) * jnp.pi * 0.5) ** 2
+  alphas_cumprod = alphas_cumprod / alphas_cumprod[0]
+  betas = 1 - (alphas_cumprod[1:] / alphas_cumprod[:-1])
+  return jnp.clip(betas, 0, 0.999)
+
+
+def schedule(steps: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(betas, alphas, alpha_hats), each [steps] float32; alpha_hat is the product of prefixes."""
+  with jax.ensure_compile_time_eval():
+    betas = cosine_beta_schedule(steps)
+    alphas = 1 - betas
+    alpha_hats = jnp.stack([jnp.prod(alphas[:i + 1]) for i in range(steps)])
+  return betas, alphas, alpha_hats
+
+
+class FourierFeatures(nn.Module):
+  """Learnable Fourier features [cos, sin](2 pi t w) of the diffusion step, w [out // 2, 1]."""
+
+  output_size: int
+
+  @nn.compact
+  def __call__(self, t):
+    w = self.param("kernel", nn.initializers.normal(0.2), (self.output_size // 2, t.shape[-1]),
+                   jnp.float32)
+    f = 2 * jnp.pi * t @ w.T
+    return jnp.concatenate([jnp.cos(f), jnp.sin(f)], axis=-1)
+
+
+class MLP(nn.Module):
+  """Dense layers with swish between them (not after the last)."""
+
+  hidden_dims: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, x):
+    for i, size in enumerate(self.hidden_dims):
+      x = nn.Dense(size, name=f"Dense_{i}")(x)
+      if i + 1 < len(self.hidden_dims):
+        x = nn.swish(x)
+    return x
+
+
+class MLPResNetBlock(nn.Module):
+  features: int
+  use_layer_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.LayerNorm(name="LayerNorm_0")(x) if self.use_layer_norm else x
+    y = nn.Dense(self.features * 4, name="Dense_0")(y)
+    y = nn.Dense(self.features, name="Dense_1")(nn.swish(y))
+    return x + y
+
+
+class MLPResNet(nn.Module):
+  """Dense(hidden) -> num_blocks residual blocks -> swish -> Dense(out)."""
+
+  num_blocks: int
+  out_dim: int
+  hidden_dim: int = 256
+  use_layer_norm: bool = True
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.hidden_dim, name="Dense_0")(x)
+    for i in range(self.num_blocks):
+      x = MLPResNetBlock(self.hidden_dim, self.use_layer_norm, name=f"MLPResNetBlock_{i}")(x)
+    return nn.Dense(self.out_dim, name="Dense_1")(nn.swish(x))
+
+
+class ScoreActor(nn.Module):
+  """eps(readout embedding, noisy action, step): the ``diffusion_model`` of the head."""
+
+  out_dim: int
+  time_dim: int = 32
+  num_blocks: int = 3
+  hidden_dim: int = 256
+  use_layer_norm: bool = True
+
+  @nn.compact
+  def __call__(self, embedding, noisy_actions, time):
+    """embedding [..., D] (broadcast to the batch dims), noisy_actions [..., A], time [..., 1].
+
+    Returns eps [..., A].
+    """
+    t_ff = FourierFeatures(self.time_dim, name="time_preprocess")(time)
+    self.sow("intermediates", "time_features", t_ff)
+    cond = MLP((2 * self.time_dim, self.time_dim), name="cond_encoder")(t_ff)
+    self.sow("intermediates", "cond_enc", cond)
+    embedding = jnp.broadcast_to(embedding, cond.shape[:-1] + embedding.shape[-1:])
+    x = jnp.concatenate([cond, embedding, noisy_actions], axis=-1)
+    self.sow("intermediates", "reverse_input", x)
+    return MLPResNet(self.num_blocks, self.out_dim, self.hidden_dim, self.use_layer_norm,
+                     name="reverse_network")(x)
+
+
+class DiffusionActionHead(nn.Module):
+  """Pools the readout tokens and predicts the noise of a flattened action chunk.
+
+  The chunk is action_horizon x action_dim, flattened horizon-major to A = horizon * dim.
+  """
+
+  readout_key: str = "readout_action"
+  action_horizon: int = 4
+  action_dim: int = 7
+  max_action: float = 5.0
+  time_dim: int = 32
+  num_blocks: int = 3
+  hidden_dim: int = 256
+  use_layer_norm: bool = True
+  diffusion_steps: int = 20
+
+  def setup(self):
+    self.diffusion_model = ScoreActor(self.action_horizon * self.action_dim, self.time_dim,
+                                      self.num_blocks, self.hidden_dim, self.use_layer_norm)
+
+  def __call__(self, readout_tokens, noisy_actions=None, time=None):
+    """readout_tokens [B, W, n, D] -> eps [..., B, W, A] (zeros inputs at init)."""
+    embedding = self.pool(readout_tokens)
+    if noisy_actions is None:
+      noisy_actions = jnp.zeros(embedding.shape[:2] + (self.action_horizon * self.action_dim,))
+      time = jnp.zeros(embedding.shape[:2] + (1,), jnp.int32)
+    return self.diffusion_model(embedding, noisy_actions, time)
+
+  def pool(self, readout_tokens):
+    """Mean over the readout tokens: [B, W, n, D] -> [B, W, D] float32."""
+    return readout_tokens.astype(jnp.float32).mean(axis=-2)
+
+  def eps(self, embedding, noisy_actions, time):
+    """The score network on an already pooled embedding [B, W, D]."""
+    return self.diffusion_model(embedding, noisy_actions, time)
+
+
+def ddpm_step(x, eps, z, t, betas, alphas, alpha_hats, max_action: float,
+              action_mask: Optional[jax.Array] = None):
+  """One ancestral DDPM step x_t -> x_{t-1} with epsilon prediction, then clipping.
+
+  x, eps, z: [..., A]; t: int scalar. Dimensions where ``action_mask`` is False are replaced by
+  the noise a training sample would have had there, sqrt(1 - alpha_hat_t) * z.
+  """
+  alpha_1 = 1 / jnp.sqrt(alphas[t])
+  alpha_2 = (1 - alphas[t]) / jnp.sqrt(1 - alpha_hats[t])
+  x = alpha_1 * (x - alpha_2 * eps)
+  x = x + (t > 0) * (jnp.sqrt(betas[t]) * z)
+  x = jnp.clip(x, -max_action, max_action)
+  if action_mask is not None:
+    x = jnp.where(action_mask, x, jnp.sqrt(1 - alpha_hats[t]) * z)
+  return x
+
+
+def sample_chunks(eps_fn: Callable[[jax.Array, jax.Array], jax.Array], shape: tuple[int, ...],
+                  rng: jax.Array, head: DiffusionActionHead,
+                  embodiment_action_dim: Optional[int] = None) -> jax.Array:
+  """DDPM ancestral sampling of flattened action chunks for every window timestep.
+
+  Args:
+    eps_fn: (x [*shape], t [*shape[:-1], 1] int32) -> eps [*shape].
+    shape: (*sample_shape, B, W, A).
+    rng: split once for the initial noise, then once per step (the official stream).
+    head: supplies the schedule, step count and max_action.
+    embodiment_action_dim: action dims beyond it are kept at training-like noise.
+
+  Returns:
+    x_0 [*shape] after diffusion_steps steps.
+  """
+  betas, alphas, alpha_hats = schedule(head.diffusion_steps)
+  action_mask = None
+  if embodiment_action_dim is not None:
+    dims = jnp.arange(head.action_horizon * head.action_dim) % head.action_dim
+    action_mask = dims < embodiment_action_dim
+
+  def step(carry, t):
+    x, rng = carry
+    eps = eps_fn(x, jnp.broadcast_to(t, x.shape[:-1] + (1,)))
+    rng, key = jax.random.split(rng)
+    z = jax.random.normal(key, x.shape)
+    x = ddpm_step(x, eps, z, t, betas, alphas, alpha_hats, head.max_action, action_mask)
+    return (x, rng), None
+
+  rng, key = jax.random.split(rng)
+  noise = jax.random.normal(key, shape)
+  (x, _), _ = jax.lax.scan(step, (noise, rng),
+                           jnp.arange(head.diffusion_steps - 1, -1, -1))
+  return x

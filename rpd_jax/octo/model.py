@@ -1,0 +1,277 @@
+"""OctoModel: an Octo checkpoint as a pytree, with the official inference API.
+
+``params``, ``example_batch`` and ``dataset_statistics`` are pytree leaves; the Flax module and
+the config are static. ``sample_actions`` is jitted and pure in (model, observations, tasks,
+rng), so a caller can also pass the model through its own ``jax.jit``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import flax
+import flax.serialization
+import flax.traverse_util
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from rpd_jax.octo import heads as heads_lib
+from rpd_jax.octo.config import OctoSpec, parse_model_config
+from rpd_jax.octo.module import OctoModule, TokenGroup
+from rpd_jax.octo.t5 import T5Config, T5Encoder
+
+Data = Mapping[str, Any]
+# texts -> dict(input_ids [B, L] int32, attention_mask [B, L] int32), e.g. rpd_jax.octo.text's
+# T5Tokenizer (t5-base SentencePiece, L = 16, padded and truncated).
+Tokenize = Callable[[Sequence[str]], Mapping[str, Any]]
+
+# T5's end-of-sequence id: the tokenisation of "" is [EOS, pad, ...] with attention [1, 0, ...].
+_EOS_ID = 1
+
+
+def _freeze(x):
+  """JSON-like config -> hashable FrozenDict/tuple tree (static pytree metadata must hash)."""
+  if isinstance(x, Mapping):
+    return flax.core.FrozenDict({k: _freeze(v) for k, v in x.items()})
+  if isinstance(x, (list, tuple)):
+    return tuple(_freeze(v) for v in x)
+  return x
+
+
+def _unfreeze(x):
+  if isinstance(x, Mapping):
+    return {k: _unfreeze(v) for k, v in x.items()}
+  if isinstance(x, tuple):
+    return [_unfreeze(v) for v in x]
+  return x
+
+
+def _check_shapes(tree: Data, example: Data, name: str, skip_dims: int):
+  """Raises if an array in ``tree`` differs in shape from the example beyond ``skip_dims``."""
+  flat = flax.traverse_util.flatten_dict(dict(tree), sep="/")
+  ref = flax.traverse_util.flatten_dict(dict(example), sep="/")
+  bad = {k: (tuple(np.shape(v)), tuple(np.shape(ref[k]))) for k, v in flat.items()
+         if k in ref and np.shape(v)[skip_dims:] != np.shape(ref[k])[skip_dims:]}
+  if bad:
+    lines = ", ".join(f"{name}/{k}: {got} (expected [..., {', '.join(map(str, exp[skip_dims:]))}])"
+                      for k, (got, exp) in sorted(bad.items()))
+    raise ValueError(
+        f"input shapes do not match the checkpoint's example batch: {lines}. The model does not "
+        "resize: resize images (lanczos3, antialias) to the example batch's size first")
+
+
+@struct.dataclass
+class OctoModel:
+  """An Octo policy: parameters, example batch and dataset statistics, plus the static module.
+
+  Attributes:
+    params: the official parameter tree {octo_transformer, heads_action}.
+    example_batch: {observation, task, ...} of the checkpoint; fixes input shapes and window.
+    dataset_statistics: {"action": {mean, std, mask, ...}, ...} for a fine-tuned checkpoint, or
+      {dataset name: {...}} for a pretrained one; None for random models.
+    module: the OctoModule.
+    config: the checkpoint's config.json (frozen: read it like a dict).
+  """
+
+  params: Any
+  example_batch: Any
+  dataset_statistics: Any
+  module: OctoModule = struct.field(pytree_node=False)
+  config: Any = struct.field(pytree_node=False)
+
+  @property
+  def spec(self) -> OctoSpec:
+    return self.module.spec
+
+  @property
+  def window_size(self) -> int:
+    """Timesteps per observation window in the example batch (1 or 2 for released models)."""
+    return int(np.shape(self.example_batch["observation"]["timestep_pad_mask"])[1])
+
+  def _language_length(self) -> int:
+    lang = self.example_batch["task"].get("language_instruction")
+    if isinstance(lang, Mapping):
+      return int(np.shape(lang["input_ids"])[1])
+    return 16
+
+  def encode_language(self, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+    """T5 embeddings [B, L, d_model] float32 of token ids [B, L] (mask [B, L], 1 = token).
+
+    Pass the result as ``create_tasks(language_embeddings=...)``: an instruction is fixed per
+    task, so the encoder need not run on every action query. Jittable.
+    """
+    name, spec = self.spec.task_tokenizers[0]
+    t5_params = self.params["octo_transformer"][f"task_tokenizers_{name}"]["hf_model"]
+    return T5Encoder(spec.t5, self.module.dtype).apply(
+        {"params": t5_params}, jnp.asarray(input_ids), jnp.asarray(attention_mask))
+
+  def create_tasks(self, texts: Optional[Sequence[str]] = None, goals: Optional[Data] = None,
+                   language_embeddings: Optional[jax.Array] = None,
+                   tokenize: Optional[Tokenize] = None) -> dict[str, Any]:
+    """Builds a task dict of batch B, as the official ``create_tasks`` does.
+
+    Args:
+      texts: B instructions; tokenised with ``tokenize``, and T5 then runs inside every
+        ``sample_actions`` call (as in the official code).
+      goals: goal images {image_<k>: [B, H, W, 3] uint8}.
+      language_embeddings: [B, L, d_model] precomputed T5 embeddings (see ``encode_language``);
+        T5 is then skipped, with identical results.
+      tokenize: texts -> dict(input_ids, attention_mask) [B, L] int32; needed with ``texts``.
+
+    Returns:
+      {image_<k> (goal or zeros), language_instruction (token dict or embeddings),
+       pad_mask_dict {key: [B] bool}}. Without language, the task gets the tokens of the empty
+      string with its language flag False, as the official goal-conditioned tasks do.
+    """
+    if texts is not None and language_embeddings is not None:
+      raise ValueError("pass either texts or language_embeddings, not both")
+    if texts is None and goals is None and language_embeddings is None:
+      raise ValueError("create_tasks needs texts, goals or language_embeddings")
+    if texts is not None:
+      if tokenize is None:
+        raise ValueError(
+            "create_tasks(texts=...) needs tokenize= (e.g. rpd_jax.octo.text.T5Tokenizer); or "
+            "pass language_embeddings= computed once with encode_language")
+      batch = len(texts)
+    elif language_embeddings is not None:
+      batch = int(np.shape(language_embeddings)[0])
+    else:
+      batch = int(np.shape(jax.tree.leaves(goals)[0])[0])
+
+    tasks: dict[str, Any] = {}
+    pad_mask_dict: dict[str, Any] = {}
+    if goals is not None:
+      tasks.update(goals)
+      pad_mask_dict.update({k: np.ones(batch, bool) for k in goals})
+    else:
+      for k, v in self.example_batch["task"].items():
+        if k not in ("pad_mask_dict", "language_instruction"):
+          tasks[k] = np.zeros((batch,) + np.shape(v)[1:], np.asarray(v).dtype)
+          pad_mask_dict[k] = np.zeros(batch, bool)
+
+    if texts is not None:
+      lang = tokenize(list(texts))
+      tasks["language_instruction"] = {
+          "input_ids": np.asarray(lang["input_ids"], np.int32),
+          "attention_mask": np.asarray(lang["attention_mask"], np.int32)}
+      pad_mask_dict["language_instruction"] = np.ones(batch, bool)
+    elif language_embeddings is not None:
+      tasks["language_instruction"] = language_embeddings
+      pad_mask_dict["language_instruction"] = np.ones(batch, bool)
+    else:
+      length = self._language_length()
+      ids = np.zeros((batch, length), np.int32)
+      ids[:, 0] = _EOS_ID
+      tasks["language_instruction"] = {"input_ids": ids, "attention_mask": ids.copy()}
+      pad_mask_dict["language_instruction"] = np.zeros(batch, bool)
+    tasks["pad_mask_dict"] = pad_mask_dict
+    self._check_tasks(tasks)
+    return tasks
+
+  def _check_tasks(self, tasks: Data):
+    example = {k: v for k, v in self.example_batch["task"].items()
+               if not (k == "language_instruction" and not isinstance(
+                   tasks.get(k), Mapping))}
+    _check_shapes(tasks, example, "tasks", 1)
+
+  def run_transformer(self, observations: Data, tasks: Data,
+                      timestep_pad_mask: Optional[jax.Array] = None) -> dict[str, TokenGroup]:
+    """Transformer outputs {group: TokenGroup(tokens, mask)}; see OctoTransformer."""
+    _check_shapes({k: v for k, v in observations.items() if k.startswith("image_")},
+                  self.example_batch["observation"], "observations", 2)
+    self._check_tasks(tasks)
+    if timestep_pad_mask is None:
+      timestep_pad_mask = _timestep_pad_mask(observations)
+    return self.module.apply({"params": self.params}, observations, tasks,
+                             jnp.asarray(timestep_pad_mask, bool),
+                             method=OctoModule.transformer)
+
+  @functools.partial(jax.jit, static_argnames=("num_samples", "normalization_type"))
+  def sample_actions(self, observations: Data, tasks: Data, rng: jax.Array,
+                     unnormalization_statistics: Optional[Data] = None,
+                     num_samples: Optional[int] = None,
+                     timestep_pad_mask: Optional[jax.Array] = None,
+                     normalization_type: str = "normal") -> jax.Array:
+    """Samples action chunks for the last timestep of each observation window.
+
+    Args:
+      observations: image_<k> [B, W, H, W', 3] uint8 (shapes of the example batch; W may be
+        smaller than the checkpoint's window), timestep_pad_mask [B, W] bool (v1.0: pad_mask),
+        optional pad_mask_dict {image_<k>: [B, W] bool}.
+      tasks: from ``create_tasks``.
+      rng: PRNG key; the same key gives the official model's samples (legacy threefry).
+      unnormalization_statistics: {mean, std, mask} ("normal") or {p01, p99, mask} ("bounds"),
+        e.g. ``model.dataset_statistics["action"]``; None returns normalised actions.
+      num_samples: None for one sample, else N independent samples.
+      timestep_pad_mask: overrides ``observations["timestep_pad_mask"]``.
+      normalization_type: "normal" or "bounds".
+
+    Returns:
+      [B, action_horizon, action_dim] float32, or [N, B, horizon, dim] with num_samples=N;
+      truncated to len(mask) dims when statistics are given.
+    """
+    if timestep_pad_mask is None:
+      timestep_pad_mask = _timestep_pad_mask(observations)
+    outputs = self.run_transformer(observations, tasks, timestep_pad_mask)
+    head = dict(self.spec.heads)["action"]
+    readout = outputs[head.readout_key].tokens
+    embedding = readout.astype(jnp.float32).mean(axis=-2)
+    sample_shape = () if num_samples is None else (num_samples,)
+    batch, window = embedding.shape[:2]
+    shape = sample_shape + (batch, window, head.action_horizon * head.action_dim)
+    head_params = {"params": self.params}
+
+    def eps_fn(x, t):
+      return self.module.apply(head_params, "action", embedding, x, t,
+                               method=OctoModule.head_eps)
+
+    stats = unnormalization_statistics
+    embodiment_dim = None
+    if stats is not None:
+      key = "mean" if normalization_type == "normal" else "p01"
+      embodiment_dim = int(np.shape(stats[key])[0])
+    x = heads_lib.sample_chunks(eps_fn, shape, rng, _head_module(head),
+                                embodiment_action_dim=embodiment_dim)
+    actions = x.reshape(x.shape[:-1] + (head.action_horizon, head.action_dim))[..., -1, :, :]
+    if stats is not None:
+      actions = unnormalize(actions, stats, normalization_type)
+    return actions
+
+
+def _head_module(head) -> heads_lib.DiffusionActionHead:
+  return heads_lib.DiffusionActionHead(**vars(head))
+
+
+def _timestep_pad_mask(observations: Data) -> jax.Array:
+  for key in ("timestep_pad_mask", "pad_mask"):
+    if key in observations:
+      return jnp.asarray(observations[key], bool)
+  raise ValueError("observations need timestep_pad_mask [B, W] bool (True = real timestep)")
+
+
+def unnormalize(actions: jax.Array, statistics: Data, normalization_type: str = "normal"):
+  """Normalised actions [..., dim] -> environment units, on the dims where ``mask`` is True.
+
+  "normal": a * std + mean; "bounds": (a + 1) * (p99 - p01) / 2 + p01. Actions are first
+  truncated to len(mask); masked-out dims (e.g. the gripper of EEF datasets) stay as they are.
+  """
+  if normalization_type == "normal":
+    ref = statistics["mean"]
+  elif normalization_type == "bounds":
+    ref = statistics["p01"]
+  else:
+    raise ValueError(f"normalization_type must be 'normal' or 'bounds', got "
+                     f"{normalization_type!r}")
+  mask = statistics.get("mask")
+  mask = jnp.ones(np.shape(ref), bool) if mask is None else jnp.asarray(mask, bool)
+  actions = actions[..., :mask.shape[0]]
+  if normalization_type == "normal":
+    raw = actions * statistics["std"] + statistics["mean"]
+  else:
+    raw = (actions + 1) * (statistics["p99"] - statistics["p01"]) / 2 + statistics["p01"]
+  return jnp.where(mask, raw, actions)
