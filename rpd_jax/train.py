@@ -4,6 +4,9 @@ Override any value with ``--config.x.y=value`` (e.g. ``--config.distill.coef=0.5
 again with the same ``--workdir`` resumes from its last checkpoint.
 """
 
+import glob
+import os
+import re
 import sys
 
 from absl import app, flags, logging
@@ -28,8 +31,9 @@ def main(argv):
   try:
     config_lib.validate(config)
   except config_lib.ConfigError as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _fail(str(e))
+  # Orbax logs every step of every save at INFO; keep the console for training progress.
+  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   logging.info("workdir: %s", workdir)
   from rpd_jax import trainer  # after validation: nothing heavy is imported for a bad config
@@ -37,11 +41,38 @@ def main(argv):
   print("final evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in final.items()))
 
 
+def parse_flags(argv):
+  """absl's parser, but a bad config file, variant or override stops with one clear line."""
+  config_args = [a for a in argv[1:] if a.startswith("--config=")]
+  if config_args:
+    path = config_args[-1].split("=", 1)[1].split(":")[0]
+    if not os.path.isfile(path):
+      _fail(f"config file {path!r} not found; experiments/ has "
+            f"{', '.join(sorted(glob.glob('experiments/*.py'))) or 'none here'}")
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    if isinstance(e, (KeyError, AttributeError)):  # an override naming no config field
+      field = str(e).strip("\"'")
+      bad = [a for a in argv[1:] if a.startswith("--config.") and field in a]
+      _fail(f"{bad[0] if bad else field}: the config has no field {field!r}; see the "
+            f"experiment file for the fields it sets")
+    # config_flags wraps the config module's own exception, traceback and all: keep its last
+    # line ("ValueError: unknown config variant ...") without the exception's type.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    last = lines[-1] if lines else repr(e)
+    _fail(re.sub(r"^\w+(Error|Exception): ", "", last))
+
+
+def _fail(message: str):
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
 def default_workdir(config_path: str) -> str:
-  import os
   name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
   return os.path.join("runs", name)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

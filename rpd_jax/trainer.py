@@ -181,7 +181,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # fail, and it never enters the student's checkpoint.
   teacher = make_teacher(c.teacher, c.env) if c.distill.loss != "none" else None
   env = make_env(c.env, num_envs, seed=c.seed)
-  eval_env = None
+  eval_env, ckpt, writer = None, None, None
   try:
     carry = initial_carry(env, seed=c.seed)
     logging.info("env %s x%d: %s", c.env.name, num_envs, describe(env.observation_spec))
@@ -260,10 +260,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if save:
         ckpt.save(iteration, {"state": state, "carry": carry._replace(env_state=_env_state(env))})
     bar.close()
-    ckpt.close()
-    writer.close()
     return last_eval
   finally:
+    if ckpt is not None:
+      ckpt.close()  # waits for a save in flight: a crash never loses a finished iteration's save
+    if writer is not None:
+      writer.close()
     env.close()
     if eval_env is not None:
       eval_env.close()

@@ -1,0 +1,102 @@
+"""End to end on the pure-JAX env: smoke training, crash and resume, the CLI's errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from ml_collections import config_flags
+
+from rpd_jax import config as config_lib
+from rpd_jax import ppo, trainer
+
+
+def load_config(repo_root, arg):
+  return config_flags.config_flags._LoadConfigModule(
+      "jax_push", os.path.join(repo_root, "experiments", "jax_push.py")).get_config(arg)
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  # Wall-clock timings differ between runs; everything else must not.
+  return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+def test_smoke_training_writes_everything(repo_root, tmp_path):
+  config = load_config(repo_root, "ppd,smoke")
+  final = trainer.train_and_evaluate(config, str(tmp_path))
+  assert set(final) >= {"eval/success_rate", "eval/return"}
+  rows = read_metrics(tmp_path)
+  assert [r["iteration"] for r in rows] == [1, 2, 3, 4]
+  assert all(r["teacher/calls_per_step"] == 1.0 for r in rows)
+  assert "eval/success_rate" in rows[1] and "eval/success_rate" in rows[3]
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+  assert os.listdir(tmp_path / "tensorboard")
+  assert json.load(open(tmp_path / "config.json"))["distill"]["loss"] == "ppd"
+
+
+def test_crash_and_resume_continue_identically(repo_root, tmp_path, monkeypatch):
+  config = load_config(repo_root, "smoke")
+  config.total_env_steps *= 2  # 8 iterations, checkpoints every 2
+  trainer.train_and_evaluate(config, str(tmp_path / "straight"))
+
+  # Crash in the middle of iteration 5: after the checkpoint at 4, with 5's rollout under way.
+  make_update = ppo.make_update
+
+  def crashing_make_update(*args):
+    update = make_update(*args)
+    def wrapped(state, *rest):
+      if int(state.iteration) == 4:
+        raise KeyboardInterrupt("simulated kill")
+      return update(state, *rest)
+    return wrapped
+
+  monkeypatch.setattr(ppo, "make_update", crashing_make_update)
+  with pytest.raises(KeyboardInterrupt):
+    trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+  assert [r["iteration"] for r in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
+  monkeypatch.setattr(ppo, "make_update", make_update)
+  trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
+
+  straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
+  assert [r["iteration"] for r in resumed] == list(range(1, 9))
+  assert resumed == straight
+
+
+def run_cli(repo_root, *args):
+  return subprocess.run([sys.executable, "-m", "rpd_jax.train", *args], cwd=repo_root,
+                         capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--config=experiments/jax_push.py:smoke", "--config.distill.loss=kl"],
+     "config.distill.loss='kl' is unknown; use one of none, mse, l1, bc, ppd"),
+    (["--config=experiments/jax_push.py:smoke", "--config.ppo.learning_rate=-1"],
+     "config.ppo.learning_rate=-1.0 is negative"),
+    (["--config=experiments/jax_push.py:smoke", "--config.ppo.num_minibatches=3"],
+     "config.ppo.num_minibatches=3 does not divide the batch"),
+    (["--config=experiments/jax_push.py:smoke", "--config.distill.schedule=cosine"],
+     "config.distill.decay_steps=0 must be > 0 for the 'cosine' schedule"),
+    (["--config=experiments/jax_push.py:nosuch"],
+     "unknown config variant 'nosuch'; choose from"),
+])
+def test_cli_rejects_bad_configs_before_compiling(repo_root, tmp_path, args, message):
+  result = run_cli(repo_root, *args, f"--workdir={tmp_path}")
+  assert result.returncode != 0
+  assert message in result.stderr
+  assert "Traceback" not in result.stderr
+  assert not os.path.exists(tmp_path / "checkpoints")  # nothing was built
+
+
+def test_every_variant_combines_with_smoke(repo_root):
+  for variant in ("ppo", "rpd_mse", "rpd_l1", "rpd_bc", "ppd", "sparse", "rgb"):
+    config = load_config(repo_root, f"{variant},smoke")
+    config_lib.validate(config)
+    assert config.env.num_envs == 8
+  assert load_config(repo_root, "rpd_l1,smoke").distill.loss == "l1"
+  assert load_config(repo_root, "sparse,smoke").env.reward_mode == "sparse"
+  assert load_config(repo_root, "sparse,smoke").ppo.gamma == 0.99
