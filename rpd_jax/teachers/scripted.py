@@ -20,8 +20,8 @@ from rpd_jax.envs import jax_push
 from rpd_jax.envs.base import Observation
 from rpd_jax.teachers.base import Teacher, TeacherOutput
 
-# Defaults for a mediocre teacher: alone it succeeds in 44% of 512 episodes (42% with another
-# seed); noise-free it succeeds in 100% (experiments/measure_push_teacher.py).
+# Defaults for a mediocre teacher: alone it succeeds in 44% of 512 episodes (43% with another
+# seed), noise-free in 100% (experiments/measure_push_teacher.py).
 DEFAULT_NOISE = 1.0
 DEFAULT_BIAS = 0.5
 GRIPPER_CLOSED = -1.0  # ManiSkill's pd_ee_delta_pose convention; a pusher keeps it closed
