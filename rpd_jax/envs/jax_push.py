@@ -231,6 +231,8 @@ class JaxPushVecEnv:
                        f"fields of PushParams: {[f.name for f in dataclasses.fields(PushParams)]}")
     if num_envs <= 0:
       raise ValueError(f"num_envs={num_envs} must be a positive integer")
+    # Config files may hold tuples as lists; the params must stay hashable (a static jit arg).
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
     self.params = PushParams(reward_mode=reward_mode, **kwargs)
     self.num_envs = num_envs
     self.max_episode_steps = self.params.max_episode_steps
@@ -251,4 +253,4 @@ class JaxPushVecEnv:
     return _batched_render(self.params, self.state)
 
   def close(self) -> None:
-    pass
+    """Nothing to release: the whole simulator is the JAX arrays in ``self.state``."""
