@@ -8,6 +8,7 @@ checked exactly; the fixture tests run the same adapter on the real model.
 
 import collections
 import io
+import json
 import os
 import pathlib
 from typing import Any
@@ -23,7 +24,8 @@ from flax import struct
 
 import rpd_jax.octo as rpd_octo
 from rpd_jax.octo import text
-from rpd_jax.teachers import base, octo
+from rpd_jax.bench import teacher as teacher_bench
+from rpd_jax.teachers import base, octo, remote
 
 FIXTURE_DIR = pathlib.Path(
     os.environ.get("OCTO_PARITY_DIR", pathlib.Path(__file__).parent / "data" / "octo_parity"))
@@ -75,6 +77,10 @@ def gray(batch, value, size=8):
   return jnp.full((batch, size, size, 3), value, jnp.uint8)
 
 
+# base.query, jitted (op-by-op dispatch of the adapter would dominate these tests' time).
+query = jax.jit(base.query, static_argnums=5)
+
+
 def raw_teacher(model, **kwargs):
   return octo.teacher_from_model(model, jnp.ones((16, 4)), gripper="raw", **kwargs)
 
@@ -82,9 +88,9 @@ def raw_teacher(model, **kwargs):
 def test_shapes_and_samples():
   teacher = raw_teacher(probe_model(), window=2)
   obs, key = {"rgb": gray(3, 10)}, jax.random.key(0)
-  out = base.query(teacher, obs, obs, jnp.zeros(3, bool), key)
+  out = query(teacher, obs, obs, jnp.zeros(3, bool), key)
   assert out.action.shape == (3, 7) and out.action.dtype == jnp.float32 and out.samples is None
-  out = base.query(teacher, obs, obs, jnp.zeros(3, bool), key, num_samples=5)
+  out = query(teacher, obs, obs, jnp.zeros(3, bool), key, 5)
   assert out.action.shape == (3, 7) and out.samples.shape == (5, 3, 7)
   np.testing.assert_array_equal(out.samples[0], out.action)  # the action is the first sample
   assert np.std(out.samples[:, :, 5], axis=0).min() > 0  # independent noise per sample
@@ -95,7 +101,7 @@ def test_window_and_pad_at_episode_starts():
   teacher = raw_teacher(probe_model(), window=2)
   obs, prev = {"rgb": gray(2, 100)}, {"rgb": gray(2, 50)}
   is_first = jnp.array([True, False])
-  out = teacher.apply_fn(teacher.params, obs, prev, is_first, jax.random.key(0), 0)
+  out = query(teacher, obs, prev, is_first, jax.random.key(0))
   # Row 0 starts an episode: timestep 0 is padded (flag 0, probe reports -1); row 1 sees the
   # previous frame (50) then the current one (100).
   np.testing.assert_allclose(out.action[:, :3], [[-1, 100, 0], [50, 100, 1]])
@@ -107,8 +113,8 @@ def test_window_and_pad_at_episode_starts():
 def test_window_one_ignores_prev_obs():
   teacher = raw_teacher(probe_model(), window=1)
   obs = {"rgb": gray(2, 100)}
-  out = teacher.apply_fn(teacher.params, obs, {"rgb": gray(2, 7)}, jnp.array([True, False]),
-                         jax.random.key(0), 0)
+  out = query(teacher, obs, {"rgb": gray(2, 7)}, jnp.array([True, False]),
+                         jax.random.key(0))
   np.testing.assert_allclose(out.action[:, :3], [[100, 100, 1], [100, 100, 1]])
   with pytest.raises(ValueError, match="window of 2"):
     raw_teacher(probe_model(), window=3)
@@ -117,7 +123,7 @@ def test_window_one_ignores_prev_obs():
 def test_resize_to_checkpoint_size():
   teacher = raw_teacher(probe_model(size=8), window=1)
   obs = {"rgb": gray(2, 200, size=20)}  # any size; constant images stay constant
-  out = teacher.apply_fn(teacher.params, obs, obs, jnp.zeros(2, bool), jax.random.key(0), 0)
+  out = query(teacher, obs, obs, jnp.zeros(2, bool), jax.random.key(0))
   np.testing.assert_allclose(out.action[:, 1], 200)
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (2, 3, 37, 53, 3)), jnp.uint8)
@@ -148,7 +154,7 @@ def test_gripper_mapping(octo_gripper, expected):
   teacher = octo.teacher_from_model(probe_model(gripper=octo_gripper), jnp.zeros((16, 4)),
                                     window=1)
   obs = {"rgb": gray(1, 255)}
-  out = teacher.apply_fn(teacher.params, obs, obs, jnp.zeros(1, bool), jax.random.key(0), 0)
+  out = query(teacher, obs, obs, jnp.zeros(1, bool), jax.random.key(0))
   np.testing.assert_allclose(out.action[0, -1], expected)
   assert out.action[0, 0] == 1.0  # mean pixel 255, clipped to the env's action bound
 
@@ -162,7 +168,7 @@ def test_unnormalisation_statistics():
     raw_teacher(model)
   teacher = raw_teacher(model, window=1, dataset_name="fractal20220817_data")
   obs = {"rgb": gray(1, 10)}
-  out = teacher.apply_fn(teacher.params, obs, obs, jnp.zeros(1, bool), jax.random.key(0), 0)
+  out = query(teacher, obs, obs, jnp.zeros(1, bool), jax.random.key(0))
   np.testing.assert_allclose(out.action[0, :3], [10 * 2 + 1, 10 * 2 + 1, 1 * 2 + 1])
   np.testing.assert_allclose(out.action[0, 6], 0.75)  # mask False: gripper stays raw
   with pytest.raises(ValueError, match="single statistics dict"):
@@ -296,3 +302,51 @@ def test_fixture_teacher(fixture_teacher):
   out2 = query(teacher, obs, other_prev, is_first, key)
   np.testing.assert_allclose(out2.samples[:, is_first], out.samples[:, is_first], atol=1e-5)
   assert not np.allclose(out2.samples[:, ~is_first], out.samples[:, ~is_first])
+
+
+# --- The server hop and the benchmark. -----------------------------------------------------
+
+
+def test_pack_roundtrip_with_shared_memory():
+  rng = np.random.default_rng(0)
+  arrays = {"obs/rgb": rng.integers(0, 256, (3, 8, 8, 3), np.uint8),
+            "obs/state": rng.normal(size=(3, 5)).astype(np.float32),
+            "is_first": np.array([True, False, True])}
+  owned, attached = {}, {}
+  try:
+    message = remote.pack(arrays, owned, {"seed": 4})
+    assert set(owned) == {"obs/rgb"}  # only the image went to shared memory
+    assert len(message) < arrays["obs/rgb"].nbytes
+    got, extra = remote.unpack(message, attached)
+    assert extra == {"seed": 4}
+    for name, value in arrays.items():
+      np.testing.assert_array_equal(got[name], value)
+      assert got[name].dtype == value.dtype
+    bigger = {"obs/rgb": rng.integers(0, 256, (6, 8, 8, 3), np.uint8)}  # grows the segment
+    got, _ = remote.unpack(remote.pack(bigger, owned), attached)
+    np.testing.assert_array_equal(got["obs/rgb"], bigger["obs/rgb"])
+    got, _ = remote.unpack(remote.pack(arrays))  # without shared memory
+    np.testing.assert_array_equal(got["obs/rgb"], arrays["obs/rgb"])
+  finally:
+    del got
+    for segment in attached.values():
+      segment.close()
+    for segment in owned.values():
+      segment.close()
+      segment.unlink()
+
+
+def test_bench_tiny_in_process_and_server(tmp_path):
+  out = tmp_path / "bench.json"
+  rows = teacher_bench.main(["--size", "tiny", "--batch", "1", "--server-batch", "1",
+                             "--repeats", "1", "--json", str(out)])
+  assert [r["mode"] for r in rows] == ["in-process", "server"]
+  for row in rows:
+    assert row["batch"] == 1 and row["window"] == 1 and row["samples_per_s"] > 0
+    assert row["compile_s"] > 0 and row["ms_per_call"] > 0
+  assert "hop_ms" in rows[1]
+  assert rows[1]["max_abs_diff"] < 1e-4  # the server computes what the in-process teacher does
+  saved = json.loads(out.read_text())
+  assert saved["rows"] == rows and saved["setup"]["argv"][:2] == ["--size", "tiny"]
+  table = teacher_bench.markdown(rows)
+  assert table.count("\n") == 3 and "| server | tiny | float32 | 1 | 1 |" in table

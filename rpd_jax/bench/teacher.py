@@ -1,0 +1,253 @@
+r"""Octo teacher throughput: samples/s against batch size, in-process and behind a server.
+
+    python -m rpd_jax.bench.teacher                       # short default: tiny, fp32, W=1
+    python -m rpd_jax.bench.teacher --size small --batch 1,32,128 --server-batch 1,32,128
+    python -m rpd_jax.bench.teacher --checkpoint octo-base-1.5 --dataset-name bridge_dataset \
+        --window 1,2 --dtype float32,bfloat16 --json octo_base.json
+
+For each (dtype, window, batch) the in-process teacher (``rpd_jax.teachers.octo``: resize,
+window, task, 20 diffusion steps, unnormalisation) is compiled once with ``jit(...).lower(...)
+.compile()``, timed separately, then called ``--repeats`` times with fresh keys; a call is timed
+to ``block_until_ready`` and the median is reported. ``--server-batch`` runs the same teacher
+in a separate process behind ``rpd_jax.teachers.remote`` (the published RPD's kind of teacher
+server: images through shared memory, arrays serialised over a connection; float32, the first
+window of ``--window``) and reports the extra time per call, the hop.
+
+Flags:
+  --size tiny|small|base    random weights of a named size (``rpd_jax.octo.init_random``), or
+  --checkpoint DIR|NAME     a checkpoint folder or released name (third_party/README.md);
+  --dataset-name NAME       action statistics to use when the checkpoint has several;
+  --batch 1,32              in-process batch sizes;
+  --window 1                observation windows (1 and/or 2);
+  --dtype float32           compute dtypes (float32 and/or bfloat16);
+  --server-batch 1,32       batch sizes through the server ("" to skip it); each server row
+                            also records the largest difference between the server's and the
+                            in-process answer for the same key (max_abs_diff in the JSON);
+  --no-shared-memory        send images inside the message instead of shared memory;
+  --image-size N            camera resolution fed to the teacher (default 64 for tiny, else
+                            256, ManiSkill's human camera in RPD); random models are built at
+                            this resolution, checkpoints resize to theirs on device;
+  --repeats 5               timed calls per row (after one untimed warm-up call);
+  --json FILE               also write the rows (and the setup) as JSON.
+
+The language input is the T5 embedding of the empty instruction, computed once: the cost of a
+call does not depend on the text.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+
+from rpd_jax import octo
+from rpd_jax.teachers import octo as octo_teacher
+from rpd_jax.teachers.base import Teacher
+from rpd_jax.teachers.remote import RemoteTeacher
+
+BUILDER = f"{__name__}:build_teacher"
+
+
+def load_model(size: Optional[str] = None, checkpoint: Optional[str] = None, window: int = 1,
+               image_size: int = 256, seed: int = 0):
+  """An Octo model: random weights of a named size (seeded: the same in every process), or a
+  checkpoint."""
+  if (size is None) == (checkpoint is None):
+    raise ValueError("pass exactly one of --size and --checkpoint")
+  if size is not None:
+    return octo.init_random(size, window=window, primary_size=image_size, seed=seed)
+  return octo.load_pretrained(octo_teacher.resolve_checkpoint(checkpoint))
+
+
+def empty_instruction_embedding(model) -> jax.Array:
+  """T5 embedding [16, D] of "" (EOS then padding), the language input of the benchmark."""
+  ids = np.zeros((1, 16), np.int32)
+  ids[0, 0] = 1  # T5's EOS
+  return jax.jit(type(model).encode_language)(model, ids, ids)[0]
+
+
+def build_teacher(size: Optional[str] = None, checkpoint: Optional[str] = None,
+                  dataset_name: Optional[str] = None, window: int = 1,
+                  max_window: Optional[int] = None, dtype: str = "float32",
+                  image_size: int = 256, seed: int = 0) -> Teacher:
+  """The benchmarked teacher; also the server's builder (JSON-able arguments).
+
+  ``max_window`` is the window random models are built for (default ``window``), so that W=1
+  and W=2 rows time the same model.
+  """
+  model = load_model(size, checkpoint, max(window, max_window or window), image_size, seed)
+  return octo_teacher.teacher_from_model(
+      model, empty_instruction_embedding(model), window=window, dataset_name=dataset_name,
+      dtype=dtype, gripper="raw", name=f"octo-{size or checkpoint}")
+
+
+def _median_ms(call: Callable[[int], Any], repeats: int) -> float:
+  """Median wall time in ms of ``call(i)``, i = 1..repeats, after an untimed ``call(0)``."""
+  call(0)
+  times = []
+  for i in range(1, repeats + 1):
+    start = time.perf_counter()
+    call(i)
+    times.append(time.perf_counter() - start)
+  return 1e3 * statistics.median(times)
+
+
+def _inputs(batch: int, image_size: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  frames = lambda: rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)
+  return {"rgb": frames()}, {"rgb": frames()}, np.arange(batch) % 50 == 0
+
+
+def bench_in_process(teacher: Teacher, batch: int, image_size: int,
+                     repeats: int) -> tuple[dict[str, float], Callable[[int], np.ndarray]]:
+  """compile_s, ms per call and samples/s of the jitted teacher at ``batch``; and the compiled
+  teacher as a function of a seed (on the benchmark's inputs), to check the server against."""
+  obs, prev, is_first = jax.device_put(_inputs(batch, image_size))
+  key = jax.random.key(0)
+  fn = jax.jit(lambda p, o, q, f, k: teacher.apply_fn(p, o, q, f, k, 0).action)
+  start = time.perf_counter()
+  compiled = fn.lower(teacher.params, obs, prev, is_first, key).compile()
+  compile_s = time.perf_counter() - start
+  keys = [jax.random.fold_in(key, i) for i in range(repeats + 1)]
+  call = lambda i: jax.block_until_ready(compiled(teacher.params, obs, prev, is_first, keys[i]))
+  ms = _median_ms(call, repeats)
+  answer = lambda seed: np.asarray(
+      compiled(teacher.params, obs, prev, is_first, jax.random.key(seed)))
+  return {"compile_s": compile_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3}, answer
+
+
+def bench_server(server: RemoteTeacher, batch: int, image_size: int,
+                 repeats: int) -> dict[str, float]:
+  """First-call seconds (compile in the server), ms per call and samples/s through ``server``."""
+  obs, prev, is_first = _inputs(batch, image_size)
+  start = time.perf_counter()
+  server(obs, prev, is_first, seed=repeats + 1)
+  first_s = time.perf_counter() - start
+  ms = _median_ms(lambda i: server(obs, prev, is_first, seed=i), repeats)
+  return {"compile_s": first_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3}
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+  """All rows of the benchmark described by ``args``."""
+  model_args = {"size": args.size, "checkpoint": args.checkpoint,
+                "dataset_name": args.dataset_name, "max_window": max(args.window),
+                "image_size": args.image_size}
+  label = args.size or args.checkpoint
+  rows, answers = [], {}
+  for dtype in args.dtype:
+    for window in args.window:
+      teacher = build_teacher(window=window, dtype=dtype, **model_args)
+      for batch in args.batch:
+        row = {"mode": "in-process", "model": label, "dtype": dtype, "window": window,
+               "batch": batch}
+        timing, answers[dtype, window, batch] = bench_in_process(teacher, batch, args.image_size,
+                                                                 args.repeats)
+        row.update(timing)
+        rows.append(row)
+        print(_format_row(row), file=sys.stderr, flush=True)
+  if args.server_batch:
+    window = args.window[0]
+    start = time.perf_counter()
+    with RemoteTeacher(BUILDER, {**model_args, "window": window, "dtype": "float32"},
+                       use_shared_memory=not args.no_shared_memory) as server:
+      startup_s = time.perf_counter() - start
+      for batch in args.server_batch:
+        row = {"mode": "server" + ("" if not args.no_shared_memory else " (no shm)"),
+               "model": label, "dtype": "float32", "window": window, "batch": batch,
+               "server_startup_s": startup_s}
+        row.update(bench_server(server, batch, args.image_size, args.repeats))
+        local = [r for r in rows if r["mode"] == "in-process" and r["dtype"] == "float32"
+                 and r["window"] == window and r["batch"] == batch]
+        if local:
+          row["hop_ms"] = row["ms_per_call"] - local[0]["ms_per_call"]
+          # Same weights, inputs and key on both sides: the answers must agree.
+          obs, prev, is_first = _inputs(batch, args.image_size)
+          remote = server(obs, prev, is_first, seed=7).action
+          row["max_abs_diff"] = float(np.abs(remote - answers["float32", window, batch](7)).max())
+        rows.append(row)
+        print(_format_row(row), file=sys.stderr, flush=True)
+  return rows
+
+
+COLUMNS = ("mode", "model", "dtype", "window", "batch", "compile_s", "ms_per_call",
+           "samples_per_s", "hop_ms")
+HEADERS = ("mode", "model", "dtype", "W", "batch", "compile / first call s", "ms/call (median)",
+           "samples/s", "hop ms/call")
+
+
+def _format_row(row: dict[str, Any]) -> str:
+  cells = []
+  for column in COLUMNS:
+    value = row.get(column)
+    if value is None:
+      cells.append("")
+    elif isinstance(value, float):
+      cells.append(f"{value:.1f}" if column != "samples_per_s" else f"{value:.2f}")
+    else:
+      cells.append(str(value))
+  return "| " + " | ".join(cells) + " |"
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+  lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+  return "\n".join(lines + [_format_row(r) for r in rows])
+
+
+def _ints(text: str) -> list[int]:
+  return [int(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      description=__doc__.split("\n\n")[0] if __doc__ else None,
+      formatter_class=argparse.RawDescriptionHelpFormatter)
+  what = parser.add_mutually_exclusive_group()
+  what.add_argument("--size", choices=("tiny", "small", "base"),
+                    help="random weights of a named size (default: tiny)")
+  what.add_argument("--checkpoint", help="checkpoint folder or released name")
+  parser.add_argument("--dataset-name", help="statistics to use for multi-dataset checkpoints")
+  parser.add_argument("--batch", type=_ints, default=[1, 32], help="in-process batch sizes")
+  parser.add_argument("--window", type=_ints, default=[1], help="observation windows, 1 and/or 2")
+  parser.add_argument("--dtype", type=lambda s: s.split(","), default=["float32"],
+                      help="compute dtypes: float32 and/or bfloat16")
+  parser.add_argument("--server-batch", type=_ints, default=[1, 32],
+                      help="batch sizes through the teacher server ('' skips it)")
+  parser.add_argument("--no-shared-memory", action="store_true",
+                      help="send server images inside the message")
+  parser.add_argument("--image-size", type=int,
+                      help="camera resolution (default: 64 for --size tiny, else 256)")
+  parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
+  parser.add_argument("--json", help="write the rows to this JSON file")
+  args = parser.parse_args(argv)
+  if args.checkpoint is None and args.size is None:
+    args.size = "tiny"
+  if args.image_size is None:
+    args.image_size = 64 if args.size == "tiny" else 256
+  if not set(args.window) <= {1, 2}:
+    parser.error(f"--window {args.window}: Octo takes windows of 1 or 2")
+  return args
+
+
+def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
+  args = parse_args(argv)
+  rows = run(args)
+  print(markdown(rows))
+  if args.json:
+    setup = {"argv": sys.argv[1:] if argv is None else argv, "jax": jax.__version__,
+             "device": str(jax.devices()[0]), "platform": platform.platform(),
+             "cpu_count": os.cpu_count()}
+    with open(args.json, "w") as f:
+      json.dump({"setup": setup, "rows": rows}, f, indent=1)
+  return rows
+
+
+if __name__ == "__main__":
+  main()
