@@ -8,6 +8,9 @@ boundary and ManiSkill's semantics:
 - observations: a dict of JAX arrays with a leading batch dim [B, ...]. Keys the project uses:
   ``state`` (float32 [B, D]), ``rgb`` (uint8 [B, H, W, 3]) and ``privileged`` (float32 [B, P],
   the full simulator state that scripted teachers read; students never see it);
+- optional ``get_state() -> pytree`` / ``set_state(pytree)``: envs that can hand out their
+  whole state (the pure-JAX env) are checkpointed with it, so a resumed run continues exactly;
+  others are re-seeded on resume;
 - auto-reset: an episode that ends at a step is reset inside that step; ``obs`` is then the first
   observation of the new episode and ``final_obs`` the last observation of the old one (for
   bootstrapping on truncation). Where no episode ended ``final_obs`` equals ``obs``.

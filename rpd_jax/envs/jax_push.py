@@ -252,5 +252,13 @@ class JaxPushVecEnv:
   def render(self) -> jax.Array:
     return _batched_render(self.params, self.state)
 
+  def get_state(self) -> PushState:
+    """The batched env state as plain arrays (PRNG keys as raw key data), for checkpoints."""
+    return self.state.replace(key=jax.random.key_data(self.state.key))
+
+  def set_state(self, state: PushState) -> None:
+    """Continues from a state that ``get_state`` gave: resumed runs step on identically."""
+    self.state = state.replace(key=jax.random.wrap_key_data(jnp.asarray(state.key)))
+
   def close(self) -> None:
     """Nothing to release: the whole simulator is the JAX arrays in ``self.state``."""

@@ -1,0 +1,62 @@
+"""Training throughput: env steps per second of the same config with and without the teacher.
+
+  python -m rpd_jax.bench.train --config=experiments/jax_push.py --iterations=10
+
+Runs each listed variant (default: ppo and rpd_mse) for ``--iterations`` PPO iterations in a
+temporary workdir, in one process one after the other, and reports the steady-state env steps
+per second (the first iteration, which compiles, is excluded) with the rollout/update split.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+
+from rpd_jax import trainer
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_VARIANTS = flags.DEFINE_list("variants", ["ppo", "rpd_mse"], "Losses to compare.")
+_ITERATIONS = flags.DEFINE_integer("iterations", 10, "PPO iterations per variant (>= 2).")
+
+_LOSS = {"ppo": "none", "rpd_mse": "mse", "rpd_l1": "l1", "rpd_bc": "bc", "ppd": "ppd"}
+
+
+def measure(config, iterations: int) -> dict[str, float]:
+  c = config.unlocked() if hasattr(config, "unlocked") else config
+  batch = c.env.num_envs * c.ppo.num_steps
+  c.total_env_steps = iterations * batch
+  c.eval_every = c.checkpoint_every = iterations + 1  # the last iteration still evaluates: skip
+  with tempfile.TemporaryDirectory() as workdir:
+    trainer.train_and_evaluate(c, workdir)
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+      rows = [json.loads(l) for l in f][1:]  # drop the compiling iteration
+  rollout = np.median([r["time/rollout_s"] for r in rows])
+  update = np.median([r["time/update_s"] for r in rows])
+  return {"env_steps_per_s": batch / (rollout + update), "rollout_s": rollout,
+          "update_s": update, "transitions_per_iteration": batch}
+
+
+def main(argv):
+  del argv
+  if _ITERATIONS.value < 2:
+    raise app.UsageError("--iterations must be >= 2: the first one compiles")
+  print(f"| variant | env steps/s | rollout s/iter | update s/iter | transitions/iter |")
+  print("|---|---|---|---|---|")
+  for variant in _VARIANTS.value:
+    if variant not in _LOSS:
+      raise app.UsageError(f"unknown variant {variant!r}; use some of {', '.join(_LOSS)}")
+    config = _CONFIG.value.copy_and_resolve_references()
+    config.distill.loss = _LOSS[variant]
+    config.eval_episodes = config.eval_envs
+    r = measure(config, _ITERATIONS.value)
+    print(f"| {variant} | {r['env_steps_per_s']:.0f} | {r['rollout_s']:.3f} | "
+          f"{r['update_s']:.3f} | {r['transitions_per_iteration']} |", flush=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,127 @@
+"""Learning curves of finished or running trainings: mean +- std over seeds, steps to a target.
+
+  python -m rpd_jax.plot runs/jax_push_curves --out curves.png [--metric eval/success_rate]
+
+Run directories are grouped by name: ``<label>_s<seed>`` (e.g. ``rpd_mse_s0``) share the label
+``rpd_mse``. Prints a markdown table: per label, the env steps at which the seed-mean curve first
+reaches ``--target``, and the final value.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+from typing import Optional
+
+import numpy as np
+from absl import app, flags
+
+_OUT = flags.DEFINE_string("out", "curves.png", "Where the plot goes (PNG).")
+_METRIC = flags.DEFINE_string("metric", "eval/success_rate", "The metric to plot.")
+_TARGET = flags.DEFINE_float("target", 0.8, "Report the env steps at which the mean reaches this.")
+_REFERENCE = flags.DEFINE_float("reference", None, "A horizontal line, e.g. the teacher's success.")
+_TITLE = flags.DEFINE_string("title", "", "Plot title.")
+
+
+def read_curve(workdir: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
+  """(env_steps, values) of ``metric`` in ``workdir/metrics.jsonl``, where it was logged."""
+  steps, values = [], []
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      if metric in row:
+        steps.append(row["env_steps"])
+        values.append(row[metric])
+  return np.asarray(steps), np.asarray(values)
+
+
+def group_runs(root_or_dirs: list[str]) -> dict[str, list[str]]:
+  """{label: [run dirs]} from run dirs, or from folders holding run dirs."""
+  runs = []
+  for path in root_or_dirs:
+    if os.path.exists(os.path.join(path, "metrics.jsonl")):
+      runs.append(path)
+    else:
+      runs += sorted(os.path.join(path, d) for d in os.listdir(path)
+                     if os.path.exists(os.path.join(path, d, "metrics.jsonl")))
+  groups = collections.defaultdict(list)
+  for run in runs:
+    groups[re.sub(r"_s\d+$", "", os.path.basename(os.path.normpath(run)))].append(run)
+  return dict(groups)
+
+
+def mean_std(curves: list[tuple[np.ndarray, np.ndarray]]):
+  """Seed curves on the steps they share (the shortest run's): steps, mean, std."""
+  n = min(len(s) for s, _ in curves)
+  steps = curves[0][0][:n]
+  values = np.stack([v[:n] for _, v in curves])
+  return steps, values.mean(0), values.std(0)
+
+
+def steps_to(steps: np.ndarray, values: np.ndarray, target: float) -> Optional[int]:
+  hit = np.nonzero(values >= target)[0]
+  return int(steps[hit[0]]) if len(hit) else None
+
+
+def summarise(groups: dict[str, list[str]], metric: str, target: float) -> list[dict]:
+  rows = []
+  for label, runs in sorted(groups.items()):
+    curves = [read_curve(r, metric) for r in runs]
+    curves = [c for c in curves if len(c[0])]
+    if not curves:
+      continue
+    steps, mean, std = mean_std(curves)
+    per_seed = [steps_to(s, v, target) for s, v in curves]
+    rows.append(dict(label=label, seeds=len(curves), steps=steps, mean=mean, std=std,
+                     steps_to_target=steps_to(steps, mean, target), per_seed=per_seed,
+                     final=float(mean[-1]), final_std=float(std[-1]),
+                     max_steps=int(steps[-1])))
+  return rows
+
+
+def plot(rows: list[dict], metric: str, out: str, reference: Optional[float], title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for row in rows:
+    line, = ax.plot(row["steps"], row["mean"], label=f"{row['label']} (n={row['seeds']})")
+    ax.fill_between(row["steps"], row["mean"] - row["std"], row["mean"] + row["std"],
+                    color=line.get_color(), alpha=0.2)
+  if reference is not None:
+    ax.axhline(reference, color="k", ls="--", lw=1, label=f"teacher alone ({reference:.2f})")
+  ax.set_xlabel("env steps")
+  ax.set_ylabel(metric)
+  ax.set_title(title)
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(out, dpi=120)
+
+
+def table(rows: list[dict], metric: str, target: float) -> str:
+  lines = [f"| run | seeds | env steps to {metric} >= {target} (mean curve) | per seed | "
+           f"final {metric} (mean +- std) | steps run |", "|---|---|---|---|---|---|"]
+  for r in rows:
+    fmt = lambda s: "not reached" if s is None else f"{s:,}"
+    lines.append(f"| {r['label']} | {r['seeds']} | {fmt(r['steps_to_target'])} | "
+                 f"{', '.join(fmt(s) for s in r['per_seed'])} | "
+                 f"{r['final']:.3f} +- {r['final_std']:.3f} | {r['max_steps']:,} |")
+  return "\n".join(lines)
+
+
+def main(argv):
+  if len(argv) < 2:
+    raise app.UsageError("give run directories, or folders holding them")
+  rows = summarise(group_runs(argv[1:]), _METRIC.value, _TARGET.value)
+  if not rows:
+    raise app.UsageError(f"no run under {argv[1:]} has logged {_METRIC.value}")
+  plot(rows, _METRIC.value, _OUT.value, _REFERENCE.value, _TITLE.value)
+  print(table(rows, _METRIC.value, _TARGET.value))
+  print(f"\nplot: {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
