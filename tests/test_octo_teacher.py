@@ -219,6 +219,22 @@ def test_resolve_checkpoint(tmp_path, monkeypatch):
     octo.resolve_checkpoint("octo-huge")
 
 
+def test_chunks_drive_temporal_ensemble():
+  teacher = raw_teacher(probe_model(), window=1)
+  obs = {"rgb": gray(2, 30)}
+  chunks = jax.jit(teacher.apply_fn.chunks)(teacher.params, obs, obs, jnp.zeros(2, bool),
+                                            jax.random.key(0))
+  assert chunks.shape == (1, 2, 4, 7)
+  ensemble = octo.TemporalEnsemble(horizon=4)
+  np.testing.assert_allclose(ensemble(chunks[0], np.ones(2, bool)), chunks[0, :, 0])
+  # Next step: the mean of the older chunk's 2nd action and the new chunk's 1st (the probe's
+  # column 4 is the index in the chunk).
+  np.testing.assert_allclose(ensemble(chunks[0], np.zeros(2, bool))[:, 4], 0.5)
+  # Equal settings give equal (hashable) apply functions: one compilation for both teachers.
+  assert teacher.apply_fn == raw_teacher(probe_model(), window=1).apply_fn
+  assert hash(teacher.apply_fn) == hash(raw_teacher(probe_model(), window=1).apply_fn)
+
+
 def official_ensemble(chunks, exp_weight):
   """Octo's TemporalEnsembleWrapper.step for one env, chunk by chunk."""
   history, out = collections.deque(maxlen=4), []

@@ -17,11 +17,13 @@ One teacher call, inside the jitted PPO update, for a batch of B observations:
    +1), all dims are clipped to the env's [-1, 1], and the chunk's first action is returned.
 
 Shapes are fixed by the observation batch, so the teacher compiles once per batch size.
-``TemporalEnsemble`` averages overlapping chunks when a teacher drives an env on its own.
+``TemporalEnsemble`` averages overlapping chunks (``teacher.apply_fn.chunks``) when a teacher
+drives an env on its own.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -211,13 +213,13 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
     dataset_name: which dataset's action statistics to unnormalise with, for pretrained
       checkpoints that carry several; None for fine-tuned ones.
     center_crop: area fraction of a centre crop before resizing (None: no crop; 0.9 is the
-      official evaluation's choice for models trained with random crops).
+      centre crop Octo's evaluation applies to the primary camera of models trained with
+      random-resized-crop augmentation).
     gripper: "maniskill" maps Octo's gripper (1 = open, [0, 1]) to ManiSkill's (+1 = open) and
       clips every dim to [-1, 1]; "raw" returns Octo's unnormalised actions untouched.
     image_key: the observation key holding the teacher's camera, uint8 [B, H, W, 3].
-    dtype: compute dtype of the transformer, tokenizers and T5 ("bfloat16" roughly halves the
-      cost on accelerators; the diffusion head and the parameters stay float32); None keeps the
-      model's.
+    dtype: compute dtype of the transformer and tokenizers, e.g. "bfloat16" for accelerators
+      (the diffusion head and the parameters stay float32); None keeps the model's.
     chunk_size: observations per call inside the PPO update (see ``Teacher``).
 
   Returns:
@@ -242,43 +244,51 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
       "task": jax.tree.map(jnp.asarray, task),
       "action_stats": action_statistics(model.dataset_statistics, dataset_name),
   }
-  chunk_fn = make_chunk_fn(size, window, center_crop, gripper, image_key)
-
-  def apply_fn(params, obs, prev_obs, is_first, key, num_samples):
-    chunks = chunk_fn(params, obs, prev_obs, is_first, key, max(num_samples, 1))
-    samples = chunks[:, :, 0] if num_samples else None  # [N, B, 7]
-    return TeacherOutput(action=chunks[0, :, 0], samples=samples)
-
+  apply_fn = OctoApply(size, window, center_crop, gripper, image_key)
   return Teacher(params=params, apply_fn=apply_fn, name=name, chunk_size=chunk_size)
 
 
-def make_chunk_fn(size: tuple[int, int], window: int, center_crop: Optional[float],
-                  gripper: str, image_key: str = "rgb"):
-  """The pure function behind the teacher, returning whole action chunks.
+@dataclasses.dataclass(frozen=True)
+class OctoApply:
+  """The teacher's pure function; static and hashable (teachers with equal settings share
+  compilations).
 
-  ``chunk_fn(params, obs, prev_obs, is_first, key, num_samples)`` -> float32
-  [num_samples, B, 4, 7]: unnormalised, gripper-mapped chunks (for temporal ensembling, or the
-  teacher's first action).
+  ``__call__`` is the teacher protocol's ``apply_fn`` (the first action of each chunk);
+  ``chunks`` returns whole chunks, for temporal ensembling when the teacher acts alone:
+  ``teacher.apply_fn.chunks(teacher.params, obs, prev_obs, is_first, key)``.
   """
 
-  def chunk_fn(params, obs: Observation, prev_obs: Observation, is_first: jax.Array,
-               key: jax.Array, num_samples: int) -> jax.Array:
+  size: tuple[int, int]  # the checkpoint's primary camera (H, W)
+  window: int
+  center_crop: Optional[float]
+  gripper: str
+  image_key: str = "rgb"
+
+  def chunks(self, params, obs: Observation, prev_obs: Observation, is_first: jax.Array,
+             key: jax.Array, num_samples: int = 1) -> jax.Array:
+    """float32 [num_samples, B, 4, 7]: unnormalised (gripper-mapped) action chunks."""
     model = params["model"]
-    frame = resize_images(obs[image_key], size, center_crop)
-    prev_frame = resize_images(prev_obs[image_key], size, center_crop) if window > 1 else frame
-    frames, pad_mask = history_window(frame, prev_frame, is_first, window)
+    frame = resize_images(obs[self.image_key], self.size, self.center_crop)
+    prev_frame = frame
+    if self.window > 1:
+      prev_frame = resize_images(prev_obs[self.image_key], self.size, self.center_crop)
+    frames, pad_mask = history_window(frame, prev_frame, is_first, self.window)
     batch = frames.shape[0]
     observations = {"image_primary": frames, "timestep_pad_mask": pad_mask}
     tasks = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:]), params["task"])
     chunks = model.sample_actions(observations, tasks, key,
                                   unnormalization_statistics=params["action_stats"],
-                                  num_samples=num_samples)
-    chunks = chunks.astype(jnp.float32)
-    if gripper == "maniskill":
+                                  num_samples=num_samples).astype(jnp.float32)
+    if self.gripper == "maniskill":
       chunks = jnp.clip(gripper_to_maniskill(chunks), -1.0, 1.0)
     return chunks
 
-  return chunk_fn
+  def __call__(self, params, obs: Observation, prev_obs: Observation, is_first: jax.Array,
+               key: jax.Array, num_samples: int) -> TeacherOutput:
+    """action [B, 7]: each chunk's first action; samples [N, B, 7] when num_samples = N > 0."""
+    chunks = self.chunks(params, obs, prev_obs, is_first, key, max(num_samples, 1))
+    samples = chunks[:, :, 0] if num_samples else None
+    return TeacherOutput(action=chunks[0, :, 0], samples=samples)
 
 
 def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int, *,
