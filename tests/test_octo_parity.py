@@ -1,0 +1,213 @@
+"""Parity of rpd_jax.octo with the official Octo code on the fixture's two tiny checkpoints.
+
+Every golden in tests/data/octo_parity (see its README) was produced by the official code
+(octo-models/octo 241fb35) with random weights, under legacy threefry. Tolerances are the
+fixture's suggested acceptance thresholds: masks exact; tokens, transformer outputs and eps
+1e-4; one sampler step 1e-5; sampled actions 5e-3.
+"""
+
+import functools
+import pathlib
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import rpd_jax.octo as octo
+from rpd_jax.octo import heads as heads_lib
+from rpd_jax.octo.module import OctoModule
+
+DATA = pathlib.Path(__file__).parent / "data" / "octo_parity"
+VERSIONS = ("v15", "v10")
+CASES = "abcdef"
+ATOL = 1e-4
+ACTION_ATOL = 5e-3
+STEP_ATOL = 1e-5
+
+
+@pytest.fixture(autouse=True)
+def legacy_threefry():
+  """The goldens' random streams come from the pre-0.5 threefry; restored afterwards."""
+  old = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", False)
+  yield
+  jax.config.update("jax_threefry_partitionable", old)
+
+
+@functools.lru_cache(maxsize=None)
+def model(version):
+  return octo.load_pretrained(str(DATA / f"tiny_{version}"))
+
+
+@functools.lru_cache(maxsize=None)
+def goldens(version):
+  with np.load(DATA / f"goldens_{version}.npz") as f:
+    return dict(f)
+
+
+def subtree(golden, prefix):
+  flat = {k[len(prefix):]: v for k, v in golden.items() if k.startswith(prefix)}
+  return flax.traverse_util.unflatten_dict(flat, sep="/")
+
+
+@jax.jit
+def transformer_with_intermediates(m, observations, tasks):
+  outputs, state = m.module.apply(
+      {"params": m.params}, observations, tasks, observations["timestep_pad_mask"],
+      method=OctoModule.transformer, mutable=["intermediates"])
+  inter = {k: v[0] for k, v in state["intermediates"]["octo_transformer"].items()}
+  return outputs, inter
+
+
+@functools.lru_cache(maxsize=None)
+def case_outputs(version, case):
+  g = goldens(version)
+  obs, task = subtree(g, f"{case}/obs/"), subtree(g, f"{case}/task/")
+  outputs, inter = transformer_with_intermediates(model(version), obs, task)
+  return jax.device_get((outputs, inter))
+
+
+def ours(version, case, part):
+  """Our value for the golden key ``<case>/<part>``."""
+  outputs, inter = case_outputs(version, case)
+  kind, name = part.split("/", 1)
+  index = 1 if name.endswith("_mask") else 0
+  name = name.removesuffix("_mask")
+  if part == "pre/transformer_input":
+    return inter["transformer_input"]
+  if part == "out/attention_mask":
+    return inter["attention_mask"]
+  if part == "out/t5_last_hidden_state":
+    return inter["tokenizer/language"][0]
+  if part == "out/readout_embedding":
+    return outputs["readout_action"][0].mean(axis=-2)
+  if kind in ("tokenizer", "pre"):
+    return inter[f"{kind}/{name}"][index]
+  return outputs[name][index]
+
+
+def compared_parts(version, case):
+  g = goldens(version)
+  skip = ("obs/", "task/", "in/", "meta/", "out/actions_")
+  return sorted(k[2:] for k in g if k.startswith(f"{case}/") and not k[2:].startswith(skip))
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("case", CASES)
+def test_groups_in_sequence_order(version, case):
+  """Our groups, concatenated in the golden's order, are exactly our transformer input."""
+  g = goldens(version)
+  _, inter = case_outputs(version, case)
+  names = [str(n) for n in g[f"{case}/meta/group_order"]]
+  kinds = [str(k) for k in g[f"{case}/meta/group_kind"]]
+  prefix = [inter[f"pre/{n}"][0] for n, k in zip(names, kinds) if k == "prefix"]
+  steps = np.concatenate([inter[f"pre/{n}"][0] for n, k in zip(names, kinds) if k != "prefix"],
+                         axis=2)
+  for name, n in zip(names, g[f"{case}/meta/group_ntokens"]):
+    assert inter[f"pre/{name}"][0].shape[-2] == n, name
+  sequence = np.concatenate(prefix + [steps.reshape(steps.shape[0], -1, steps.shape[-1])], 1)
+  np.testing.assert_array_equal(sequence, inter["transformer_input"])
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("case", CASES)
+def test_tokens_masks_and_outputs(version, case):
+  g = goldens(version)
+  for part in compared_parts(version, case):
+    want, got = g[f"{case}/{part}"], np.asarray(ours(version, case, part))
+    assert got.shape == want.shape, part
+    if part.endswith("mask"):
+      np.testing.assert_array_equal(got.astype(want.dtype), want, err_msg=part)
+    elif case == "e" and part == "out/task_language":
+      # Rows with no valid key (language padded out): a uniform average over all tokens in
+      # both implementations, but nothing reads them; compare where the mask says valid.
+      valid = g[f"{case}/out/task_language_mask"]
+      np.testing.assert_allclose(got[valid], want[valid], atol=ATOL, err_msg=part)
+    else:
+      np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=part)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sampled_actions(version):
+  """The official samples for the same key, in every case (b, d, e reuse a's compilation).
+
+  The fixture's statistics cover all 7 dims, so unnormalising the samples afterwards equals
+  passing the statistics to sample_actions (tested in test_octo_model).
+  """
+  g, m = goldens(version), model(version)
+  for case in CASES:
+    obs, task = subtree(g, f"{case}/obs/"), subtree(g, f"{case}/task/")
+    actions = m.sample_actions(obs, task, jnp.asarray(g[f"{case}/in/rng_key"]))
+    np.testing.assert_allclose(actions, g[f"{case}/out/actions_normalized"], atol=ACTION_ATOL,
+                               rtol=0, err_msg=case)
+    np.testing.assert_allclose(octo.unnormalize(actions, m.dataset_statistics["action"]),
+                               g[f"{case}/out/actions_unnormalized"], atol=ACTION_ATOL, rtol=0,
+                               err_msg=case)
+
+
+def head_fn(version):
+  m = model(version)
+
+  @jax.jit
+  def eps(embedding, noisy, t):
+    return m.module.apply({"params": m.params}, "action", embedding, noisy, t,
+                          method=OctoModule.head_eps, mutable=["intermediates"])
+  return eps
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_head(version):
+  g = goldens(version)
+  embedding = g["head/in/readout_tokens"].mean(axis=-2)
+  eps, state = head_fn(version)(embedding, g["head/in/noisy_actions"], g["head/in/t"])
+  np.testing.assert_allclose(eps, g["head/out/eps"], atol=ATOL, rtol=0)
+  inter = state["intermediates"]["heads_action"]["diffusion_model"]
+  for name in ("time_features", "cond_enc", "reverse_input"):
+    np.testing.assert_allclose(inter[name][0], g[f"head/int/{name}"], atol=1e-5, rtol=0,
+                               err_msg=name)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_schedule(version):
+  g = goldens(version)
+  betas, alphas, alpha_hats = heads_lib.schedule(20)
+  for name, value in (("betas", betas), ("alphas", alphas), ("alpha_hats", alpha_hats)):
+    np.testing.assert_allclose(value, g[f"sched/{name}"], atol=3e-7, rtol=0, err_msg=name)
+  # The last step divides by sqrt(alpha_19): it must be the clipped beta's exact complement.
+  assert alphas[19] == g["sched/alphas"][19]
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_trajectory_with_injected_noise(version):
+  """The sampler with the official normal draws.
+
+  Each step from the stored previous state: with the stored eps (the update alone, 1e-5) and
+  with ours (eps 1e-4; the first step multiplies eps errors by about 31); then the whole
+  20-step chain on our own states.
+  """
+  g, m = goldens(version), model(version)
+  head = heads_lib.DiffusionActionHead(**vars(dict(m.spec.heads)["action"]))
+  betas, alphas, alpha_hats = heads_lib.schedule(head.diffusion_steps)
+  embedding = g["traj/in/readout_tokens"].mean(axis=-2)
+  eps_fn = head_fn(version)
+  step = jax.jit(lambda x, eps, z, t: heads_lib.ddpm_step(
+      x, eps, z, t, betas, alphas, alpha_hats, head.max_action))
+  x_prev, x_chain = g["traj/in/x_init"], g["traj/in/x_init"]
+  for i, t in enumerate(g["traj/in/t"]):
+    z = g["traj/in/z"][i]
+    t_in = np.full(x_prev.shape[:-1] + (1,), t, np.int32)
+    eps, _ = eps_fn(embedding, x_prev, t_in)
+    np.testing.assert_allclose(eps, g["traj/out/eps"][i], atol=ATOL, rtol=0, err_msg=f"t={t}")
+    np.testing.assert_allclose(step(x_prev, g["traj/out/eps"][i], z, t), g["traj/out/x"][i],
+                               atol=STEP_ATOL, rtol=0, err_msg=f"t={t}")
+    np.testing.assert_allclose(step(x_prev, eps, z, t), g["traj/out/x"][i], atol=ATOL, rtol=0,
+                               err_msg=f"t={t}")
+    eps_chain, _ = eps_fn(embedding, x_chain, t_in)
+    x_chain = step(x_chain, eps_chain, z, t)
+    x_prev = g["traj/out/x"][i]
+  actions = np.asarray(x_chain)[:, -1].reshape(-1, head.action_horizon, head.action_dim)
+  np.testing.assert_allclose(actions, g["traj/out/actions_normalized"], atol=ACTION_ATOL, rtol=0)
+  np.testing.assert_allclose(octo.unnormalize(actions, m.dataset_statistics["action"]),
+                             g["traj/out/actions_unnormalized"], atol=ACTION_ATOL, rtol=0)
