@@ -177,10 +177,13 @@ def make_update(network: ActorCritic, optimizer, config: ml_collections.ConfigDi
     batch_size = num_steps * num_envs
     k_teacher, k_perm = jax.random.split(key)
 
-    next_values = jnp.concatenate([rollout.values[1:], rollout.last_value[None]], axis=0)
-    next_values = jnp.where(rollout.truncated, rollout.final_values, next_values)
-    next_values = jnp.where(rollout.terminated, 0.0, next_values)
     dones = rollout.terminated | rollout.truncated
+    next_values = jnp.concatenate([rollout.values[1:], rollout.last_value[None]], axis=0)
+    if c.bootstrap_at_done == "always":
+      next_values = jnp.where(dones, rollout.final_values, next_values)
+    else:  # "truncated": a terminal state is worth 0
+      next_values = jnp.where(rollout.truncated, rollout.final_values, next_values)
+      next_values = jnp.where(rollout.terminated, 0.0, next_values)
     advantages = losses.gae(rollout.rewards * c.reward_scale, rollout.values, next_values, dones,
                             c.gamma, c.gae_lambda, c.finite_horizon_gae)
     batch = _flatten(dict(obs=rollout.obs, actions=rollout.actions,

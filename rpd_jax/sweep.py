@@ -1,0 +1,85 @@
+"""Runs one config over several variants and seeds, then plots mean +- std learning curves.
+
+  python -m rpd_jax.sweep --config=experiments/jax_push.py:sparse \\
+      --variants=ppo,rpd_mse,rpd_l1,rpd_bc,ppd --seeds=0,1,2 --root=runs/jax_push_sparse
+
+Each run is ``python -m rpd_jax.train`` in ``<root>/<variant>_s<seed>``, so an interrupted sweep
+picks up where it stopped (finished runs are skipped, killed ones resume). ``--parallel`` runs go
+at once. Extra ``--config.x=y`` overrides apply to every run. The plot and a table of env steps to
+``--target`` go to ``<root>/curves.png`` and ``<root>/summary.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from rpd_jax import plot
+
+_CONFIG = flags.DEFINE_string("config", None, "Config file with its base variants, e.g. "
+                              "experiments/jax_push.py:sparse.", required=True)
+_VARIANTS = flags.DEFINE_list("variants", ["ppo", "rpd_mse"], "Variants to compare.")
+_SEEDS = flags.DEFINE_list("seeds", ["0", "1", "2"], "Seeds.")
+_ROOT = flags.DEFINE_string("root", None, "Folder for the runs.", required=True)
+_PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once.")
+_OVERRIDES = flags.DEFINE_multi_string("set", [], "Overrides for every run, e.g. "
+                                       "--set=total_env_steps=300000.")
+_TARGET = flags.DEFINE_float("target", 0.8, "Success rate to report steps to.")
+_REFERENCE = flags.DEFINE_float("reference", None, "The teacher's own success, for the plot.")
+
+
+def _command(variant: str, seed: str, workdir: str) -> list[str]:
+  path, _, base = _CONFIG.value.partition(":")
+  variants = ",".join(filter(None, [base, variant]))
+  return ([sys.executable, "-m", "rpd_jax.train", f"--config={path}:{variants}",
+           f"--workdir={workdir}", f"--config.seed={seed}"] +
+          [f"--config.{o}" for o in _OVERRIDES.value])
+
+
+def _finished(workdir: str) -> bool:
+  return os.path.exists(os.path.join(workdir, "done"))
+
+
+def main(argv):
+  del argv
+  os.makedirs(_ROOT.value, exist_ok=True)
+  queue = [(v, s) for s in _SEEDS.value for v in _VARIANTS.value]
+  running: list[tuple[subprocess.Popen, str, float]] = []
+  while queue or running:
+    while queue and len(running) < _PARALLEL.value:
+      variant, seed = queue.pop(0)
+      workdir = os.path.join(_ROOT.value, f"{variant}_s{seed}")
+      if _finished(workdir):
+        continue
+      os.makedirs(workdir, exist_ok=True)
+      log = open(os.path.join(workdir, "train.log"), "a")
+      running.append((subprocess.Popen(_command(variant, seed, workdir), stdout=log,
+                                       stderr=subprocess.STDOUT), workdir, time.time()))
+      print(f"started {workdir}", flush=True)
+    time.sleep(2)
+    for proc, workdir, start in list(running):
+      if proc.poll() is None:
+        continue
+      running.remove((proc, workdir, start))
+      if proc.returncode:
+        print(f"FAILED {workdir} (exit {proc.returncode}); see {workdir}/train.log", flush=True)
+      else:
+        open(os.path.join(workdir, "done"), "w").close()
+        print(f"finished {workdir} in {time.time() - start:.0f} s", flush=True)
+
+  rows = plot.summarise(plot.group_runs([_ROOT.value]), "eval/success_rate", _TARGET.value)
+  title = f"{_CONFIG.value} ({len(_SEEDS.value)} seeds, mean +- std)"
+  plot.plot(rows, "eval/success_rate", os.path.join(_ROOT.value, "curves.png"),
+            _REFERENCE.value, title)
+  summary = plot.table(rows, "eval/success_rate", _TARGET.value)
+  with open(os.path.join(_ROOT.value, "summary.md"), "w") as f:
+    f.write(summary + "\n")
+  print(summary)
+
+
+if __name__ == "__main__":
+  app.run(main)
