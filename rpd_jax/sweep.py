@@ -28,8 +28,9 @@ _ROOT = flags.DEFINE_string("root", None, "Folder for the runs.", required=True)
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once.")
 _OVERRIDES = flags.DEFINE_multi_string("set", [], "Overrides for every run, e.g. "
                                        "--set=total_env_steps=300000.")
-_TARGET = flags.DEFINE_float("target", 0.8, "Success rate to report steps to.")
-_REFERENCE = flags.DEFINE_float("reference", None, "The teacher's own success, for the plot.")
+# --target (success rate to report steps to) and --reference (the teacher's own success, drawn
+# in the plot) are rpd_jax.plot's flags.
+_TARGET, _REFERENCE = plot._TARGET, plot._REFERENCE  # pylint: disable=protected-access
 
 
 def _command(variant: str, seed: str, workdir: str) -> list[str]:
