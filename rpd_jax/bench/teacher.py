@@ -20,9 +20,10 @@ Flags:
   --batch 1,32              in-process batch sizes;
   --window 1                observation windows (1 and/or 2);
   --dtype float32           compute dtypes (float32 and/or bfloat16);
-  --server-batch 1,32       batch sizes through the server ("" to skip it); each server row
-                            also records the largest difference between the server's and the
-                            in-process answer for the same key (max_abs_diff in the JSON);
+  --server-batch 1,32       batch sizes through the server ("" to skip it); where the same
+                            batch ran in-process (float32, first window), server and
+                            in-process calls alternate and the hop is the difference of their
+                            medians; max_abs_diff in the JSON compares their answers;
   --no-shared-memory        send images inside the message instead of shared memory;
   --image-size N            camera resolution fed to the teacher (default 64 for tiny, else
                             256, ManiSkill's human camera in RPD); random models are built at
@@ -124,15 +125,35 @@ def bench_in_process(teacher: Teacher, batch: int, image_size: int,
   return {"compile_s": compile_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3}, answer
 
 
-def bench_server(server: RemoteTeacher, batch: int, image_size: int,
-                 repeats: int) -> dict[str, float]:
-  """First-call seconds (compile in the server), ms per call and samples/s through ``server``."""
+def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: int,
+                 local: Optional[Callable[[int], np.ndarray]] = None) -> dict[str, float]:
+  """First-call seconds (compile in the server), ms per call and samples/s through ``server``.
+
+  With ``local`` (the in-process teacher on the same inputs, as a function of a seed; see
+  ``bench_in_process``) its calls alternate with the server's, so that the hop, the difference
+  of the two medians, is measured under the same machine load; the answers, computed from the
+  same weights, inputs and key, are compared too (max_abs_diff).
+  """
   obs, prev, is_first = _inputs(batch, image_size)
   start = time.perf_counter()
-  server(obs, prev, is_first, seed=repeats + 1)
+  server(obs, prev, is_first, seed=0)
   first_s = time.perf_counter() - start
-  ms = _median_ms(lambda i: server(obs, prev, is_first, seed=i), repeats)
-  return {"compile_s": first_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3}
+  server_times, local_times = [], []
+  for seed in range(1, repeats + 1):
+    if local is not None:
+      start = time.perf_counter()
+      local_action = local(seed)
+      local_times.append(time.perf_counter() - start)
+    start = time.perf_counter()
+    remote_action = server(obs, prev, is_first, seed=seed).action
+    server_times.append(time.perf_counter() - start)
+  ms = 1e3 * statistics.median(server_times)
+  row = {"compile_s": first_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3}
+  if local is not None:
+    row["in_process_ms"] = 1e3 * statistics.median(local_times)
+    row["hop_ms"] = ms - row["in_process_ms"]
+    row["max_abs_diff"] = float(np.abs(remote_action - local_action).max())
+  return row
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -163,24 +184,17 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
         row = {"mode": "server" + ("" if not args.no_shared_memory else " (no shm)"),
                "model": label, "dtype": "float32", "window": window, "batch": batch,
                "server_startup_s": startup_s}
-        row.update(bench_server(server, batch, args.image_size, args.repeats))
-        local = [r for r in rows if r["mode"] == "in-process" and r["dtype"] == "float32"
-                 and r["window"] == window and r["batch"] == batch]
-        if local:
-          row["hop_ms"] = row["ms_per_call"] - local[0]["ms_per_call"]
-          # Same weights, inputs and key on both sides: the answers must agree.
-          obs, prev, is_first = _inputs(batch, args.image_size)
-          remote = server(obs, prev, is_first, seed=7).action
-          row["max_abs_diff"] = float(np.abs(remote - answers["float32", window, batch](7)).max())
+        row.update(bench_server(server, batch, args.image_size, args.repeats,
+                                answers.get(("float32", window, batch))))
         rows.append(row)
         print(_format_row(row), file=sys.stderr, flush=True)
   return rows
 
 
 COLUMNS = ("mode", "model", "dtype", "window", "batch", "compile_s", "ms_per_call",
-           "samples_per_s", "hop_ms")
+           "samples_per_s", "in_process_ms", "hop_ms")
 HEADERS = ("mode", "model", "dtype", "W", "batch", "compile / first call s", "ms/call (median)",
-           "samples/s", "hop ms/call")
+           "samples/s", "in-process ms/call, interleaved", "hop ms/call")
 
 
 def _format_row(row: dict[str, Any]) -> str:
