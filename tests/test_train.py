@@ -100,3 +100,26 @@ def test_every_variant_combines_with_smoke(repo_root):
   assert load_config(repo_root, "rpd_l1,smoke").distill.loss == "l1"
   assert load_config(repo_root, "sparse,smoke").env.reward_mode == "sparse"
   assert load_config(repo_root, "sparse,smoke").ppo.gamma == 0.99
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(repo_root, tmp_path,
+                                                               monkeypatch):
+  config = load_config(repo_root, "smoke")
+  make_update = ppo.make_update
+
+  def poisoning_make_update(*args):
+    update = make_update(*args)
+    def wrapped(state, *rest):
+      state, metrics = update(state, *rest)
+      if int(state.iteration) == 3:  # the third update diverges
+        params = jax.tree.map(lambda x: x * np.nan, state.params)
+        state = state.replace(params=params)
+        metrics["train/finite"] = np.bool_(False)
+      return state, metrics
+    return wrapped
+
+  monkeypatch.setattr(ppo, "make_update", poisoning_make_update)
+  with pytest.raises(trainer.NonFiniteError, match="non-finite parameters or loss at iteration 3"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
+  assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]
