@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpd_jax.octo.config import parse_model_config
-from rpd_jax.octo.model import OctoModel, _freeze
+from rpd_jax.octo.model import OctoModel, freeze_config
 from rpd_jax.octo.module import OctoModule
 from rpd_jax.octo.t5 import T5Config
 
@@ -171,4 +171,4 @@ def load_pretrained(path_or_hub_id: str, step: Optional[int] = None,
   params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
   return OctoModel(params=params, example_batch=example_batch,
                    dataset_statistics=dataset_statistics, module=module,
-                   config=_freeze(config))
+                   config=freeze_config(config))

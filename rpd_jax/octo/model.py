@@ -8,12 +8,9 @@ rng), so a caller can also pass the model through its own ``jax.jit``.
 from __future__ import annotations
 
 import functools
-import json
-import os
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import flax
-import flax.serialization
 import flax.traverse_util
 import jax
 import jax.numpy as jnp
@@ -21,9 +18,9 @@ import numpy as np
 from flax import struct
 
 from rpd_jax.octo import heads as heads_lib
-from rpd_jax.octo.config import OctoSpec, parse_model_config
+from rpd_jax.octo.config import OctoSpec
 from rpd_jax.octo.module import OctoModule, TokenGroup
-from rpd_jax.octo.t5 import T5Config, T5Encoder
+from rpd_jax.octo.t5 import T5Encoder
 
 Data = Mapping[str, Any]
 # texts -> dict(input_ids [B, L] int32, attention_mask [B, L] int32), e.g. rpd_jax.octo.text's
@@ -34,20 +31,12 @@ Tokenize = Callable[[Sequence[str]], Mapping[str, Any]]
 _EOS_ID = 1
 
 
-def _freeze(x):
+def freeze_config(x):
   """JSON-like config -> hashable FrozenDict/tuple tree (static pytree metadata must hash)."""
   if isinstance(x, Mapping):
-    return flax.core.FrozenDict({k: _freeze(v) for k, v in x.items()})
+    return flax.core.FrozenDict({k: freeze_config(v) for k, v in x.items()})
   if isinstance(x, (list, tuple)):
-    return tuple(_freeze(v) for v in x)
-  return x
-
-
-def _unfreeze(x):
-  if isinstance(x, Mapping):
-    return {k: _unfreeze(v) for k, v in x.items()}
-  if isinstance(x, tuple):
-    return [_unfreeze(v) for v in x]
+    return tuple(freeze_config(v) for v in x)
   return x
 
 

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpd_jax.octo.config import parse_model_config
-from rpd_jax.octo.model import OctoModel, _freeze
+from rpd_jax.octo.model import OctoModel, freeze_config
 from rpd_jax.octo.module import OctoModule
 
 _SIZES = {
@@ -165,4 +165,4 @@ def init_random(size: str = "small", window: int = 1, wrist: bool = False,
   params = random_params(shapes, seed)
   return OctoModel(params=params, example_batch=batch,
                    dataset_statistics=identity_statistics(spec.heads[0][1].action_dim),
-                   module=module, config=_freeze(config))
+                   module=module, config=freeze_config(config))

@@ -1,0 +1,83 @@
+r"""Time jitted ``sample_actions`` of a random Octo on this machine.
+
+    python -m rpd_jax.octo.speed --size small --batch 1,8 --window 1,2 --dtype float32,bfloat16
+
+Per (dtype, window, batch): build ``init_random(size, window)`` (primary camera only, 256x256),
+embed an instruction once (language precomputed, as a teacher does), compile ``sample_actions``
+with ``jit(...).lower(...).compile()`` (timed), make one untimed call, then time ``--repeats``
+calls with fresh keys to ``block_until_ready``. Prints median wall-clock ms per call and the
+process CPU ms per call (user + system, all threads; robust to other load on the machine, which
+the printed load average shows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from rpd_jax.octo.sizes import init_random
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
+
+
+def time_sample_actions(size: str, batch: int, window: int, dtype, repeats: int,
+                        image_size: int = 256) -> dict[str, float]:
+  """Compile seconds, median wall ms and mean CPU ms of one jitted sample_actions call."""
+  model = init_random(size, window=window, primary_size=image_size, dtype=dtype)
+  ids = np.zeros((batch, 16), np.int32)
+  ids[:, 0] = 1
+  embedding = jax.jit(type(model).encode_language)(model, ids, ids)
+  tasks = model.create_tasks(language_embeddings=embedding)
+  rng = np.random.default_rng(0)
+  obs = {"image_primary": jnp.asarray(
+      rng.integers(0, 256, (batch, window, image_size, image_size, 3), np.uint8)),
+         "timestep_pad_mask": jnp.ones((batch, window), bool)}
+  fn = jax.jit(lambda m, o, t, k: m.sample_actions(o, t, k))
+  start = time.perf_counter()
+  compiled = fn.lower(model, obs, tasks, jax.random.key(0)).compile()
+  compile_s = time.perf_counter() - start
+  compiled(model, obs, tasks, jax.random.key(1)).block_until_ready()
+  walls, cpu_start = [], _cpu_seconds()
+  for i in range(repeats):
+    start = time.perf_counter()
+    compiled(model, obs, tasks, jax.random.key(2 + i)).block_until_ready()
+    walls.append(time.perf_counter() - start)
+  cpu_ms = (_cpu_seconds() - cpu_start) / repeats * 1e3
+  return {"compile_s": compile_s, "wall_ms": statistics.median(walls) * 1e3, "cpu_ms": cpu_ms}
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--size", default="small")
+  parser.add_argument("--batch", default="1,8")
+  parser.add_argument("--window", default="1,2")
+  parser.add_argument("--dtype", default="float32,bfloat16")
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--image-size", type=int, default=256)
+  args = parser.parse_args()
+  ints = lambda s: [int(x) for x in s.split(",")]
+  print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
+        f"size {args.size}, 20 diffusion steps, language precomputed")
+  print("dtype     W  batch  compile_s  wall_ms  cpu_ms  samples/s  load_avg")
+  for dtype in args.dtype.split(","):
+    for window in ints(args.window):
+      for batch in ints(args.batch):
+        r = time_sample_actions(args.size, batch, window, jnp.dtype(dtype), args.repeats,
+                                args.image_size)
+        print(f"{dtype:9s} {window:2d} {batch:6d} {r['compile_s']:10.1f} {r['wall_ms']:8.0f} "
+              f"{r['cpu_ms']:7.0f} {batch / r['wall_ms'] * 1e3:10.1f}  "
+              f"{os.getloadavg()[0]:.1f}", flush=True)
+
+
+if __name__ == "__main__":
+  main()
