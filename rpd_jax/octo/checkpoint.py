@@ -86,7 +86,15 @@ def read_example_batch(path: str) -> dict[str, Any]:
   obs = batch["observation"]
   if "timestep_pad_mask" not in obs and "pad_mask" in obs:
     obs["timestep_pad_mask"] = obs["pad_mask"]
-  return batch
+  return _numeric(batch)
+
+
+def _numeric(tree):
+  """Drops string leaves (e.g. dataset names): the batch is a pytree of arrays passed to jit."""
+  if isinstance(tree, dict):
+    return {k: v for k, v in ((k, _numeric(v)) for k, v in tree.items()) if v is not None}
+  array = np.asarray(tree)
+  return array if array.dtype.kind in "biuf" else None
 
 
 def param_shapes(module: OctoModule, example_batch) -> Any:
