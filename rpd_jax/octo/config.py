@@ -26,6 +26,7 @@ class UnsupportedConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class StemSpec:
+  name: str = "SmallStem16"  # the class name; the checkpoint scope is "<name>_0"
   patch_size: int = 16
   kernel_sizes: tuple[int, ...] = (3, 3, 3, 3)
   strides: tuple[int, ...] = (2, 2, 2, 2)
@@ -118,13 +119,14 @@ def _take(kwargs: dict, where: str, allowed: Mapping[str, Any]) -> dict:
 
 def _stem(spec: Any, where: str) -> StemSpec:
   name, kwargs = _check_spec(spec, where)
-  if name != "SmallStem" and not name.startswith("SmallStem"):
+  if not name.startswith("SmallStem"):
     raise UnsupportedConfigError(f"config model.{where} must be a SmallStem, got {name!r}")
   kw = _take(kwargs, where, {"patch_size": _ANY, "kernel_sizes": _ANY, "strides": _ANY,
                              "features": _ANY, "padding": _ANY, "num_features": _ANY,
                              "img_norm_type": "default", "use_film": False})
   patch = {"SmallStem16": 16, "SmallStem32": 32, "SmallStem": 32}[name]
   return StemSpec(
+      name=name,
       patch_size=int(kw.get("patch_size", patch)),
       kernel_sizes=tuple(kw.get("kernel_sizes", StemSpec.kernel_sizes)),
       strides=tuple(kw.get("strides", StemSpec.strides)),

@@ -74,7 +74,7 @@ class ImageTokenizer(nn.Module):
     b, w = x.shape[:2]
     s = self.spec.stem
     tokens = SmallStem(s.patch_size, s.kernel_sizes, s.strides, s.features, s.padding,
-                       s.num_features, self.dtype, name="SmallStem16_0")(
+                       s.num_features, self.dtype, name=f"{s.name}_0")(
                            x.reshape((b * w,) + x.shape[2:]))
     tokens = tokens.reshape((b, w, -1, tokens.shape[-1]))
     mask = _pad_mask(tokens.shape[:-1], observations.get("pad_mask_dict"), obs_keys)
