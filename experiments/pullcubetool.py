@@ -1,0 +1,11 @@
+"""PullCubeTool-v1: PPO (no teacher yet: set --config.teacher.name=octo --config.distill.loss=mse for RPD).
+
+Variants: experiments/maniskill_common.py and rpd_jax/config.py; e.g.
+  python -m rpd_jax.train --config=experiments/pullcubetool.py:rgb,sparse
+"""
+
+from experiments import maniskill_common
+
+
+def get_config(arg=None):
+  return maniskill_common.get_config("PullCubeTool-v1", arg)

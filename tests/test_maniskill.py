@@ -1,0 +1,253 @@
+"""The ManiSkill3 bridge on CPU simulation: tasks, observations, auto-reset, DLPack, teachers.
+
+Needs a Vulkan device (scripts/setup_vulkan.sh provides one on machines without a GPU); the
+tests skip, saying why, where there is none. The GPU backend (physx_cuda) needs a GPU.
+"""
+
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import torch
+from ml_collections import config_flags
+
+from rpd_jax import config as config_lib
+from rpd_jax.envs import maniskill, tasks, vulkan
+from rpd_jax.teachers import base as teacher_base
+from rpd_jax.teachers import maniskill_scripted
+
+pytestmark = pytest.mark.maniskill
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _vulkan():
+  try:
+    vulkan.require_vulkan()
+  except vulkan.VulkanUnavailableError as e:
+    pytest.skip(f"no usable Vulkan device: {e}")
+
+
+def _env(env_id="PushCube-v1", **kwargs):
+  return maniskill.ManiSkillVecEnv(num_envs=kwargs.pop("num_envs", 1), seed=0, env_id=env_id,
+                                   sim_backend="physx_cpu", **kwargs)
+
+
+def _check_step(env, keys):
+  res = env.step(jnp.zeros((env.num_envs, env.action_dim)))
+  b = env.num_envs
+  assert set(res.obs) == set(keys) == set(res.final_obs)
+  for k, spec in env.observation_spec.items():
+    chex.assert_shape(res.obs[k], (b,) + spec.shape)
+    assert res.obs[k].dtype == spec.dtype
+  chex.assert_shape([res.reward, res.terminated, res.truncated, res.success], (b,))
+  assert res.reward.dtype == jnp.float32
+  assert res.terminated.dtype == res.truncated.dtype == res.success.dtype == jnp.bool_
+  assert np.isfinite(np.asarray(res.reward)).all()
+  return res
+
+
+@pytest.mark.parametrize("env_id", list(tasks.TASKS))
+def test_every_task_steps_with_state(env_id):
+  info = tasks.TASKS[env_id]
+  env = _env(env_id)
+  try:
+    assert env.action_dim == 7
+    assert env.max_episode_steps == info.max_episode_steps
+    assert env.observation_spec["state"].shape == (info.state_dim,)
+    assert env.observation_spec["privileged"].shape == (info.state_dim,)
+    _check_step(env, {"state", "privileged"})
+  finally:
+    env.close()
+
+
+def _make_rgb(env_id):
+  return maniskill._make_maniskill(
+      env_id=env_id, num_envs=1, sim_backend="physx_cpu", obs_mode="rgb",
+      reward_mode="normalized_dense", control_mode="pd_ee_delta_pose", image_size=64,
+      camera="human", camera_variant=None, max_episode_steps=None)
+
+
+@pytest.fixture(scope="module")
+def _renderer():
+  """Keeps one rendering env alive across the per-task rgb tests.
+
+  The first image a SAPIEN render system takes costs seconds on lavapipe (it compiles its
+  shaders), and the render system, with its compiled pipelines, lives only as long as some env
+  uses it: without this, every test would pay the compilation again.
+  """
+  env = _make_rgb("PushCube-v1")
+  env.reset(seed=0)
+  yield
+  env.close()
+
+
+@pytest.mark.parametrize("env_id", list(tasks.TASKS))
+def test_every_task_steps_with_rgb(env_id, _renderer):
+  # In this process, through the wrapper every worker (and the GPU backend) applies, so that the
+  # shaders compile once (see _renderer); test_state_rgb_and_render covers the worker path.
+  env = _make_rgb(env_id)
+  try:
+    env.reset(seed=0)
+    obs, reward, terminated, truncated, _ = env.step(torch.zeros(1, 7))
+    assert set(obs) == {"rgb", "privileged"}
+    assert obs["rgb"].shape == (1, 64, 64, 3) and obs["rgb"].dtype == torch.uint8
+    assert obs["rgb"].float().std() > 10  # a rendered scene, not a blank frame
+    assert obs["privileged"].shape == (1, tasks.TASKS[env_id].state_dim)
+    assert reward.shape == terminated.shape == truncated.shape == (1,)
+  finally:
+    env.close()
+
+
+def test_state_rgb_and_render():
+  env = _env(obs_mode="state_rgb", image_size=64)
+  try:
+    res = _check_step(env, {"state", "rgb", "privileged"})
+    # The student's state in state_rgb is the robot's proprioception: qpos and qvel of the
+    # Panda (9 + 9), the leading slice of the privileged state.
+    np.testing.assert_array_equal(res.obs["state"], res.obs["privileged"][:, :18])
+    frames = env.render()
+    assert frames.shape == (1, 64, 64, 3) and frames.dtype == jnp.uint8
+    # The human camera renders the current state: the same image the student sees.
+    np.testing.assert_array_equal(frames, res.obs["rgb"])
+  finally:
+    env.close()
+
+
+def test_truncation_auto_reset_and_final_obs():
+  env = _env(num_envs=2, max_episode_steps=3, reward_mode="sparse")
+  try:
+    obs = env.reset(seed=5)
+    for t in range(3):
+      res = env.step(jnp.zeros((2, 7)))
+      ended = t == 2
+      np.testing.assert_array_equal(res.truncated, [ended] * 2)
+      np.testing.assert_array_equal(res.terminated, [False, False])
+      np.testing.assert_array_equal(res.reward, [0.0, 0.0])  # sparse: success as float
+      if not ended:
+        for k in res.obs:
+          np.testing.assert_array_equal(res.final_obs[k], res.obs[k])
+        obs = res.obs
+    cube = slice(28, 31)  # PushCube's cube position in the privileged state
+    # final_obs continues the old episode (zero actions leave the cube where it was) ...
+    np.testing.assert_allclose(res.final_obs["privileged"][:, cube],
+                               obs["privileged"][:, cube], atol=1e-3)
+    # ... and obs starts a new one with a re-drawn cube.
+    assert np.abs(np.asarray(res.obs["privileged"][:, cube] - obs["privileged"][:, cube])
+                  ).max() > 1e-3
+    # reset(seed) is reproducible.
+    np.testing.assert_array_equal(env.reset(seed=5)["privileged"],
+                                  env.reset(seed=5)["privileged"])
+  finally:
+    env.close()
+
+
+def test_success_terminates_with_final_obs_at_the_goal():
+  env = _env(num_envs=2, reward_mode="normalized_dense")
+  teacher = maniskill_scripted.make_teacher(
+      ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}}),
+      noise=0.0)
+  act = jax.jit(lambda obs: teacher.apply_fn(teacher.params, obs, obs, None,
+                                             jax.random.key(0), 0).action)
+  try:
+    obs = env.reset(seed=0)
+    ended = np.zeros(2, bool)
+    for _ in range(env.max_episode_steps):
+      res = env.step(act(obs))
+      obs = res.obs
+      done = np.asarray(res.terminated)
+      np.testing.assert_array_equal(done, res.success)  # PushCube ends exactly on success
+      if done.any():
+        i = int(np.argmax(done))
+        final, new = res.final_obs["privileged"][i], res.obs["privileged"][i]
+        assert np.hypot(*(final[28:30] - final[25:27])) < 0.1  # cube in the goal region
+        assert np.hypot(*(new[28:30] - new[25:27])) > 0.1  # a new episode: cube off the goal
+        assert float(res.reward[i]) == pytest.approx(1.0)  # normalized dense reward at success
+      ended |= done
+      if ended.all():
+        break
+    assert ended.all(), "the noise-free scripted teacher should solve PushCube in one episode"
+  finally:
+    env.close()
+
+
+def test_dlpack_is_zero_copy_both_ways_on_cpu():
+  t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+  j = maniskill.to_jax(t)
+  assert j.unsafe_buffer_pointer() == t.data_ptr()
+  np.testing.assert_array_equal(j, t.numpy())
+  back = maniskill.to_torch(j, torch.device("cpu"))
+  assert back.data_ptr() == j.unsafe_buffer_pointer()
+  # The CPU backend copies AsyncVectorEnv's shared-memory views once, into torch memory that
+  # JAX then aliases; a uint8 image batch goes the same way.
+  views = {"privileged": np.ones((2, 35), np.float32), "rgb": np.ones((2, 8, 8, 3), np.uint8)}
+  for k, v in maniskill.ManiSkillVecEnv._own(views).items():
+    assert maniskill.to_jax(v).unsafe_buffer_pointer() == v.data_ptr(), k
+  # A transposed (strided) tensor is made contiguous first, so the values are right.
+  np.testing.assert_array_equal(maniskill.to_jax(t.T), t.numpy().T)
+
+
+def test_vulkan_error_says_how_to_fix(monkeypatch):
+  import sapien  # pylint: disable=g-import-not-at-top
+
+  def no_device():
+    raise RuntimeError("failed to find a rendering device")
+
+  monkeypatch.setattr(sapien.render, "get_device_summary", no_device)
+  vulkan.require_vulkan.cache_clear()
+  try:
+    with pytest.raises(vulkan.VulkanUnavailableError, match="setup_vulkan.sh"):
+      vulkan.require_vulkan()
+    monkeypatch.setattr(sapien.render, "get_device_summary",
+                        lambda: "GPU: llvmpipe (LLVM 15.0.6, 256 bits)\n  Supported: 0\n")
+    with pytest.raises(vulkan.VulkanUnavailableError, match="mesa-vulkan-drivers"):
+      vulkan.require_vulkan()
+  finally:
+    vulkan.require_vulkan.cache_clear()
+
+
+@pytest.mark.parametrize("env_id", list(maniskill_scripted.CONTROLLERS))
+def test_scripted_teacher_shapes(env_id):
+  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": env_id}})
+  teacher = maniskill_scripted.make_teacher(env_config, chunk_size=4, noise=0.5)
+  dim = tasks.TASKS[env_id].state_dim
+  obs = {"privileged": jax.random.normal(jax.random.key(0), (8, dim)) * 0.1}
+  out = jax.jit(teacher_base.query, static_argnums=5)(
+      teacher, obs, obs, jnp.zeros(8, bool), jax.random.key(1), 3)
+  chex.assert_shape(out.action, (8, 7))
+  chex.assert_shape(out.samples, (3, 8, 7))
+  assert jnp.all(jnp.abs(out.samples) <= 1.0)
+  assert not jnp.allclose(out.samples[0], out.samples[1])  # independent noise per sample
+  with pytest.raises(ValueError, match="scripted teachers exist for"):
+    maniskill_scripted.make_teacher(ml_collections.ConfigDict(
+        {"name": "maniskill", "kwargs": {"env_id": "StackCube-v1"}}))
+
+
+def _load(repo_root, name, arg):
+  path = os.path.join(repo_root, "experiments", f"{name}.py")
+  return config_flags.config_flags._LoadConfigModule(name, path).get_config(arg)  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize("name", ["pickcube", "pushcube", "pullcube", "liftpegupright",
+                                  "rollball", "stackcube", "pullcubetool", "pokecube"])
+def test_experiment_configs(repo_root, monkeypatch, name):
+  monkeypatch.syspath_prepend(repo_root)
+  c = _load(repo_root, name, None)
+  config_lib.validate(c)
+  env_id = c.env.kwargs.env_id
+  assert c.env.name == "maniskill" and env_id in tasks.TASKS
+  scripted = env_id in maniskill_scripted.CONTROLLERS
+  assert c.teacher.name == ("scripted_maniskill" if scripted else "none")
+  for arg in ("smoke", "rgb,smoke", "state_rgb,sparse,smoke", "ppo,smoke"):
+    s = _load(repo_root, name, arg)
+    config_lib.validate(s)
+    assert s.env.num_envs * s.ppo.num_steps <= 16
+  assert _load(repo_root, name, "smoke").distill.loss == c.distill.loss  # smoke keeps the loss
+  assert _load(repo_root, name, "ppo,smoke").distill.loss == "none"
+  rgb = _load(repo_root, name, "rgb")
+  assert rgb.env.kwargs.obs_mode == "rgb" and rgb.network.obs_keys == ("rgb",)
+  if name == "pushcube":
+    assert _load(repo_root, name, "moved_camera").env.kwargs.camera_variant == "moved"
