@@ -320,6 +320,20 @@ def test_fixture_teacher(fixture_teacher):
   assert not np.allclose(out2.samples[:, ~is_first], out.samples[:, ~is_first])
 
 
+def test_fixture_teacher_bfloat16(tiny_tokenizer_dir):
+  """bfloat16 compute (tiny_v15): same shapes, finite, within the action bounds."""
+  env = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}})
+  teacher = octo.make_teacher(env, chunk_size=2, checkpoint=str(_fixture("tiny_v15")),
+                              tokenizer_dir=str(tiny_tokenizer_dir), dtype="bfloat16")
+  assert teacher.params["model"].module.dtype == jnp.bfloat16
+  # The instruction was embedded once, in float32.
+  assert teacher.params["task"]["language_instruction"].dtype == jnp.float32
+  obs = {"rgb": jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3)), jnp.uint8)}
+  out = query(teacher, obs, obs, jnp.array([True, False]), jax.random.key(0), 2)
+  assert out.action.dtype == jnp.float32 and out.samples.shape == (2, 2, 7)
+  assert np.isfinite(out.samples).all() and np.abs(out.samples).max() <= 1.0
+
+
 # --- The server hop and the benchmark. -----------------------------------------------------
 
 
@@ -359,7 +373,7 @@ def test_bench_tiny_in_process_and_server(tmp_path):
   assert [r["mode"] for r in rows] == ["in-process", "server"]
   for row in rows:
     assert row["batch"] == 1 and row["window"] == 1 and row["samples_per_s"] > 0
-    assert row["compile_s"] > 0 and row["ms_per_call"] > 0
+    assert row["compile_s"] > 0 and row["ms_per_call"] > 0 and row["cpu_ms"] > 0
   assert "hop_ms" in rows[1]
   assert rows[1]["max_abs_diff"] < 1e-4  # the server computes what the in-process teacher does
   saved = json.loads(out.read_text())

@@ -8,7 +8,9 @@ r"""Octo teacher throughput: samples/s against batch size, in-process and behind
 For each (dtype, window, batch) the in-process teacher (``rpd_jax.teachers.octo``: resize,
 window, task, 20 diffusion steps, unnormalisation) is compiled once with ``jit(...).lower(...)
 .compile()``, timed separately, then called ``--repeats`` times with fresh keys; a call is timed
-to ``block_until_ready`` and the median is reported. ``--server-batch`` runs the same teacher
+to ``block_until_ready`` and the median is reported, with the median CPU time of the process
+(all threads; through the server: client plus server process), which a busy machine inflates
+less than wall time. ``--server-batch`` runs the same teacher
 in a separate process behind ``rpd_jax.teachers.remote`` (the published RPD's kind of teacher
 server: images through shared memory, arrays serialised over a connection; float32, the first
 window of ``--window``) and reports the extra time per call, the hop.
@@ -90,15 +92,17 @@ def build_teacher(size: Optional[str] = None, checkpoint: Optional[str] = None,
       dtype=dtype, gripper="raw", name=f"octo-{size or checkpoint}")
 
 
-def _median_ms(call: Callable[[int], Any], repeats: int) -> float:
-  """Median wall time in ms of ``call(i)``, i = 1..repeats, after an untimed ``call(0)``."""
+def _median_ms(call: Callable[[int], Any], repeats: int) -> tuple[float, float]:
+  """Median wall and process CPU time in ms of ``call(i)``, i = 1..repeats, after an untimed
+  ``call(0)``."""
   call(0)
-  times = []
+  wall, cpu = [], []
   for i in range(1, repeats + 1):
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     call(i)
-    times.append(time.perf_counter() - start)
-  return 1e3 * statistics.median(times)
+    wall.append(time.perf_counter() - start)
+    cpu.append(time.process_time() - cpu_start)
+  return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
 
 
 def _inputs(batch: int, image_size: int, seed: int = 0):
@@ -119,10 +123,11 @@ def bench_in_process(teacher: Teacher, batch: int, image_size: int,
   compile_s = time.perf_counter() - start
   keys = [jax.random.fold_in(key, i) for i in range(repeats + 1)]
   call = lambda i: jax.block_until_ready(compiled(teacher.params, obs, prev, is_first, keys[i]))
-  ms = _median_ms(call, repeats)
+  ms, cpu_ms = _median_ms(call, repeats)
   answer = lambda seed: np.asarray(
       compiled(teacher.params, obs, prev, is_first, jax.random.key(seed)))
-  return {"compile_s": compile_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3}, answer
+  return {"compile_s": compile_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3,
+          "cpu_ms": cpu_ms}, answer
 
 
 def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: int,
@@ -138,17 +143,19 @@ def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: in
   start = time.perf_counter()
   server(obs, prev, is_first, seed=0)
   first_s = time.perf_counter() - start
-  server_times, local_times = [], []
+  server_times, server_cpu, local_times = [], [], []
   for seed in range(1, repeats + 1):
     if local is not None:
       start = time.perf_counter()
       local_action = local(seed)
       local_times.append(time.perf_counter() - start)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     remote_action = server(obs, prev, is_first, seed=seed).action
     server_times.append(time.perf_counter() - start)
+    server_cpu.append(time.process_time() - cpu_start + server.last_server_cpu_s)
   ms = 1e3 * statistics.median(server_times)
-  row = {"compile_s": first_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3}
+  row = {"compile_s": first_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3,
+         "cpu_ms": 1e3 * statistics.median(server_cpu)}
   if local is not None:
     row["in_process_ms"] = 1e3 * statistics.median(local_times)
     row["hop_ms"] = ms - row["in_process_ms"]
@@ -192,9 +199,9 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 COLUMNS = ("mode", "model", "dtype", "window", "batch", "compile_s", "ms_per_call",
-           "samples_per_s", "in_process_ms", "hop_ms")
+           "samples_per_s", "cpu_ms", "in_process_ms", "hop_ms")
 HEADERS = ("mode", "model", "dtype", "W", "batch", "compile / first call s", "ms/call (median)",
-           "samples/s", "in-process ms/call, interleaved", "hop ms/call")
+           "samples/s", "CPU ms/call", "in-process ms/call, interleaved", "hop ms/call")
 
 
 def _format_row(row: dict[str, Any]) -> str:

@@ -23,6 +23,7 @@ import importlib
 import json
 import multiprocessing as mp
 import struct as struct_lib
+import time
 import traceback
 from multiprocessing import shared_memory
 from typing import Any, Mapping, Optional
@@ -110,6 +111,7 @@ def _serve(conn, builder: str, builder_kwargs: dict[str, Any]):
     if message == _CLOSE:
       break
     try:
+      cpu_start = time.process_time()
       arrays, extra = unpack(message, attached)
       obs = {k.split("/", 1)[1]: jax.numpy.asarray(v) for k, v in arrays.items()
              if k.startswith("obs/")}
@@ -120,7 +122,7 @@ def _serve(conn, builder: str, builder_kwargs: dict[str, Any]):
       reply = {"action": np.asarray(out.action)}
       if out.samples is not None:
         reply["samples"] = np.asarray(out.samples)
-      conn.send_bytes(pack(reply))
+      conn.send_bytes(pack(reply, extra={"cpu_s": time.process_time() - cpu_start}))
     except Exception:  # pylint: disable=broad-except
       conn.send_bytes(_ERROR + traceback.format_exc().encode())
   for segment in attached.values():
@@ -140,7 +142,8 @@ class RemoteTeacher:
       fork-safe).
 
   ``teacher(obs, prev_obs, is_first, seed, num_samples=0)`` takes dicts of arrays [B, ...] (JAX or
-  numpy) and returns a ``TeacherOutput`` of numpy arrays.
+  numpy) and returns a ``TeacherOutput`` of numpy arrays. ``last_server_cpu_s`` is the CPU time
+  (all threads) the server process spent on the last request.
   """
 
   def __init__(self, builder: str, builder_kwargs: Optional[Mapping[str, Any]] = None, *,
@@ -153,6 +156,7 @@ class RemoteTeacher:
     self._process.start()
     child.close()
     self._shm: Optional[dict[str, Any]] = {} if use_shared_memory else None
+    self.last_server_cpu_s = 0.0
     if not self._conn.poll(startup_timeout):
       self.close()
       raise TimeoutError(f"teacher server {builder} did not start in {startup_timeout} s")
@@ -170,7 +174,8 @@ class RemoteTeacher:
               "is_first": np.asarray(is_first, bool)}
     self._conn.send_bytes(pack(arrays, self._shm, {"seed": int(seed),
                                                    "num_samples": int(num_samples)}))
-    reply, _ = unpack(self._check(self._conn.recv_bytes()))
+    reply, extra = unpack(self._check(self._conn.recv_bytes()))
+    self.last_server_cpu_s = extra["cpu_s"]
     return TeacherOutput(action=reply["action"], samples=reply.get("samples"))
 
   def close(self):
