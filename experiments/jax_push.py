@@ -6,6 +6,7 @@ Variants (combine with commas): ppo, rpd_mse, rpd_l1, rpd_bc, ppd, sparse, rgb, 
 """
 
 from rpd_jax import config as config_lib
+from rpd_jax.teachers import scripted
 
 
 def _rgb(c):
@@ -36,6 +37,9 @@ def get_config(arg=None):
   c.env.name = "jax_push"
   c.env.num_envs = 64
   c.teacher.name = "scripted_push"
+  # The teacher's quality (rpd_jax/teachers/scripted.py); these defaults succeed 44% alone.
+  c.teacher.kwargs.noise = scripted.DEFAULT_NOISE
+  c.teacher.kwargs.bias = scripted.DEFAULT_BIAS
   c.distill.loss = "mse"
   c.total_env_steps = 2_000_000
   c.ppo.num_steps = 50

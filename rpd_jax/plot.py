@@ -88,8 +88,10 @@ def plot(rows: list[dict], metric: str, out: str, reference: Optional[float], ti
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for row in rows:
     line, = ax.plot(row["steps"], row["mean"], label=f"{row['label']} (n={row['seeds']})")
-    ax.fill_between(row["steps"], row["mean"] - row["std"], row["mean"] + row["std"],
-                    color=line.get_color(), alpha=0.2)
+    low, high = row["mean"] - row["std"], row["mean"] + row["std"]
+    if "success" in metric:  # a rate: keep the band inside [0, 1]
+      low, high = np.clip(low, 0, 1), np.clip(high, 0, 1)
+    ax.fill_between(row["steps"], low, high, color=line.get_color(), alpha=0.2)
   if reference is not None:
     ax.axhline(reference, color="k", ls="--", lw=1, label=f"teacher alone ({reference:.2f})")
   ax.set_xlabel("env steps")
