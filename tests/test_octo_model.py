@@ -157,18 +157,24 @@ def test_create_tasks(model):
 
 
 def test_precomputed_language_and_jit(model):
-  """Precomputed T5 embeddings give the same transformer outputs as tokens; sample_actions
-  jits over the model pytree; statistics inside it equal unnormalising afterwards."""
+  """Precomputed T5 embeddings give the same transformer outputs as tokens, and so does the
+  readouts-only path; sample_actions jits over the model pytree; statistics inside it equal
+  unnormalising afterwards."""
   obs, tokens = batch_inputs()
   embeddings = jax.jit(type(model).encode_language)(model, tokens["input_ids"],
                                                     tokens["attention_mask"])
   assert embeddings.shape == (3, 16, 32)
-  run = jax.jit(type(model).run_transformer)
+  run = jax.jit(type(model).run_transformer, static_argnames="readouts_only")
   with_tokens = run(model, obs, model.create_tasks(texts=["x"] * 3, tokenize=lambda t: tokens))
   tasks = model.create_tasks(language_embeddings=embeddings)
   with_embeddings = run(model, obs, tasks)
   np.testing.assert_allclose(with_embeddings["readout_action"].tokens,
                              with_tokens["readout_action"].tokens, atol=1e-5)
+  # What sample_actions runs: the last layer computes only the readout rows.
+  readouts = run(model, obs, tasks, readouts_only=True)
+  assert list(readouts) == ["readout_action"]
+  np.testing.assert_allclose(readouts["readout_action"].tokens,
+                             with_embeddings["readout_action"].tokens, atol=1e-5)
   stats = model.dataset_statistics["action"]
 
   @jax.jit

@@ -169,15 +169,20 @@ class OctoModel:
     _check_shapes(tasks, example, "tasks", 1)
 
   def run_transformer(self, observations: Data, tasks: Data,
-                      timestep_pad_mask: Optional[jax.Array] = None) -> dict[str, TokenGroup]:
-    """Transformer outputs {group: TokenGroup(tokens, mask)}; see OctoTransformer."""
+                      timestep_pad_mask: Optional[jax.Array] = None,
+                      readouts_only: bool = False) -> dict[str, TokenGroup]:
+    """Transformer outputs {group: TokenGroup(tokens, mask)}; see OctoTransformer.
+
+    ``readouts_only`` returns only the readout groups, and skips the other rows of the last
+    layer (what sample_actions needs; the values are the same).
+    """
     _check_shapes({k: v for k, v in observations.items() if k.startswith("image_")},
                   self.example_batch["observation"], "observations", 2)
     self._check_tasks(tasks)
     if timestep_pad_mask is None:
       timestep_pad_mask = _timestep_pad_mask(observations)
     return self.module.apply({"params": self.params}, observations, tasks,
-                             jnp.asarray(timestep_pad_mask, bool),
+                             jnp.asarray(timestep_pad_mask, bool), readouts_only,
                              method=OctoModule.transformer)
 
   @functools.partial(jax.jit, static_argnames=("num_samples", "normalization_type"))
@@ -206,7 +211,7 @@ class OctoModel:
     """
     if timestep_pad_mask is None:
       timestep_pad_mask = _timestep_pad_mask(observations)
-    outputs = self.run_transformer(observations, tasks, timestep_pad_mask)
+    outputs = self.run_transformer(observations, tasks, timestep_pad_mask, readouts_only=True)
     head = dict(self.spec.heads)["action"]
     readout = outputs[head.readout_key].tokens
     embedding = readout.astype(jnp.float32).mean(axis=-2)

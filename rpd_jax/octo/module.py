@@ -13,6 +13,7 @@ from typing import Any, Mapping, NamedTuple, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rpd_jax.octo.config import ImageTokenizerSpec, LanguageTokenizerSpec, OctoSpec
 from rpd_jax.octo.heads import DiffusionActionHead
@@ -141,8 +142,8 @@ class OctoTransformer(nn.Module):
     return x + self._pos_embedding(name, x).astype(x.dtype)
 
   @nn.compact
-  def __call__(self, observations: Data, tasks: Data,
-               timestep_pad_mask: jax.Array) -> dict[str, TokenGroup]:
+  def __call__(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array,
+               readouts_only: bool = False) -> dict[str, TokenGroup]:
     """Runs the transformer.
 
     Args:
@@ -150,6 +151,8 @@ class OctoTransformer(nn.Module):
       tasks: language_instruction (token dict or embeddings), optional goal images [B, H, W', 3],
         optional pad_mask_dict {key: [B]}.
       timestep_pad_mask: [B, W] bool, False at padded timesteps.
+      readouts_only: return only the readout groups; the last layer then computes only their
+        rows (a readout is read by nothing but later readouts, so the values are the same).
 
     Returns:
       {group name: TokenGroup} of transformer outputs after the final LayerNorm.
@@ -213,15 +216,28 @@ class OctoTransformer(nn.Module):
     self.sow("intermediates", "attention_mask", attention_mask)
 
     block = _BlockTransformer(spec, self.dtype, name="BlockTransformer_0")
-    y = block(x, attention_mask)
+    n_prefix = sum(layout.num_tokens for layout, _ in prefix)
+    if readouts_only:
+      # Nothing reads a readout but later readouts, so the last layer only needs their rows.
+      readouts, offset, rows = [], 0, []
+      for layout, group in steps:
+        if layout.name.startswith("readout_"):
+          readouts.append((layout, group))
+          rows.append(np.arange(offset, offset + layout.num_tokens))
+        offset += layout.num_tokens
+      per_step = np.concatenate(rows)
+      rows = np.concatenate([n_prefix + t * offset + per_step for t in range(horizon)])
+      prefix, steps = [], readouts
+      y_steps = block(x, attention_mask, rows).reshape((batch, horizon, per_step.size, -1))
+    else:
+      y = block(x, attention_mask)
+      y_steps = y[:, n_prefix:].reshape((batch, horizon, -1, y.shape[-1]))
 
     outputs = {}
-    n_prefix = sum(layout.num_tokens for layout, _ in prefix)
     start = 0
     for layout, group in prefix:
       outputs[layout.name] = TokenGroup(y[:, start:start + layout.num_tokens], group.mask)
       start += layout.num_tokens
-    y_steps = y[:, n_prefix:].reshape((batch, horizon, -1, y.shape[-1]))
     start = 0
     for layout, group in steps:
       outputs[layout.name] = TokenGroup(y_steps[:, :, start:start + layout.num_tokens],
@@ -237,9 +253,9 @@ class _BlockTransformer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, attention_mask):
+  def __call__(self, x, attention_mask, output_rows=None):
     return Transformer(self.spec.num_layers, self.spec.mlp_dim, self.spec.num_attention_heads,
-                       self.dtype, name="Transformer_0")(x, attention_mask)
+                       self.dtype, name="Transformer_0")(x, attention_mask, output_rows)
 
 
 class OctoModule(nn.Module):
@@ -261,8 +277,9 @@ class OctoModule(nn.Module):
     outputs = self.octo_transformer(observations, tasks, timestep_pad_mask)
     return {name: head(outputs[head.readout_key].tokens) for name, head in self.heads.items()}
 
-  def transformer(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array):
-    return self.octo_transformer(observations, tasks, timestep_pad_mask)
+  def transformer(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array,
+                  readouts_only: bool = False):
+    return self.octo_transformer(observations, tasks, timestep_pad_mask, readouts_only)
 
   def head_eps(self, head: str, embedding, noisy_actions, time):
     """eps of head ``head`` for a pooled readout embedding [..., D]."""

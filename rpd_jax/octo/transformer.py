@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -82,13 +82,21 @@ class EncoderBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x, mask):
+  def __call__(self, x, mask, rows: Optional[np.ndarray] = None):
+    """x [B, N, D], mask [B, 1, N, N]; ``rows`` (static) computes only those query tokens.
+
+    Returns [B, N, D], or [B, len(rows), D] when rows are given.
+    """
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
+    queries = y
+    if rows is not None:
+      x, queries, mask = x[:, rows], y[:, rows], mask[:, :, rows]
     # Masked logits become float32's minimum inside Flax attention (not -inf), so a query row
     # with no valid key averages all values instead of turning NaN, as in the official model.
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
                                         deterministic=True,
-                                        name="MultiHeadDotProductAttention_0")(y, y, mask=mask)
+                                        name="MultiHeadDotProductAttention_0")(
+                                            queries, y, mask=mask)
     x = x + y
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_1")(x)
     return x + MlpBlock(self.mlp_dim, self.dtype, name="MlpBlock_0")(y)
@@ -103,9 +111,15 @@ class Transformer(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array) -> jax.Array:
-    """x [B, N, D], mask [B, 1, N, N] bool (True: query may attend key) -> [B, N, D]."""
+  def __call__(self, x: jax.Array, mask: jax.Array,
+               output_rows: Optional[np.ndarray] = None) -> jax.Array:
+    """x [B, N, D], mask [B, 1, N, N] bool (True: query may attend key) -> [B, N, D].
+
+    With ``output_rows`` (static token indices) the last block computes only those queries and
+    [B, len(output_rows), D] is returned: the same values for a fraction of the last layer.
+    """
     for i in range(self.num_layers):
+      rows = output_rows if i == self.num_layers - 1 else None
       x = EncoderBlock(self.mlp_dim, self.num_attention_heads, self.dtype,
-                       name=f"encoderblock_{i}")(x, mask)
+                       name=f"encoderblock_{i}")(x, mask, rows)
     return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)
