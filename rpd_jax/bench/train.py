@@ -27,7 +27,7 @@ _LOSS = {"ppo": "none", "rpd_mse": "mse", "rpd_l1": "l1", "rpd_bc": "bc", "ppd":
 
 
 def measure(config, iterations: int) -> dict[str, float]:
-  c = config.unlocked() if hasattr(config, "unlocked") else config
+  c = config
   batch = c.env.num_envs * c.ppo.num_steps
   c.total_env_steps = iterations * batch
   c.eval_every = c.checkpoint_every = iterations + 1  # the last iteration still evaluates: skip
