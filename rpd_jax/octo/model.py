@@ -62,7 +62,7 @@ class OctoModel:
     params: the official parameter tree {octo_transformer, heads_action}.
     example_batch: {observation, task, ...} of the checkpoint; fixes input shapes and window.
     dataset_statistics: {"action": {mean, std, mask, ...}, ...} for a fine-tuned checkpoint, or
-      {dataset name: {...}} for a pretrained one; None for random models.
+      {dataset name: {...}} for a pretrained one; identity statistics for init_random models.
     module: the OctoModule.
     config: the checkpoint's config.json (frozen: read it like a dict).
   """
@@ -218,11 +218,10 @@ class OctoModel:
     sample_shape = () if num_samples is None else (num_samples,)
     batch, window = embedding.shape[:2]
     shape = sample_shape + (batch, window, head.action_horizon * head.action_dim)
-    head_params = {"params": self.params}
+    variables = {"params": self.params}
 
     def eps_fn(x, t):
-      return self.module.apply(head_params, "action", embedding, x, t,
-                               method=OctoModule.head_eps)
+      return self.module.apply(variables, "action", embedding, x, t, method=OctoModule.head_eps)
 
     stats = unnormalization_statistics
     embodiment_dim = None

@@ -186,8 +186,8 @@ class OctoTransformer(nn.Module):
     if spec.repeat_task_tokens:
       # Octo 1.5 shows the task to every timestep again; these copies carry only the task's own
       # validity (not the timestep's), exactly as the released 1.5 models were trained.
-      for layout, group in list(prefix):
-        repeat = lambda x: jnp.broadcast_to(x[:, None], (batch, horizon) + x.shape[1:])
+      repeat = lambda x: jnp.broadcast_to(x[:, None], (batch, horizon) + x.shape[1:])
+      for layout, group in prefix:
         steps.append((GroupLayout(f"obs_{layout.name}", layout.num_tokens, False, _OBS_RULES),
                       TokenGroup(repeat(group.tokens), repeat(group.mask))))
 
