@@ -212,9 +212,8 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
       the checkpoint's training window.
     dataset_name: which dataset's action statistics to unnormalise with, for pretrained
       checkpoints that carry several; None for fine-tuned ones.
-    center_crop: area fraction of a centre crop before resizing (None: no crop; 0.9 is the
-      centre crop Octo's evaluation applies to the primary camera of models trained with
-      random-resized-crop augmentation).
+    center_crop: area fraction of a centre crop before resizing (None: no crop; 0.9 keeps the
+      mean area of the 0.8-1.0 random crops Octo's training applied to the primary camera).
     gripper: "maniskill" maps Octo's gripper (1 = open, [0, 1]) to ManiSkill's (+1 = open) and
       clips every dim to [-1, 1]; "raw" returns Octo's unnormalised actions untouched.
     image_key: the observation key holding the teacher's camera, uint8 [B, H, W, 3].
