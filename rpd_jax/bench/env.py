@@ -8,8 +8,9 @@ CPUGymWrapper, numpy actions in, numpy observations out: what one writes without
 bridge: ``ManiSkillVecEnv`` (the same worker setup), JAX actions in, a dict of JAX arrays out
 (DLPack), plus ``final_obs`` and ``privileged``. Images come from ManiSkill's sensor camera in
 both (``camera="sensor"``, obs_mode "rgb" raw); the bridge's default human camera renders the
-same amount. Random actions; episodes auto-reset at the time limit or on success. Prints a
-markdown table; the overhead column is 1 - bridge/raw.
+same amount. Raw and bridge run side by side in alternating blocks (a drifting machine load
+slows both alike). Random actions; episodes auto-reset at the time limit or on success. Prints
+a markdown table; the overhead column is 1 - bridge/raw.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ _ENV_ID = flags.DEFINE_string("env_id", "PushCube-v1", "ManiSkill3 task")
 _NUM_ENVS = flags.DEFINE_list("num_envs", ["1", "2", "4"], "env counts (CPU worker processes)")
 _OBS = flags.DEFINE_list("obs", ["state", "rgb64", "rgb128", "rgb256"],
                          "observations: state, or rgb<size> (uint8 images of size x size)")
-_STEPS = flags.DEFINE_integer("steps", 300, "timed steps per setting (after 30 warm-up steps)")
+_STEPS = flags.DEFINE_integer("steps", 300, "timed steps per setting and side (raw, bridge)")
 
 
 def _raw_worker(env_id: str, obs_mode: str, image_size: int) -> gym.Env:
@@ -45,46 +46,51 @@ def _raw_worker(env_id: str, obs_mode: str, image_size: int) -> gym.Env:
       human_render_camera_configs=size))
 
 
-def _time(step, actions) -> float:
-  """Steps/s (summed over envs) of ``step`` over ``actions`` [steps, B, A] after a warm-up."""
-  for a in actions[:30]:
-    step(a)
-  start = time.perf_counter()
-  for a in actions[30:]:
-    step(a)
-  return (len(actions) - 30) * len(actions[0]) / (time.perf_counter() - start)
-
-
-def bench_raw(env_id: str, num_envs: int, obs_mode: str, image_size: int, steps: int) -> float:
-  multiprocessing.set_forkserver_preload(["rpd_jax.envs.maniskill", "mani_skill.envs"])
+def _raw(env_id: str, num_envs: int, obs_mode: str, image_size: int):
+  """Raw ManiSkill workers and their step function on numpy actions [B, A]."""
   fns = [functools.partial(_raw_worker, env_id, obs_mode, image_size)] * num_envs
   envs = gym.vector.AsyncVectorEnv(fns, context="forkserver",
                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-  try:
-    envs.reset(seed=0)
-    rng = np.random.default_rng(0)
-    actions = rng.uniform(-1, 1, (steps + 30, num_envs, 7)).astype(np.float32)
-    return _time(envs.step, actions)
-  finally:
-    envs.close()
+  envs.reset(seed=0)
+  rng = np.random.default_rng(0)
+  return envs, lambda: envs.step(rng.uniform(-1, 1, (num_envs, 7)).astype(np.float32))
 
 
-def bench_bridge(env_id: str, num_envs: int, obs_mode: str, image_size: int,
-                 steps: int) -> float:
+def _bridge(env_id: str, num_envs: int, obs_mode: str, image_size: int):
+  """The bridge and its step function on JAX actions [B, A], waited for."""
   env = maniskill.ManiSkillVecEnv(num_envs=num_envs, seed=0, env_id=env_id, obs_mode=obs_mode,
                                   image_size=image_size, camera="sensor",
                                   sim_backend="physx_cpu")
+  keys = iter(jax.random.split(jax.random.key(0), 100_000))
+  sample = jax.jit(lambda k: jax.random.uniform(k, (num_envs, env.action_dim), minval=-1,
+                                                maxval=1))
+  return env, lambda: jax.block_until_ready(env.step(sample(next(keys))))
+
+
+def bench(env_id: str, num_envs: int, obs_mode: str, image_size: int,
+          steps: int) -> tuple[float, float]:
+  """Steps/s (summed over envs) of raw ManiSkill and of the bridge on one setting.
+
+  Both run at the same time, alternating blocks of 25 steps, so that a machine whose load
+  drifts (other jobs) slows both alike; 25 warm-up steps each are not timed.
+  """
+  multiprocessing.set_forkserver_preload(["rpd_jax.envs.maniskill", "mani_skill.envs"])
+  raw_env, raw_step = _raw(env_id, num_envs, obs_mode, image_size)
+  bridge_env, bridge_step = _bridge(env_id, num_envs, obs_mode, image_size)
   try:
-    actions = jax.random.uniform(jax.random.key(0), (steps + 30, num_envs, env.action_dim),
-                                 minval=-1, maxval=1)
-    actions = list(actions)  # per-step arrays made before timing, as a policy would hand them
-
-    def step(a):
-      jax.block_until_ready(env.step(a))
-
-    return _time(step, actions)
+    times = {"raw": 0.0, "bridge": 0.0}
+    for block in range(steps // 25 + 1):
+      for name, step in (("raw", raw_step), ("bridge", bridge_step)):
+        start = time.perf_counter()
+        for _ in range(25):
+          step()
+        if block:
+          times[name] += time.perf_counter() - start
+    done = (steps // 25) * 25 * num_envs
+    return done / times["raw"], done / times["bridge"]
   finally:
-    env.close()
+    raw_env.close()
+    bridge_env.close()
 
 
 def main(argv):
@@ -96,8 +102,7 @@ def main(argv):
     size = int(obs[3:]) if obs.startswith("rgb") else 64
     mode = "rgb" if obs.startswith("rgb") else "state"
     for n in map(int, _NUM_ENVS.value):
-      raw = bench_raw(_ENV_ID.value, n, mode, size, _STEPS.value)
-      bridge = bench_bridge(_ENV_ID.value, n, mode, size, _STEPS.value)
+      raw, bridge = bench(_ENV_ID.value, n, mode, size, _STEPS.value)
       print(f"| {n} | {obs} | {raw:.0f} | {bridge:.0f} | {1 - bridge / raw:+.1%} |", flush=True)
 
 
