@@ -36,7 +36,6 @@ import numpy as np
 import torch
 
 from rpd_jax.envs import base
-from rpd_jax.envs import tasks
 from rpd_jax.envs import vulkan
 
 OBS_MODES = ("state", "rgb", "state_rgb")
@@ -197,7 +196,8 @@ class ManiSkillVecEnv:
     num_envs: B, the batch size of every array in and out.
     seed: seed of the first reset (env i gets seed + i); ``reset(seed)`` reseeds.
     reward_mode: "normalized_dense", "dense" or "sparse" (success as float32).
-    env_id: a ManiSkill3 task id, e.g. "PushCube-v1" (``tasks.TASKS`` lists the paper's).
+    env_id: a ManiSkill3 task id, e.g. "PushCube-v1" (``rpd_jax.envs.tasks.TASKS`` lists the
+      paper's eight).
     obs_mode: what the student sees: "state", "rgb" or "state_rgb".
     image_size: H = W of ``rgb`` and of ``render()`` frames.
     camera: "human" (the paper's view, shows goal markers) or "sensor" (ManiSkill's base camera).
@@ -225,7 +225,6 @@ class ManiSkillVecEnv:
     self.num_envs = num_envs
     self.env_id = env_id
     self.sim_backend = _resolve_backend(sim_backend)
-    self.reward_mode = reward_mode
     make_kwargs = dict(env_id=env_id, obs_mode=obs_mode, reward_mode=reward_mode,
                        control_mode=control_mode, image_size=image_size, camera=camera,
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps)
@@ -248,16 +247,11 @@ class ManiSkillVecEnv:
           autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
       self.action_dim = int(np.prod(self._cpu.single_action_space.shape))
     if max_episode_steps is None:
-      max_episode_steps = tasks.TASKS[env_id].max_episode_steps if env_id in tasks.TASKS else (
-          self._find_max_episode_steps())
-    self.max_episode_steps = max_episode_steps
+      # ManiSkill applies its own time limit (gym's env.spec.max_episode_steps is None).
+      from mani_skill.utils.registration import REGISTERED_ENVS  # pylint: disable=g-import-not-at-top
+      max_episode_steps = REGISTERED_ENVS[env_id].max_episode_steps
+    self.max_episode_steps = int(max_episode_steps)
     self.observation_spec = base.spec_of(self.reset(seed))
-
-  def _find_max_episode_steps(self) -> int:
-    from mani_skill.utils import gym_utils  # pylint: disable=g-import-not-at-top
-    if self._gpu is not None:
-      return int(gym_utils.find_max_episode_steps_value(self._gpu._env))  # pylint: disable=protected-access
-    return int(self._cpu.call("get_wrapper_attr", "_max_episode_steps")[0])
 
   def reset(self, seed: int) -> base.Observation:
     """Resets every env; env i is seeded with ``seed + i``. Returns obs [B, ...]."""
@@ -313,8 +307,8 @@ class ManiSkillVecEnv:
     return {k: torch.from_numpy(v).clone() for k, v in obs.items()}
 
   def _result(self, obs, reward, terminated, truncated, success, final_obs) -> base.StepResult:
-    # torch.tensor copies the small numpy outputs of the CPU backend into aligned memory (see
-    # _own); on the GPU backend they already are torch tensors on the device.
+    # The CPU backend's reward/flags are small numpy arrays (DLPack copies them, see _own); on
+    # the GPU backend they already are torch tensors on the device and stay there.
     as_bool = lambda x: to_jax(torch.as_tensor(x, dtype=torch.bool, device=self._device))
     return base.StepResult(
         obs={k: to_jax(v) for k, v in obs.items()},
