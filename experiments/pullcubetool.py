@@ -1,4 +1,5 @@
-"""PullCubeTool-v1: PPO (no teacher yet: set --config.teacher.name=octo --config.distill.loss=mse for RPD).
+"""PullCubeTool-v1: PPO (no scripted teacher; for RPD
+set --config.teacher.name=octo --config.distill.loss=mse).
 
 Variants: experiments/maniskill_common.py and rpd_jax/config.py; e.g.
   python -m rpd_jax.train --config=experiments/pullcubetool.py:rgb,sparse

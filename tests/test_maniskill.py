@@ -228,7 +228,8 @@ def test_scripted_teacher_shapes(env_id):
 
 def _load(repo_root, name, arg):
   path = os.path.join(repo_root, "experiments", f"{name}.py")
-  return config_flags.config_flags._LoadConfigModule(name, path).get_config(arg)  # pylint: disable=protected-access
+  load = config_flags.config_flags._LoadConfigModule  # pylint: disable=protected-access
+  return load(name, path).get_config(arg)
 
 
 @pytest.mark.parametrize("name", ["pickcube", "pushcube", "pullcube", "liftpegupright",

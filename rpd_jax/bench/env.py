@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from absl import app
 from absl import flags
+from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
 from rpd_jax.envs import maniskill
 
@@ -36,8 +37,6 @@ _STEPS = flags.DEFINE_integer("steps", 300, "timed steps per setting and side (r
 
 
 def _raw_worker(env_id: str, obs_mode: str, image_size: int) -> gym.Env:
-  import mani_skill.envs  # pylint: disable=g-import-not-at-top,unused-import
-  from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(1)  # as the bridge's workers
   size = dict(width=image_size, height=image_size)
   return CPUGymWrapper(gym.make(

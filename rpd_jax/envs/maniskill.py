@@ -32,8 +32,12 @@ from typing import Any, Optional
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
+import mani_skill.envs  # pylint: disable=unused-import  (registers the tasks with gymnasium)
 import numpy as np
 import torch
+from mani_skill.utils import sapien_utils
+from mani_skill.utils.registration import REGISTERED_ENVS
+from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
 from rpd_jax.envs import base
 from rpd_jax.envs import vulkan
@@ -70,7 +74,8 @@ def to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
 
 def _resolve_backend(sim_backend: str) -> str:
   if sim_backend not in SIM_BACKENDS:
-    raise ValueError(f"sim_backend={sim_backend!r} is unknown; use one of {', '.join(SIM_BACKENDS)}")
+    raise ValueError(
+        f"sim_backend={sim_backend!r} is unknown; use one of {', '.join(SIM_BACKENDS)}")
   if sim_backend == "auto":
     return "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
   return sim_backend
@@ -128,9 +133,6 @@ def _make_maniskill(env_id: str, num_envs: int, sim_backend: str, obs_mode: str,
                     camera_variant: Optional[str],
                     max_episode_steps: Optional[int]) -> gym.Env:
   """The batched ManiSkill env (torch in, torch out) with the project's observation dict."""
-  import mani_skill.envs  # pylint: disable=g-import-not-at-top,unused-import  (registers tasks)
-  from mani_skill.utils import sapien_utils  # pylint: disable=g-import-not-at-top
-
   size = dict(width=image_size, height=image_size)
   human, sensor = dict(size), dict(size)
   if camera_variant is not None:
@@ -229,7 +231,6 @@ class ManiSkillVecEnv:
                        control_mode=control_mode, image_size=image_size, camera=camera,
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps)
     if self.sim_backend == "physx_cuda":
-      from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv  # pylint: disable=g-import-not-at-top
       env = _make_maniskill(num_envs=num_envs, sim_backend="physx_cuda", **make_kwargs)
       self._gpu = ManiSkillVectorEnv(env, num_envs, auto_reset=True, ignore_terminations=False,
                                      record_metrics=False)
@@ -248,7 +249,6 @@ class ManiSkillVecEnv:
       self.action_dim = int(np.prod(self._cpu.single_action_space.shape))
     if max_episode_steps is None:
       # ManiSkill applies its own time limit (gym's env.spec.max_episode_steps is None).
-      from mani_skill.utils.registration import REGISTERED_ENVS  # pylint: disable=g-import-not-at-top
       max_episode_steps = REGISTERED_ENVS[env_id].max_episode_steps
     self.max_episode_steps = int(max_episode_steps)
     self.observation_spec = base.spec_of(self.reset(seed))
