@@ -45,6 +45,23 @@ class Teacher:
   chunk_size: int = struct.field(pytree_node=False, default=4096)
 
 
+def noisy_samples(mean: jax.Array, noise: jax.Array, key: jax.Array,
+                  num_samples: int) -> TeacherOutput:
+  """A stochastic teacher around a controller's action: clip(mean + noise * N(0, 1), -1, 1).
+
+  ``action`` is one such sample (what a diffusion teacher such as Octo gives per call) and
+  ``samples`` N more [N, B, A] (None when num_samples == 0). mean [B, A], noise a scalar std.
+  """
+  def sample(k):
+    return jnp.clip(mean + noise * jax.random.normal(k, mean.shape), -1.0, 1.0)
+
+  k_action, k_samples = jax.random.split(key)
+  samples = None
+  if num_samples:
+    samples = jax.vmap(sample)(jax.random.split(k_samples, num_samples))
+  return TeacherOutput(action=sample(k_action), samples=samples)
+
+
 def query(teacher: Teacher, obs: Observation, prev_obs: Observation, is_first: jax.Array,
           key: jax.Array, num_samples: int = 0) -> TeacherOutput:
   """One teacher call on a flat batch [B, ...], in chunks of at most ``teacher.chunk_size``.

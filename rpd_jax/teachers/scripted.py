@@ -18,7 +18,7 @@ import jax.numpy as jnp
 
 from rpd_jax.envs import jax_push
 from rpd_jax.envs.base import Observation
-from rpd_jax.teachers.base import Teacher, TeacherOutput
+from rpd_jax.teachers.base import Teacher, TeacherOutput, noisy_samples
 
 # Defaults for a mediocre teacher: alone it succeeds in 44% of 512 episodes (43% with another
 # seed), noise-free in 100% (experiments/measure_push_teacher.py).
@@ -64,15 +64,7 @@ def make_push_teacher(chunk_size: int = 4096, noise: float = DEFAULT_NOISE,
     del prev_obs, is_first  # the controller is Markov in the privileged state
     mean = push_controller(obs["privileged"], geometry)
     mean = mean.at[:, 1].add(params["bias"])
-
-    def sample(k):  # [B, 7]
-      return jnp.clip(mean + params["noise"] * jax.random.normal(k, mean.shape), -1.0, 1.0)
-
-    k_action, k_samples = jax.random.split(key)
-    samples = None
-    if num_samples:
-      samples = jax.vmap(sample)(jax.random.split(k_samples, num_samples))
-    return TeacherOutput(action=sample(k_action), samples=samples)
+    return noisy_samples(mean, params["noise"], key, num_samples)
 
   params = {"noise": jnp.asarray(noise, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
   return Teacher(params=params, apply_fn=apply_fn, name="scripted_push", chunk_size=chunk_size)
