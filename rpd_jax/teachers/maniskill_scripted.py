@@ -28,7 +28,7 @@ from absl import app
 from absl import flags
 
 from rpd_jax.envs.base import Observation
-from rpd_jax.teachers.base import Teacher, TeacherOutput
+from rpd_jax.teachers.base import Teacher, TeacherOutput, noisy_samples
 
 GRIPPER_CLOSED = -1.0  # ManiSkill's pd_ee_delta_pose convention: -1 closes, +1 opens
 MAX_DELTA = 0.1  # metres of TCP motion that a position action of 1 asks for (pd_ee_delta_pose)
@@ -128,15 +128,7 @@ def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int = 4096,
                key: jax.Array, num_samples: int) -> TeacherOutput:
     del prev_obs, is_first  # the controllers are Markov in the privileged state
     mean = controller(obs["privileged"], params["gain"])
-
-    def sample(k):  # [B, 7]
-      return jnp.clip(mean + params["noise"] * jax.random.normal(k, mean.shape), -1.0, 1.0)
-
-    k_action, k_samples = jax.random.split(key)
-    samples = None
-    if num_samples:
-      samples = jax.vmap(sample)(jax.random.split(k_samples, num_samples))
-    return TeacherOutput(action=sample(k_action), samples=samples)
+    return noisy_samples(mean, params["noise"], key, num_samples)
 
   params = {"noise": jnp.asarray(noise, jnp.float32), "gain": jnp.asarray(gain, jnp.float32)}
   return Teacher(params=params, apply_fn=apply_fn, name=f"scripted_{env_id}",
