@@ -79,6 +79,7 @@ def get_config(env_id: str, arg: str | None,
   c.eval_every = 10
   c.eval_envs = 2
   c.eval_episodes = 16
+  c.eval_videos = 2  # videos/step<env steps>_<i>.mp4 of the human camera, per evaluation
   c.checkpoint_every = 50
   variants = {"rgb": _rgb, "state_rgb": _state_rgb, "smoke": _smoke, **(extra or {})}
   return config_lib.apply_variants(c, arg, variants)

@@ -34,7 +34,7 @@ def evaluate(env: VecEnv, act: ActFn, num_episodes: int, seed: int, key: jax.Arr
     ret = np.zeros(env.num_envs)
     success = np.zeros(env.num_envs, bool)
     length = np.zeros(env.num_envs, int)
-    record = num_videos if round_ == 0 and video_dir else 0
+    record = min(num_videos, env.num_envs) if round_ == 0 and video_dir else 0
     frames = [[] for _ in range(record)]
     for t in range(env.max_episode_steps):
       if record:
