@@ -7,6 +7,7 @@ published runs used 128, ManiSkill's own PPO 512+).
 Variants (besides the common ones of rpd_jax.config, combine with commas):
   rgb        the paper's student: NatureCNN on the 256x256 human camera, rgb only
   state_rgb  rgb plus the robot's proprioception (joint positions and velocities)
+  octo       the paper's teacher: an Octo checkpoint on the human camera, rgb student, RPD-MSE
   smoke      seconds on a CPU: 1 env, a few short iterations, a tiny evaluation
 """
 
@@ -29,6 +30,26 @@ def _state_rgb(c: ml_collections.ConfigDict) -> None:
   c.env.kwargs.obs_mode = "state_rgb"
   c.network.encoder = "cnn"
   c.network.obs_keys = ("rgb", "state")
+
+
+def _octo(c: ml_collections.ConfigDict) -> None:
+  """The paper's setup: an Octo teacher on the human camera and an rgb student.
+
+  Point it at your checkpoint with ``--config.teacher.kwargs.checkpoint=<folder or hub id>``
+  (default: the RPD paper's fine-tuned Octo, from third_party/downloads or the Hugging Face
+  cache; see third_party/README.md). The loss becomes RPD-MSE unless a distillation loss was
+  chosen already; put ``ppo`` after ``octo`` for the PPO baseline of the same run.
+  """
+  _rgb(c)
+  c.teacher.name = "octo"
+  c.teacher.kwargs = ml_collections.ConfigDict({
+      "checkpoint": "Juelg/octo-base-1.5-finetuned-maniskill",
+      "window": 1,  # the published runs used one frame
+      "tokenizer_dir": ml_collections.config_dict.placeholder(str),
+  })
+  c.teacher.chunk_size = 50  # images per teacher call inside the update: bounds memory
+  if c.distill.loss == "none":
+    c.distill.loss = "mse"
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:
@@ -81,5 +102,6 @@ def get_config(env_id: str, arg: str | None,
   c.eval_episodes = 16
   c.eval_videos = 2  # videos/step<env steps>_<i>.mp4 of the human camera, per evaluation
   c.checkpoint_every = 50
-  variants = {"rgb": _rgb, "state_rgb": _state_rgb, "smoke": _smoke, **(extra or {})}
+  variants = {"rgb": _rgb, "state_rgb": _state_rgb, "octo": _octo, "smoke": _smoke,
+              **(extra or {})}
   return config_lib.apply_variants(c, arg, variants)

@@ -37,7 +37,10 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   logging.info("workdir: %s", workdir)
   from rpd_jax import trainer  # after validation: nothing heavy is imported for a bad config
-  final = trainer.train_and_evaluate(config, workdir)
+  try:
+    final = trainer.train_and_evaluate(config, workdir)
+  except (FileNotFoundError, config_lib.ConfigError) as e:  # a missing checkpoint, tokenizer...
+    _fail(str(e))
   print("final evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in final.items()))
 
 
