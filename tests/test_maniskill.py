@@ -252,3 +252,8 @@ def test_experiment_configs(repo_root, monkeypatch, name):
   assert rgb.env.kwargs.obs_mode == "rgb" and rgb.network.obs_keys == ("rgb",)
   if name == "pushcube":
     assert _load(repo_root, name, "moved_camera").env.kwargs.camera_variant == "moved"
+  octo = _load(repo_root, name, "octo,smoke")
+  config_lib.validate(octo)
+  assert octo.teacher.name == "octo" and octo.distill.loss == "mse"
+  assert octo.network.encoder == "cnn" and octo.env.kwargs.obs_mode == "rgb"
+  assert _load(repo_root, name, "octo,ppo").distill.loss == "none"
