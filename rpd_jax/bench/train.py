@@ -18,13 +18,15 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from rpd_jax import config as config_lib
 from rpd_jax import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _VARIANTS = flags.DEFINE_list("variants", ["ppo", "rpd_mse"], "Losses to compare.")
 _ITERATIONS = flags.DEFINE_integer("iterations", 10, "PPO iterations per variant (>= 2).")
 
-_LOSS = {"ppo": "none", "rpd_mse": "mse", "rpd_l1": "l1", "rpd_bc": "bc", "ppd": "ppd"}
+# The loss variants of rpd_jax.config.COMMON_VARIANTS (which says which loss each one sets).
+_LOSS_VARIANTS = ("ppo", "rpd_mse", "rpd_l1", "rpd_bc", "ppd")
 
 
 def measure(config, iterations: int) -> dict[str, float]:
@@ -49,13 +51,14 @@ def main(argv):
   del argv
   if _ITERATIONS.value < 2:
     raise app.UsageError("--iterations must be >= 2: the first one compiles")
+  unknown = [v for v in _VARIANTS.value if v not in _LOSS_VARIANTS]
+  if unknown:
+    raise app.UsageError(f"unknown variants {unknown}; use some of {', '.join(_LOSS_VARIANTS)}")
   print(f"| variant | env steps/s | rollout s/iter | update s/iter | transitions/iter |")
   print("|---|---|---|---|---|")
   for variant in _VARIANTS.value:
-    if variant not in _LOSS:
-      raise app.UsageError(f"unknown variant {variant!r}; use some of {', '.join(_LOSS)}")
     config = _CONFIG.value.copy_and_resolve_references()
-    config.distill.loss = _LOSS[variant]
+    config_lib.COMMON_VARIANTS[variant](config)
     config.eval_episodes = config.eval_envs
     r = measure(config, _ITERATIONS.value)
     print(f"| {variant} | {r['env_steps_per_s']:.0f} | {r['rollout_s']:.3f} | "
