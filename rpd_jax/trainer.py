@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, NamedTuple, Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -44,7 +44,6 @@ class Carry(NamedTuple):
   episode_return: jax.Array  # running return of the current episode
   episode_length: jax.Array  # int32
   episode_success: jax.Array  # bool: solved at some step of the current episode
-  env_state: Any  # the env's own state where it supports get_state/set_state, else ()
 
 
 class EpisodeStats(NamedTuple):
@@ -106,6 +105,7 @@ def collect(env: VecEnv, policy_step, params, carry: Carry, key: jax.Array,
 
 
 def _env_state(env: VecEnv):
+  """The env's own state where it supports get_state/set_state (checkpointed), else ()."""
   return env.get_state() if hasattr(env, "get_state") else ()
 
 
@@ -115,7 +115,7 @@ def initial_carry(env: VecEnv, seed: int) -> Carry:
   return Carry(obs=obs, prev_obs=obs, final_obs=obs, is_first=jnp.ones(b, bool),
                episode_return=jnp.zeros(b, jnp.float32),
                episode_length=jnp.zeros(b, jnp.int32),
-               episode_success=jnp.zeros(b, bool), env_state=_env_state(env))
+               episode_success=jnp.zeros(b, bool))
 
 
 class MetricsWriter:
@@ -195,10 +195,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     ckpt = Checkpointer(workdir, c.keep_checkpoints)
     start = ckpt.latest() or 0
     if start:
-      restored = ckpt.restore(start, {"state": state, "carry": carry})
+      restored = ckpt.restore(start, {"state": state, "carry": carry, "env": _env_state(env)})
       state, carry = restored["state"], restored["carry"]
       if hasattr(env, "set_state"):
-        env.set_state(carry.env_state)
+        env.set_state(restored["env"])
       else:
         carry = initial_carry(env, seed=c.seed + 7919 * start)._replace(
             **{k: getattr(carry, k) for k in ("episode_return", "episode_length",
@@ -258,7 +258,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                          **({"eval": f"{last_eval['eval/success_rate']:.2f}"}
                             if last_eval else {})})
       if save:
-        ckpt.save(iteration, {"state": state, "carry": carry._replace(env_state=_env_state(env))})
+        ckpt.save(iteration, {"state": state, "carry": carry, "env": _env_state(env)})
     bar.close()
     return last_eval
   finally:
