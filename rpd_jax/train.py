@@ -41,6 +41,10 @@ def main(argv):
     final = trainer.train_and_evaluate(config, workdir)
   except (FileNotFoundError, config_lib.ConfigError) as e:  # a missing checkpoint, tokenizer...
     _fail(str(e))
+  if not final:  # the checkpoint was already at the last iteration
+    print(f"nothing to do: {workdir} holds a finished run; its results are in "
+          f"{workdir}/metrics.jsonl (use another --workdir for a new run)")
+    return
   print("final evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in final.items()))
 
 
