@@ -120,9 +120,13 @@ COMMON_VARIANTS: dict[str, Variant] = {
 
 
 def apply_variants(c: ml_collections.ConfigDict, arg: str | None,
-                   extra: Mapping[str, Variant]) -> ml_collections.ConfigDict:
-  """Applies the comma-separated variants in ``arg``, left to right, to ``c``."""
-  variants = {**COMMON_VARIANTS, **extra}
+                   extra: Mapping[str, Variant], common: bool = True
+                   ) -> ml_collections.ConfigDict:
+  """Applies the comma-separated variants in ``arg``, left to right, to ``c``.
+
+  ``extra`` adds to (``common``) or replaces the training variants of COMMON_VARIANTS.
+  """
+  variants = {**COMMON_VARIANTS, **extra} if common else dict(extra)
   for name in filter(None, (arg or "").split(",")):
     name = name.strip()
     if name not in variants:

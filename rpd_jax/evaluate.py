@@ -60,7 +60,10 @@ def evaluate(env: VecEnv, act: ActFn, num_episodes: int, seed: int, key: jax.Arr
       os.makedirs(video_dir, exist_ok=True)
       for i, clip in enumerate(frames):
         imageio.mimsave(os.path.join(video_dir, f"{video_prefix}_{i}.mp4"), clip, fps=20)
+  returns, lengths = np.concatenate(returns), np.concatenate(lengths)
   return {"eval/success_rate": float(np.mean(np.concatenate(successes))),
-          "eval/return": float(np.mean(np.concatenate(returns))),
-          "eval/episode_length": float(np.mean(np.concatenate(lengths))),
+          "eval/return": float(np.mean(returns)),
+          # mean reward per step of an episode (with normalized_dense rewards: in [0, 1])
+          "eval/reward_per_step": float(np.mean(returns / np.maximum(lengths, 1))),
+          "eval/episode_length": float(np.mean(lengths)),
           "eval/episodes": float(num_episodes)}

@@ -1,7 +1,12 @@
 import os
 
+import io
+
 import jax
 import pytest
+import sentencepiece as spm
+
+from rpd_jax.octo import text
 
 # Tests compile the same small graphs many times over (each trainer run builds its jitted
 # functions afresh): a persistent cache makes the repeats cheap.
@@ -13,3 +18,17 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 @pytest.fixture
 def repo_root():
   return os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+  """A SentencePiece model with T5's special ids and ids < 128 (the tiny T5's vocabulary)."""
+  model = io.BytesIO()
+  sentences = ["push the cube away from the robot base", "pick up the cube",
+               "lift the peg upright", "stack the red cube on the green cube"] * 4
+  spm.SentencePieceTrainer.train(
+      sentence_iterator=iter(sentences), model_writer=model, vocab_size=40, pad_id=0, eos_id=1,
+      unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2)
+  folder = tmp_path_factory.mktemp("spiece")
+  (folder / text.SPIECE).write_bytes(model.getvalue())
+  return folder

@@ -7,7 +7,6 @@ checked exactly; the fixture tests run the same adapter on the real model.
 """
 
 import collections
-import io
 import json
 import os
 import pathlib
@@ -19,7 +18,6 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import sentencepiece as spm
 from flax import struct
 
 import rpd_jax.octo as rpd_octo
@@ -266,20 +264,6 @@ def _fixture(name):
   if not (FIXTURE_DIR / name).is_dir():
     pytest.skip(f"Octo parity fixture {name} not in {FIXTURE_DIR}")
   return FIXTURE_DIR / name
-
-
-@pytest.fixture(scope="module")
-def tiny_tokenizer_dir(tmp_path_factory):
-  """A SentencePiece model with T5's special ids and ids < 128 (the tiny T5's vocabulary)."""
-  model = io.BytesIO()
-  sentences = ["push the cube away from the robot base", "pick up the cube",
-               "lift the peg upright", "stack the red cube on the green cube"] * 4
-  spm.SentencePieceTrainer.train(
-      sentence_iterator=iter(sentences), model_writer=model, vocab_size=40, pad_id=0, eos_id=1,
-      unk_id=2, bos_id=-1, hard_vocab_limit=False, minloglevel=2)
-  folder = tmp_path_factory.mktemp("spiece")
-  (folder / text.SPIECE).write_bytes(model.getvalue())
-  return folder
 
 
 @pytest.fixture(scope="module", params=["tiny_v15", "tiny_v10"])

@@ -36,6 +36,7 @@ official model's samples. ``model.run_transformer`` returns the transformer's to
 
 from rpd_jax.octo.checkpoint import load_pretrained
 from rpd_jax.octo.checkpoint import param_shapes
+from rpd_jax.octo.checkpoint import save_pretrained
 from rpd_jax.octo.config import OctoSpec
 from rpd_jax.octo.config import UnsupportedConfigError
 from rpd_jax.octo.config import parse_model_config

@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import os
 import re
-from typing import Any, Optional
+from typing import Any, Mapping, Optional
 
+import flax
 import flax.serialization
 import flax.traverse_util
 import jax
@@ -180,3 +181,44 @@ def load_pretrained(path_or_hub_id: str, step: Optional[int] = None,
   return OctoModel(params=params, example_batch=example_batch,
                    dataset_statistics=dataset_statistics, module=module,
                    config=freeze_config(config))
+
+
+def _jsonable(tree):
+  """Frozen config / numpy statistics -> plain JSON types."""
+  if isinstance(tree, Mapping):
+    return {k: _jsonable(v) for k, v in tree.items()}
+  if isinstance(tree, (list, tuple)):
+    return [_jsonable(v) for v in tree]
+  if isinstance(tree, (np.ndarray, jax.Array, np.generic)):
+    return np.asarray(tree).tolist()
+  return tree
+
+
+def save_pretrained(model: OctoModel, folder: str, step: int) -> str:
+  """Writes ``model`` in the official layout, so that ``load_pretrained(folder)`` reads it.
+
+  ``config.json``, ``example_batch.msgpack`` and ``dataset_statistics.json`` are (re)written;
+  the parameters go to ``<step>/default/checkpoint`` as one flax-msgpack blob, written to a
+  temporary file and renamed, so a crash never leaves a half-written step.
+
+  Returns:
+    The parameter blob's path.
+  """
+  os.makedirs(folder, exist_ok=True)
+
+  def write(name: str, data: bytes):
+    path = os.path.join(folder, name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "wb") as f:
+      f.write(data)
+    os.replace(path + ".tmp", path)
+    return path
+
+  write("config.json", json.dumps(_jsonable(model.config), indent=2).encode())
+  write("dataset_statistics.json",
+        json.dumps(_jsonable(model.dataset_statistics), indent=2).encode())
+  to_numpy = lambda tree: jax.tree.map(np.asarray, flax.core.unfreeze(tree))
+  write("example_batch.msgpack", flax.serialization.msgpack_serialize(
+      to_numpy(model.example_batch)))
+  return write(os.path.join(str(step), "default", "checkpoint"),
+               flax.serialization.msgpack_serialize(to_numpy(model.params)))

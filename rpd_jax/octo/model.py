@@ -112,6 +112,9 @@ class OctoModel:
         T5 is then skipped, with identical results.
       tokenize: texts -> dict(input_ids, attention_mask) [B, L] int32; needed with ``texts``.
 
+    A model without task tokenizers (a single-task policy) takes ``create_tasks()`` with no
+    arguments: a batch of 1 with every task input padded out.
+
     Returns:
       {image_<k> (goal or zeros), language_instruction (token dict or embeddings),
        pad_mask_dict {key: [B] bool}}. Without language, the task gets the tokens of the empty
@@ -119,7 +122,8 @@ class OctoModel:
     """
     if texts is not None and language_embeddings is not None:
       raise ValueError("pass either texts or language_embeddings, not both")
-    if texts is None and goals is None and language_embeddings is None:
+    if (texts is None and goals is None and language_embeddings is None
+        and self.spec.task_tokenizers):
       raise ValueError("create_tasks needs texts, goals or language_embeddings")
     if texts is not None:
       if tokenize is None:
@@ -129,8 +133,10 @@ class OctoModel:
       batch = len(texts)
     elif language_embeddings is not None:
       batch = int(np.shape(language_embeddings)[0])
-    else:
+    elif goals is not None:
       batch = int(np.shape(jax.tree.leaves(goals)[0])[0])
+    else:
+      batch = 1
 
     tasks: dict[str, Any] = {}
     pad_mask_dict: dict[str, Any] = {}

@@ -38,31 +38,41 @@ SIZES = tuple(_SIZES)
 _TOKENIZERS = "octo.model.components.tokenizers"
 
 
-def _image_tokenizer(key: str, stem: dict) -> dict[str, Any]:
+def _image_tokenizer(key: str, stem: dict, goal_images: bool) -> dict[str, Any]:
   return {"module": _TOKENIZERS, "name": "ImageTokenizer", "args": [],
-          "kwargs": {"obs_stack_keys": [f"image_{key}"], "task_stack_keys": [f"image_{key}"],
+          "kwargs": {"obs_stack_keys": [f"image_{key}"],
+                     "task_stack_keys": [f"image_{key}"] if goal_images else [],
                      "encoder": {"module": "octo.model.components.vit_encoders",
                                  "name": "SmallStem16", "args": [],
                                  "kwargs": copy.deepcopy(stem)}}}
 
 
-def model_config(size: str = "small", wrist: bool = False) -> dict[str, Any]:
-  """The ``config["model"]`` dict (official module-spec format) of a named size."""
+def model_config(size: str = "small", wrist: bool = False, language: bool = True,
+                 goal_images: bool = True, action_horizon: int = 4,
+                 action_dim: int = 7) -> dict[str, Any]:
+  """The ``config["model"]`` dict (official module-spec format) of a named size.
+
+  ``language=False`` and ``goal_images=False`` drop the task inputs: a single-task policy
+  with no T5 encoder and no goal-image channels (small teachers trained from scratch).
+  """
   if size not in _SIZES:
     raise ValueError(f"unknown Octo size {size!r}; choose one of {SIZES}")
   s = _SIZES[size]
-  obs = {"primary": _image_tokenizer("primary", s["stem"])}
+  obs = {"primary": _image_tokenizer("primary", s["stem"], goal_images)}
   if wrist:
-    obs["wrist"] = _image_tokenizer("wrist", s["stem"])
+    obs["wrist"] = _image_tokenizer("wrist", s["stem"], goal_images)
+  task_tokenizers = {}
+  if language:
+    task_tokenizers["language"] = {
+        "module": _TOKENIZERS, "name": "LanguageTokenizer", "args": [],
+        "kwargs": {"encoder": s["encoder"], "finetune_encoder": False}}
   return {
       "observation_tokenizers": obs,
-      "task_tokenizers": {"language": {
-          "module": _TOKENIZERS, "name": "LanguageTokenizer", "args": [],
-          "kwargs": {"encoder": s["encoder"], "finetune_encoder": False}}},
+      "task_tokenizers": task_tokenizers,
       "heads": {"action": {
           "module": "octo.model.components.action_heads", "name": "DiffusionActionHead",
           "args": [], "kwargs": {"readout_key": "readout_action", "use_map": False,
-                                 "action_horizon": 4, "action_dim": 7,
+                                 "action_horizon": action_horizon, "action_dim": action_dim,
                                  "n_diffusion_samples": 1, "dropout_rate": 0.0}}},
       "readouts": {"action": 1},
       "token_embedding_size": s["token_embedding_size"],
@@ -141,7 +151,7 @@ def random_params(shapes: Any, seed: int = 0) -> Any:
 
 def init_random(size: str = "small", window: int = 1, wrist: bool = False,
                 primary_size: int = 256, wrist_size: int = 128, seed: int = 0,
-                dtype=jnp.float32) -> OctoModel:
+                dtype=jnp.float32, **config_kwargs) -> OctoModel:
   """A randomly initialised Octo 1.5 model of a named size ("tiny", "small", "base").
 
   Args:
@@ -151,11 +161,12 @@ def init_random(size: str = "small", window: int = 1, wrist: bool = False,
     primary_size: primary camera resolution (256 gives 256 tokens per frame).
     seed: parameter seed (see `random_params`).
     dtype: compute dtype; parameters are float32.
+    **config_kwargs: ``model_config``'s language, goal_images, action_horizon, action_dim.
 
   Returns:
     An OctoModel with identity action statistics (``dataset_statistics["action"]``).
   """
-  config = {"model": model_config(size, wrist), "window_size": window}
+  config = {"model": model_config(size, wrist, **config_kwargs), "window_size": window}
   spec = parse_model_config(config["model"])
   module = OctoModule(spec, dtype)
   batch = example_batch(window, primary_size, wrist_size if wrist else None)

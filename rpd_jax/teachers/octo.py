@@ -48,22 +48,31 @@ KNOWN_CHECKPOINTS = {
     "octo-base-1.5-finetuned-maniskill": "Juelg/octo-base-1.5-finetuned-maniskill",
 }
 DOWNLOADS = pathlib.Path(__file__).resolve().parents[2] / "third_party" / "downloads"
+# Teachers made by this project's pipeline (rpd_jax.demos + rpd_jax.finetune), shipped in the
+# package: rpd_jax/teachers/checkpoints/<name> (README.md: how each was made, its evaluation).
+SHIPPED = pathlib.Path(__file__).resolve().parent / "checkpoints"
 
 
 def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
-  """A checkpoint folder for ``checkpoint``: a folder, or a released checkpoint's name or hub id.
+  """A checkpoint folder for ``checkpoint``: a folder, a shipped teacher's name, or a released
+  checkpoint's name or hub id.
 
-  Names (``octo-small-1.5``, ``rail-berkeley/octo-small-1.5``, ...) resolve to
+  Shipped teachers (``octo-tiny-pushcube``) live in ``SHIPPED``. Released names
+  (``octo-small-1.5``, ``rail-berkeley/octo-small-1.5``, ...) resolve to
   ``third_party/downloads/<name>``, then to the newest Hugging Face hub-cache snapshot.
   """
   checkpoint = str(checkpoint)
   if os.path.isdir(checkpoint):
     return checkpoint
+  if (SHIPPED / checkpoint).is_dir():
+    return str(SHIPPED / checkpoint)
   name = checkpoint.removeprefix("hf://").rstrip("/")
   hub_id = KNOWN_CHECKPOINTS.get(name, name)
   if hub_id not in KNOWN_CHECKPOINTS.values():
+    shipped = sorted(p.name for p in SHIPPED.iterdir()) if SHIPPED.is_dir() else []
     raise FileNotFoundError(
-        f"checkpoint={checkpoint!r} is neither a folder nor a released checkpoint "
+        f"checkpoint={checkpoint!r} is neither a folder, nor a shipped teacher "
+        f"({', '.join(shipped) or 'none'}), nor a released checkpoint "
         f"({', '.join(KNOWN_CHECKPOINTS)})")
   local = DOWNLOADS / hub_id.split("/")[1]
   if local.is_dir():
@@ -193,7 +202,7 @@ def embed_instruction(model: Any, instruction: str,
   return hidden[0].astype(jnp.float32)
 
 
-def teacher_from_model(model: Any, language_embedding: jax.Array, *,
+def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
                        window: int = 1,
                        dataset_name: Optional[str] = None,
                        center_crop: Optional[float] = None,
@@ -207,7 +216,8 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
   Args:
     model: an ``rpd_jax.octo`` model (a pytree: params and statistics are leaves).
     language_embedding: float [16, D], the instruction's T5 last hidden state
-      (``embed_instruction``).
+      (``embed_instruction``); None for a model without language input (a single-task
+      policy, e.g. the small teachers ``rpd_jax.finetune`` trains from scratch).
     window: frames per query, 1 (the published RPD setting) or 2 (uses ``prev_obs``); at most
       the checkpoint's training window.
     dataset_name: which dataset's action statistics to unnormalise with, for pretrained
@@ -236,8 +246,14 @@ def teacher_from_model(model: Any, language_embedding: jax.Array, *,
     model = model.replace(module=model.module.clone(dtype=jnp.dtype(dtype)))
   # The task (zero goal images padded out, the instruction's embedding) is built once for a
   # batch of one, concretely, and broadcast to the batch inside the call.
-  embedding = jnp.asarray(language_embedding, jnp.float32)[None]
-  task = model.create_tasks(language_embeddings=embedding)
+  if language_embedding is None:
+    if model.spec.task_tokenizers:
+      raise ValueError("this Octo model takes a language instruction: pass its T5 embedding "
+                       "(embed_instruction)")
+    task = model.create_tasks()
+  else:
+    embedding = jnp.asarray(language_embedding, jnp.float32)[None]
+    task = model.create_tasks(language_embeddings=embedding)
   params = {
       "model": model,
       "task": jax.tree.map(jnp.asarray, task),
@@ -304,20 +320,22 @@ def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int, *,
     chunk_size: ``config.teacher.chunk_size``.
     checkpoint: a checkpoint folder or a released checkpoint's name (``resolve_checkpoint``).
     step: the checkpoint step to load (None: the latest).
-    instruction: the task's language instruction (None: looked up by env_id).
+    instruction: the task's language instruction (None: looked up by env_id); unused by
+      models without language input.
     tokenizer_dir: folder with the t5-base ``spiece.model`` (None: ``T5Tokenizer.find()``).
     **kwargs: ``teacher_from_model``'s options (window, dataset_name, center_crop, gripper,
       image_key, dtype).
   """
   from rpd_jax import octo  # pylint: disable=g-import-not-at-top
-  if instruction is None:
-    instruction = instruction_for(env_config)
-  tokenizer = text.T5Tokenizer.find(tokenizer_dir)
   folder = resolve_checkpoint(checkpoint)
   # Loaded in float32: the instruction is embedded once, at full precision, whatever the
   # teacher's compute dtype.
   model = octo.load_pretrained(folder, step=step)
-  embedding = embed_instruction(model, instruction, tokenizer)
+  embedding = None
+  if model.spec.task_tokenizers:  # a language-conditioned model (every released checkpoint)
+    if instruction is None:
+      instruction = instruction_for(env_config)
+    embedding = embed_instruction(model, instruction, text.T5Tokenizer.find(tokenizer_dir))
   return teacher_from_model(model, embedding, chunk_size=chunk_size,
                             name=f"octo:{pathlib.Path(folder).name}", **kwargs)
 

@@ -1,0 +1,164 @@
+"""A teacher alone on ManiSkill tasks: the teacher table (success, normalized reward), videos.
+
+  python -m rpd_jax.eval_teacher --checkpoint=octo-tiny-pushcube --tasks=PushCube-v1 \
+      --episodes=100 --out=runs/teacher_eval/octo_tiny_pushcube
+  python -m rpd_jax.eval_teacher --teacher=scripted_maniskill --noise=0.75 \
+      --tasks=PushCube-v1,PullCube-v1 --episodes=100 --out=runs/teacher_eval/scripted
+
+Writes ``<out>/teacher_table.md`` and ``teacher_table.json`` (one row per task: success rate
+with its standard error, mean normalized dense reward per step, return, episode length) and
+``<out>/videos/<task>_<i>.mp4`` of the first episodes. Like the paper's Table I, but measured
+here.
+
+How an Octo teacher's action chunks [4, 7] are executed (``--execution``):
+  first     the first action of a fresh chunk every step: how RPD queries the teacher
+  receding  a whole chunk, then a new query (receding horizon, 4 steps per query)
+  ensemble  a new chunk every step, overlapping predictions averaged (Octo's temporal
+            ensembling, as its official evaluation does)
+Scripted teachers output one action per query: only ``first`` applies.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Callable
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+
+EXECUTIONS = ("first", "receding", "ensemble")
+
+_TEACHER = flags.DEFINE_enum("teacher", "octo", ["octo", "scripted_maniskill"], "which teacher")
+_CHECKPOINT = flags.DEFINE_string(
+    "checkpoint", "octo-tiny-pushcube", "Octo: a checkpoint folder, a shipped teacher's name or a "
+    "released checkpoint's name (rpd_jax.teachers.octo.resolve_checkpoint)")
+_TOKENIZER = flags.DEFINE_string("tokenizer_dir", None, "Octo with language: t5-base tokenizer")
+_WINDOW = flags.DEFINE_integer("window", 1, "Octo: frames per query")
+_NOISE = flags.DEFINE_float("noise", None, "scripted teacher: action noise std")
+_TASKS = flags.DEFINE_list("tasks", ["PushCube-v1"], "ManiSkill task ids")
+_EPISODES = flags.DEFINE_integer("episodes", 100, "episodes per task (a multiple of num_envs)")
+_EXECUTION = flags.DEFINE_enum("execution", "ensemble", list(EXECUTIONS), "chunk execution")
+_NUM_ENVS = flags.DEFINE_integer("num_envs", 2, "parallel CPU envs")
+_VIDEOS = flags.DEFINE_integer("videos", 2, "videos per task")
+_SEED = flags.DEFINE_integer("seed", 1000, "seed of the first episode (demos use 0 onwards)")
+_OUT = flags.DEFINE_string("out", None, "output folder", required=True)
+_SIM_BACKEND = flags.DEFINE_string("sim_backend", "auto", "physx_cpu, physx_cuda or auto")
+
+
+def chunk_executor(chunks_fn: Callable, params, execution: str, horizon: int):
+  """An act(obs, prev_obs, is_first, key) -> action [B, A] that executes Octo's chunks.
+
+  ``chunks_fn(params, obs, prev_obs, is_first, key)`` -> [1, B, horizon, A] (OctoApply.chunks).
+  """
+  from rpd_jax.teachers.octo import TemporalEnsemble  # pylint: disable=g-import-not-at-top
+  chunks = jax.jit(lambda p, o, po, f, k: chunks_fn(p, o, po, f, k)[0])
+  if execution == "first":
+    return lambda obs, prev_obs, is_first, key: chunks(params, obs, prev_obs, is_first, key)[:, 0]
+  if execution == "ensemble":
+    ensemble = TemporalEnsemble(horizon)
+    return lambda obs, prev_obs, is_first, key: ensemble(
+        chunks(params, obs, prev_obs, is_first, key), is_first)
+  state = {"chunk": None, "index": None}
+
+  def receding(obs, prev_obs, is_first, key):
+    is_first = np.asarray(is_first, bool)
+    if state["chunk"] is None:
+      state["chunk"] = np.asarray(chunks(params, obs, prev_obs, is_first, key))
+      state["index"] = np.zeros(is_first.shape[0], int)
+    need = is_first | (state["index"] >= horizon)
+    if need.any():
+      fresh = np.asarray(chunks(params, obs, prev_obs, is_first, key))
+      state["chunk"][need] = fresh[need]
+      state["index"][need] = 0
+    action = state["chunk"][np.arange(is_first.shape[0]), state["index"]]
+    state["index"] += 1
+    return action
+
+  return receding
+
+
+def make_act(teacher_name: str, env_config: ml_collections.ConfigDict, execution: str):
+  """(act, image_size or None, teacher label) for one task."""
+  from rpd_jax import teachers  # pylint: disable=g-import-not-at-top
+  if teacher_name == "scripted_maniskill":
+    if execution != "first":
+      raise app.UsageError(f"--execution={execution}: scripted teachers output single actions; "
+                           "use --execution=first")
+    kwargs = {} if _NOISE.value is None else {"noise": _NOISE.value}
+    cfg = ml_collections.ConfigDict({"name": teacher_name, "kwargs": kwargs, "chunk_size": 4096})
+    teacher = teachers.make_teacher(cfg, env_config)
+    act = jax.jit(lambda o, po, f, k: teacher.apply_fn(teacher.params, o, po, f, k, 0).action)
+    return act, None, teacher.name
+  cfg = ml_collections.ConfigDict({
+      "name": "octo", "chunk_size": 4096,
+      "kwargs": {"checkpoint": _CHECKPOINT.value, "window": _WINDOW.value,
+                 "tokenizer_dir": _TOKENIZER.value}})
+  teacher = teachers.make_teacher(cfg, env_config)
+  model = teacher.params["model"]
+  horizon = dict(model.spec.heads)["action"].action_horizon
+  act = chunk_executor(teacher.apply_fn.chunks, teacher.params, execution, horizon)
+  return act, teacher.apply_fn.size[0], teacher.name
+
+
+def evaluate_task(env_id: str, out: str) -> dict:
+  from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from rpd_jax.envs import maniskill  # pylint: disable=g-import-not-at-top
+  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": env_id}})
+  act, image_size, label = make_act(_TEACHER.value, env_config, _EXECUTION.value)
+  obs_mode = "state" if image_size is None else "rgb"
+  env = maniskill.ManiSkillVecEnv(
+      num_envs=_NUM_ENVS.value, seed=_SEED.value, reward_mode="normalized_dense", env_id=env_id,
+      obs_mode=obs_mode, image_size=image_size or 128, sim_backend=_SIM_BACKEND.value)
+  started = time.perf_counter()
+  try:
+    result = evaluate.evaluate(env, act, _EPISODES.value, seed=_SEED.value,
+                               key=jax.random.key(_SEED.value),
+                               video_dir=os.path.join(out, "videos"), num_videos=_VIDEOS.value,
+                               video_prefix=env_id)
+  finally:
+    env.close()
+  p, n = result["eval/success_rate"], _EPISODES.value
+  return {"task": env_id, "teacher": label, "execution": _EXECUTION.value, "episodes": n,
+          "success_rate": p, "success_stderr": math.sqrt(p * (1 - p) / n),
+          "normalized_reward": result["eval/reward_per_step"],
+          "return": result["eval/return"], "episode_length": result["eval/episode_length"],
+          "seconds": round(time.perf_counter() - started, 1)}
+
+
+def markdown(rows: list[dict]) -> str:
+  lines = ["| task | teacher | execution | episodes | success | normalized reward | episode "
+           "length |", "|---|---|---|---|---|---|---|"]
+  for r in rows:
+    lines.append(f"| {r['task']} | {r['teacher']} | {r['execution']} | {r['episodes']} | "
+                 f"{r['success_rate']:.2f} ± {r['success_stderr']:.2f} | "
+                 f"{r['normalized_reward']:.3f} | {r['episode_length']:.1f} |")
+  return "\n".join(lines) + "\n"
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  if _EPISODES.value % _NUM_ENVS.value:
+    raise app.UsageError(f"--episodes={_EPISODES.value} must be a multiple of "
+                         f"--num_envs={_NUM_ENVS.value}")
+  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
+  out = _OUT.value
+  os.makedirs(out, exist_ok=True)
+  rows = []
+  for env_id in _TASKS.value:
+    rows.append(evaluate_task(env_id, out))
+    print(markdown(rows[-1:]).splitlines()[-1], flush=True)
+    with open(os.path.join(out, "teacher_table.json"), "w") as f:
+      json.dump(rows, f, indent=2)
+    with open(os.path.join(out, "teacher_table.md"), "w") as f:
+      f.write(markdown(rows))
+  print(markdown(rows))
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,200 @@
+"""Demonstration format and loader, Octo fine-tuning, and its checkpoints as teachers."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from experiments import finetune_octo
+from rpd_jax import demos as demos_lib
+from rpd_jax import finetune
+from rpd_jax import octo
+from rpd_jax.teachers import octo as octo_teacher
+
+
+def write_fake_demos(folder, lengths, image_size=32, instruction="push the cube", seed=0):
+  """Episodes in the on-disk format of rpd_jax.demos, with images that encode the action."""
+  rng = np.random.default_rng(seed)
+  os.makedirs(folder, exist_ok=True)
+  for k, n in enumerate(lengths):
+    action = rng.uniform(-1, 1, (n, 7)).astype(np.float32)
+    action[:, -1] = np.sign(action[:, -1])
+    image = np.zeros((n, image_size, image_size, 3), np.uint8)
+    image[..., 0] = ((action[:, 0] + 1) * 127).astype(np.uint8)[:, None, None]
+    np.savez_compressed(os.path.join(folder, f"episode_{k:07d}.npz"), image=image, action=action,
+                        state=np.zeros((n, 5), np.float32), reward=np.zeros(n, np.float32),
+                        seed=np.int64(k), env_id=np.str_("Fake-v1"),
+                        instruction=np.str_(instruction))
+  with open(os.path.join(folder, "metadata.json"), "w") as f:
+    json.dump({"format_version": demos_lib.FORMAT_VERSION, "env_id": "Fake-v1",
+               "instruction": instruction, "image_size": image_size}, f)
+  return folder
+
+
+def test_load_concatenates_episodes_with_boundaries(tmp_path):
+  folder = write_fake_demos(str(tmp_path / "d"), [3, 5])
+  demos = demos_lib.load(folder)
+  assert len(demos) == 8 and demos.episodes == 2
+  np.testing.assert_array_equal(demos.episode_start, [0, 0, 0, 3, 3, 3, 3, 3])
+  np.testing.assert_array_equal(demos.episode_end, [3, 3, 3, 8, 8, 8, 8, 8])
+  assert demos.instructions == ("push the cube",)
+
+
+def test_window_indices_pad_at_episode_start_and_end(tmp_path):
+  demos = demos_lib.load(write_fake_demos(str(tmp_path / "d"), [3, 5]))
+  # Step 3 starts episode 2; step 1 is the middle of episode 1 (ends at 3).
+  frames, pad, actions, action_pad = demos_lib.window_indices(demos, np.array([3, 1]), 2, 4)
+  np.testing.assert_array_equal(frames, [[3, 3], [0, 1]])
+  np.testing.assert_array_equal(pad, [[False, True], [True, True]])
+  np.testing.assert_array_equal(actions[1], [[0, 1, 2, 2], [1, 2, 2, 2]])
+  np.testing.assert_array_equal(action_pad[1], [[True, True, True, False],
+                                                [True, True, False, False]])
+  np.testing.assert_array_equal(actions[0, 1], [3, 4, 5, 6])
+  assert action_pad[0, 1].all()
+
+
+def test_batches_stream_jax_arrays(tmp_path):
+  demos = demos_lib.load(write_fake_demos(str(tmp_path / "d"), [4, 6]))
+  batch = next(demos_lib.batches(demos, batch_size=5, window=2, horizon=4, seed=0))
+  assert isinstance(batch["image"], jax.Array)
+  assert batch["image"].shape == (5, 2, 32, 32, 3) and batch["image"].dtype == jnp.uint8
+  assert batch["action"].shape == (5, 2, 4, 7)
+  assert batch["action_pad_mask"].shape == (5, 2, 4)
+
+
+def test_load_rejects_a_folder_without_metadata(tmp_path):
+  with pytest.raises(FileNotFoundError, match="python -m rpd_jax.demos"):
+    demos_lib.load(str(tmp_path))
+
+
+def test_statistics_keep_the_gripper_raw_in_octo_convention():
+  actions = finetune.to_octo_gripper(np.array([[0.5] * 6 + [-1.0], [0.1] * 6 + [1.0]]))
+  np.testing.assert_array_equal(actions[:, -1], [0.0, 1.0])
+  stats = finetune.dataset_statistics(actions, 1)["action"]
+  assert stats["mask"].tolist() == [True] * 6 + [False]
+  normed = finetune.normalize(jnp.asarray(actions), stats, 5.0)
+  np.testing.assert_allclose(normed[:, 0], [1.0, -1.0], atol=1e-5)
+  np.testing.assert_array_equal(normed[:, -1], [0.0, 1.0])
+
+
+def test_trainable_labels_by_mode():
+  label = finetune.trainable_label
+  t5 = ("octo_transformer", "task_tokenizers_language", "hf_model", "x")
+  mlp = ("octo_transformer", "BlockTransformer_0", "Transformer_0", "encoderblock_0",
+         "MlpBlock_0", "Dense_0", "kernel")
+  attn = mlp[:4] + ("MultiHeadDotProductAttention_0", "query", "kernel")
+  head = ("heads_action", "diffusion_model", "x")
+  assert [label(p, "full") for p in (t5, mlp, attn, head)] == ["frozen", "train", "train",
+                                                               "train"]
+  assert [label(p, "head_only") for p in (t5, mlp, attn, head)] == ["frozen", "frozen",
+                                                                    "frozen", "train"]
+  assert [label(p, "head_mlp") for p in (t5, mlp, attn, head)] == ["frozen", "train", "frozen",
+                                                                   "train"]
+
+
+def test_augment_keeps_shape_and_changes_pixels():
+  images = jnp.asarray(np.random.default_rng(0).integers(0, 255, (3, 2, 32, 32, 3)), jnp.uint8)
+  out = finetune.augment(images, jax.random.key(0), shift=4, color=0.1)
+  assert out.shape == images.shape and out.dtype == jnp.uint8
+  assert not np.array_equal(np.asarray(out), np.asarray(images))
+  np.testing.assert_array_equal(finetune.augment(images, jax.random.key(0), 0, 0.0), images)
+
+
+def _smoke_config(folder):
+  c = finetune_octo.get_config("smoke")
+  c.data.folders = (folder,)
+  return c
+
+
+def test_finetune_from_scratch_writes_an_octo_checkpoint_the_teacher_loads(tmp_path):
+  folder = write_fake_demos(str(tmp_path / "d"), [6, 9, 7])
+  workdir = str(tmp_path / "ckpt")
+  c = _smoke_config(folder)
+  c.num_steps = 40
+  c.log_every = 10
+  c.save_every = 20
+  c.optim.lr = 1e-3
+  c.optim.warmup_steps = 5
+  last = finetune.finetune(c, workdir, progress=False)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [10, 20, 30, 40]
+  assert rows[-1]["loss"] < rows[0]["loss"]  # it learns
+  assert os.path.isfile(os.path.join(workdir, "loss.png"))
+  assert last["step"] == 40
+
+  model = octo.load_pretrained(workdir)
+  assert sorted(os.listdir(workdir)).count("40") == 1
+  assert model.example_batch["observation"]["image_primary"].shape == (1, 1, 32, 32, 3)
+  stats = json.load(open(os.path.join(workdir, "dataset_statistics.json")))
+  assert stats["action"]["mask"] == [True] * 6 + [False]
+  assert stats["num_trajectories"] == 3
+
+  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "X"}})
+  teacher = octo_teacher.make_teacher(env_config, chunk_size=8, checkpoint=workdir)
+  obs = {"rgb": jnp.zeros((2, 64, 64, 3), jnp.uint8)}
+  out = teacher.apply_fn(teacher.params, obs, obs, jnp.ones(2, bool), jax.random.key(0), 3)
+  assert out.action.shape == (2, 7) and out.samples.shape == (3, 2, 7)
+  assert np.all(np.abs(np.asarray(out.action)) <= 1.0)
+
+
+def test_finetune_resumes_from_its_last_save(tmp_path):
+  folder = write_fake_demos(str(tmp_path / "d"), [6, 9])
+  workdir = str(tmp_path / "ckpt")
+  c = _smoke_config(folder)  # 6 steps, saves at 3 and 6
+  c.num_steps = 3
+  finetune.finetune(c, workdir, progress=False)
+  c.num_steps = 6
+  last = finetune.finetune(c, workdir, progress=False)
+  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
+  assert [r["step"] for r in rows] == [2, 3, 4, 6]
+  assert last["step"] == 6
+  assert {"3", "6"} <= set(os.listdir(workdir))
+
+
+def test_finetune_from_a_pretrained_checkpoint_copies_matching_params(tmp_path,
+                                                                     tiny_tokenizer_dir):
+  # A "pretrained" Octo in the official layout: language input, goal images, 64x64, 1.5 config.
+  pretrained = octo.init_random("tiny", window=2, primary_size=64, seed=3)
+  pre_dir = str(tmp_path / "pretrained")
+  octo.save_pretrained(pretrained, pre_dir, 100)
+  folder = write_fake_demos(str(tmp_path / "d"), [5, 6])
+  c = _smoke_config(folder)
+  c.pretrained = pre_dir
+  c.tokenizer_dir = str(tiny_tokenizer_dir)
+  c.mode = "head_only"
+  c.num_steps = 3
+  model, loaded = finetune.build_model(c, image_size=32, action_dim=7)
+  _, report = finetune.transfer_params(loaded.params, model.params)
+  copied = {"/".join(p) for p in report.copied}
+  assert any("hf_model" in p for p in copied)  # the T5 encoder
+  assert any("SmallStem16" in p for p in copied)
+  # 32x32 images make 4 tokens instead of 16: the observation position embedding is new.
+  assert any("obs_primary_pos_embedding" in "/".join(p) for p in report.skipped)
+
+  workdir = str(tmp_path / "ckpt")
+  finetune.finetune(c, workdir, progress=False)
+  tuned = octo.load_pretrained(workdir, t5_config=loaded.spec.task_tokenizers[0][1].t5)
+  flat = lambda m: {"/".join(k): np.asarray(v)
+                    for k, v in jax.tree_util.tree_flatten_with_path(m.params)[0]
+                    for k in [[str(getattr(e, "key", e)) for e in k]]}
+  before, after = flat(loaded), flat(tuned)
+  stem = [k for k in after if "SmallStem16" in k]
+  head = [k for k in after if k.startswith("heads_action")]
+  assert stem and all(np.array_equal(before[k], after[k]) for k in stem)  # frozen
+  assert any(not np.array_equal(before[k], after[k]) for k in head)  # trained
+  assert tuned.window_size == 1
+
+
+def test_validate_names_the_bad_value():
+  c = finetune_octo.get_config()
+  c.mode = "head_only"
+  with pytest.raises(finetune.FinetuneError, match="config.mode='head_only'.*pretrained"):
+    finetune.validate(c)
+  c = finetune_octo.get_config()
+  c.data.window = 3
+  with pytest.raises(finetune.FinetuneError, match="window=3"):
+    finetune.validate(c)
