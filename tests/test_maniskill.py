@@ -223,7 +223,25 @@ def test_scripted_teacher_shapes(env_id):
   assert not jnp.allclose(out.samples[0], out.samples[1])  # independent noise per sample
   with pytest.raises(ValueError, match="scripted teachers exist for"):
     maniskill_scripted.make_teacher(ml_collections.ConfigDict(
-        {"name": "maniskill", "kwargs": {"env_id": "StackCube-v1"}}))
+        {"name": "maniskill", "kwargs": {"env_id": "PokeCube-v1"}}))
+
+
+@pytest.mark.parametrize("env_id", ["PickCube-v1", "StackCube-v1", "LiftPegUpright-v1",
+                                    "RollBall-v1"])
+def test_scripted_teacher_solves_task_without_noise(env_id):
+  # Two rounds of two envs (seeds 1, 2 and 2, 3), within the task's own time limit. Measured
+  # over 32 episodes (module CLI) all four succeed in 90-100% of episodes at noise 0.
+  from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
+  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": env_id}})
+  teacher = maniskill_scripted.make_teacher(env_config, noise=0.0)
+  act = jax.jit(lambda obs, prev_obs, is_first, key: teacher.apply_fn(
+      teacher.params, obs, prev_obs, is_first, key, 0).action)
+  env = _env(env_id, num_envs=2, reward_mode="sparse")
+  try:
+    result = evaluate.evaluate(env, act, 4, seed=1, key=jax.random.key(0))
+  finally:
+    env.close()
+  assert result["eval/success_rate"] >= 0.75, result
 
 
 def _load(repo_root, name, arg):
