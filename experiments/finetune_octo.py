@@ -1,15 +1,23 @@
 """Fine-tuning Octo teachers on demonstrations (python -m rpd_jax.finetune).
 
-Default: the shipped PushCube teacher's recipe, an Octo-architecture "tiny" model (about 1.8M
-parameters, no language input: one task) trained from scratch on 128x128 human-camera
-demonstrations, on a CPU (about 20 minutes on 2 cores):
+Default: the recipe of the shipped PushCube teacher (rpd_jax/teachers/checkpoints/
+octo-tiny-pushcube): an Octo-architecture "tiny" model (1.8M parameters, no language input:
+one task) trained from scratch on the first 25 of 400 recorded 128x128 human-camera
+demonstrations, batch 256, 3,000 steps. Few demonstrations on purpose: RPD wants a teacher that
+succeeds sometimes (this one: about 20% alone); on all 400 for 20,000 steps the same model
+succeeds 100%.
 
   python -m rpd_jax.demos --env_id=PushCube-v1 --episodes=400 --image_size=128 --noise=0.2 \
       --out=runs/demos/pushcube_128
   python -m rpd_jax.finetune --config=experiments/finetune_octo.py \
       --workdir=runs/finetune/pushcube
 
+Measured: about 40 s on one H100 (135 steps/s); a 2-core CPU does about 6 steps/s at batch 32
+(the ``cpu`` variant), too slow for this recipe (see README).
+
 Variants (combine with commas):
+  cpu         batch 32, 4,000 steps: what a small CPU manages in ~12 minutes (a weak teacher)
+  all_demos   every recorded episode, 20,000 steps (a near-perfect teacher)
   octo_small  fine-tune octo-small-1.5 (third_party/README.md) instead: head + MLP blocks,
               language input (needs the t5-base tokenizer), for 256x256 demonstrations
   full        with octo_small: train everything but T5 (Octo's "full" mode)
@@ -31,6 +39,7 @@ def _octo_small(c):
   c.pretrained = "octo-small-1.5"
   c.mode = "head_mlp"
   c.data.folders = ("runs/demos/pushcube_256",)
+  c.data.max_episodes = None
   c.optim.lr = 3e-4
   c.batch_size = 32
 
@@ -39,6 +48,17 @@ def _mode(mode):
   def apply(c):
     c.mode = mode
   return apply
+
+
+def _cpu(c):
+  c.batch_size = 32
+  c.num_steps = 4000
+
+
+def _all_demos(c):
+  c.data.max_episodes = None
+  c.num_steps = 20000
+  c.optim.warmup_steps = 1000
 
 
 def _window2(c):
@@ -61,6 +81,7 @@ def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict({
       "folders": ("runs/demos/pushcube_128",),  # one folder per task (python -m rpd_jax.demos)
+      "max_episodes": ml_collections.FieldReference(25, field_type=int),  # first N per folder; None: all
       "window": 1,  # frames per observation window (Octo: 1 or 2)
       "action_horizon": 4,  # actions per predicted chunk (Octo: 4)
   })
@@ -73,11 +94,11 @@ def get_config(arg=None):
       "lr": 3e-4, "warmup_steps": 300, "final_lr_ratio": 0.1, "weight_decay": 0.01,
       "clip_norm": 1.0})
   c.augment = ml_collections.ConfigDict({"enabled": True, "shift": 6, "color": 0.1})
-  c.batch_size = 32  # Octo's recipe: 256; 32 keeps a CPU step near 0.3 s here
-  c.num_steps = 4000
-  c.log_every = 50
+  c.batch_size = 256  # Octo's recipe
+  c.num_steps = 3000
+  c.log_every = 250
   c.save_every = 1000
   c.seed = 0
   variants = {"octo_small": _octo_small, "full": _mode("full"), "head_only": _mode("head_only"),
-              "window2": _window2, "no_augment": _no_augment, "smoke": _smoke}
+              "window2": _window2, "cpu": _cpu, "all_demos": _all_demos, "no_augment": _no_augment, "smoke": _smoke}
   return config_lib.apply_variants(c, arg, variants, common=False)

@@ -8,6 +8,7 @@ Variants (besides the common ones of rpd_jax.config, combine with commas):
   rgb        the paper's student: NatureCNN on the 256x256 human camera, rgb only
   state_rgb  rgb plus the robot's proprioception (joint positions and velocities)
   octo       the paper's teacher: an Octo checkpoint on the human camera, rgb student, RPD-MSE
+  scripted   (tasks with a scripted controller) state student, scripted teacher, no rendering
   smoke      seconds on a CPU: 1 env, a few short iterations, a tiny evaluation
 """
 
@@ -52,6 +53,39 @@ def _octo(c: ml_collections.ConfigDict) -> None:
     c.distill.loss = "mse"
 
 
+def shipped_octo_teacher(checkpoint: str, image_size: int) -> config_lib.Variant:
+  """A default: a state student (the full state) and a shipped Octo teacher on the human camera.
+
+  The env renders the human camera at the teacher's resolution (``image_size``) for the
+  teacher only; the student's MLP sees ``privileged`` (the same full state as obs_mode
+  "state"). Shipped teachers: rpd_jax/teachers/checkpoints/README.md.
+  """
+  def apply(c: ml_collections.ConfigDict) -> None:
+    c.env.kwargs.obs_mode = "rgb"
+    c.env.kwargs.image_size = image_size
+    c.network.encoder = "mlp"
+    c.network.obs_keys = ("privileged",)
+    c.teacher.name = "octo"
+    c.teacher.kwargs = ml_collections.ConfigDict({
+        "checkpoint": checkpoint, "window": 1,
+        "tokenizer_dir": ml_collections.config_dict.placeholder(str)})
+    c.distill.loss = "mse"
+  return apply
+
+
+def _scripted(c: ml_collections.ConfigDict) -> None:
+  """State student, scripted teacher reading the privileged state (no rendering)."""
+  c.env.kwargs.obs_mode = "state"
+  c.env.kwargs.image_size = 256
+  c.network.encoder = "mlp"
+  c.network.obs_keys = ("state",)
+  c.teacher.name = "scripted_maniskill"
+  c.teacher.kwargs = ml_collections.ConfigDict(
+      {"noise": maniskill_scripted.TASK_NOISE[c.env.kwargs.env_id]})
+  if c.distill.loss == "none":
+    c.distill.loss = "mse"
+
+
 def _smoke(c: ml_collections.ConfigDict) -> None:
   """Seconds on a CPU; keeps the loss, teacher and observations of the other variants."""
   c.env.num_envs = 1
@@ -71,12 +105,15 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(env_id: str, arg: str | None,
-               extra: dict[str, config_lib.Variant] | None = None) -> ml_collections.ConfigDict:
+               extra: dict[str, config_lib.Variant] | None = None,
+               default: config_lib.Variant | None = None) -> ml_collections.ConfigDict:
   """The config of a ManiSkill3 task with the variants in ``arg`` applied.
 
   Default: state observations, dense (normalized) reward, RPD-MSE with the scripted teacher
   where the task has one (rpd_jax.teachers.maniskill_scripted), else plain PPO until an Octo
   teacher is configured (``--config.teacher.name=octo``, ``--config.distill.loss=mse``).
+  ``default``, if given, changes that default before the variants (e.g.
+  ``shipped_octo_teacher``).
   """
   info = tasks.task_info(env_id)
   c = config_lib.base_config()
@@ -89,7 +126,7 @@ def get_config(env_id: str, arg: str | None,
   c.env.kwargs.sim_backend = "auto"
   if env_id in maniskill_scripted.CONTROLLERS:
     c.teacher.name = "scripted_maniskill"
-    c.teacher.kwargs.noise = maniskill_scripted.DEFAULT_NOISE
+    c.teacher.kwargs.noise = maniskill_scripted.TASK_NOISE[env_id]
     c.distill.loss = "mse"
   else:
     c.distill.loss = "none"
@@ -102,6 +139,10 @@ def get_config(env_id: str, arg: str | None,
   c.eval_episodes = 16
   c.eval_videos = 2  # videos/step<env steps>_<i>.mp4 of the human camera, per evaluation
   c.checkpoint_every = 50
+  if default is not None:
+    default(c)
   variants = {"rgb": _rgb, "state_rgb": _state_rgb, "octo": _octo, "smoke": _smoke,
               **(extra or {})}
+  if env_id in maniskill_scripted.CONTROLLERS:
+    variants["scripted"] = _scripted
   return config_lib.apply_variants(c, arg, variants)

@@ -1,8 +1,8 @@
-"""StackCube-v1: PPO (no scripted teacher; for RPD
-set --config.teacher.name=octo --config.distill.loss=mse).
+"""StackCube-v1: RPD-MSE with the scripted teacher (noise maniskill_scripted.TASK_NOISE).
 
 Variants: experiments/maniskill_common.py and rpd_jax/config.py; e.g.
   python -m rpd_jax.train --config=experiments/stackcube.py:rgb,sparse
+  python -m rpd_jax.train --config=experiments/stackcube.py:octo   (an Octo teacher, rgb student)
 """
 
 from experiments import maniskill_common

@@ -86,8 +86,12 @@ def read_metadata(folder: str) -> dict:
   return meta
 
 
-def load(folders: str | Sequence[str]) -> Demos:
-  """Reads every episode of ``folders`` (one task per folder) into memory."""
+def load(folders: str | Sequence[str], max_episodes: Optional[int] = None) -> Demos:
+  """Reads the episodes of ``folders`` (one task per folder) into memory.
+
+  ``max_episodes``: only the first N episodes of each folder (by seed), e.g. to train a
+  teacher on little data.
+  """
   if isinstance(folders, str):
     folders = [folders]
   images, actions, starts, ends, tasks, instructions = [], [], [], [], [], []
@@ -99,7 +103,7 @@ def load(folders: str | Sequence[str]) -> Demos:
                        f"folders' {size}; record all tasks at the teacher's resolution")
     size = meta["image_size"]
     instructions.append(meta["instruction"])
-    files = episode_files(folder)
+    files = episode_files(folder)[:max_episodes]
     if not files:
       raise FileNotFoundError(f"no episode_*.npz in {folder}")
     for path in files:

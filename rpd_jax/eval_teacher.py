@@ -68,7 +68,7 @@ def chunk_executor(chunks_fn: Callable, params, execution: str, horizon: int):
   def receding(obs, prev_obs, is_first, key):
     is_first = np.asarray(is_first, bool)
     if state["chunk"] is None:
-      state["chunk"] = np.asarray(chunks(params, obs, prev_obs, is_first, key))
+      state["chunk"] = np.array(chunks(params, obs, prev_obs, is_first, key))
       state["index"] = np.zeros(is_first.shape[0], int)
     need = is_first | (state["index"] >= horizon)
     if need.any():

@@ -219,7 +219,10 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, action_dim: 
   example = sizes.example_batch(window, image_size)
   if not language:
     example["task"] = {"pad_mask_dict": {}}
+  # Small models trained briefly need the sampler without its degenerate first step
+  # (rpd_jax.octo.heads.sample_chunks); loaders that do not know the key ignore it.
   full_config = {"model": model_config, "window_size": window,
+                 "sampling": {"skip_first_step": True},
                  "rpd_jax_finetune": json.loads(config.to_json())}
   t5_config = None
   if pretrained is not None and pretrained.spec.task_tokenizers:
@@ -271,7 +274,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, progress: bool = T
              ) -> dict[str, float]:
   """Trains and writes the checkpoint into ``workdir``; returns the last logged metrics."""
   validate(config)
-  demos = demos_lib.load(list(config.data.folders))
+  demos = demos_lib.load(list(config.data.folders), config.data.get("max_episodes"))
   image_size, action_dim = demos.image.shape[1], demos.action.shape[1]
   octo_actions = to_octo_gripper(demos.action)
   demos = demos_lib.Demos(**{**vars(demos), "action": octo_actions})

@@ -259,7 +259,14 @@ def test_experiment_configs(repo_root, monkeypatch, name):
   env_id = c.env.kwargs.env_id
   assert c.env.name == "maniskill" and env_id in tasks.TASKS
   scripted = env_id in maniskill_scripted.CONTROLLERS
-  assert c.teacher.name == ("scripted_maniskill" if scripted else "none")
+  if name == "pushcube":  # the shipped Octo teacher; the scripted one is a variant
+    assert c.teacher.name == "octo" and c.network.obs_keys == ("privileged",)
+    assert c.env.kwargs.obs_mode == "rgb" and c.env.kwargs.image_size == 128
+    s = _load(repo_root, name, "scripted,ppo")
+    assert s.teacher.name == "scripted_maniskill" and s.env.kwargs.obs_mode == "state"
+    assert s.distill.loss == "none"
+  else:
+    assert c.teacher.name == ("scripted_maniskill" if scripted else "none")
   for arg in ("smoke", "rgb,smoke", "state_rgb,sparse,smoke", "ppo,smoke"):
     s = _load(repo_root, name, arg)
     config_lib.validate(s)

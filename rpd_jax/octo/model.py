@@ -82,6 +82,11 @@ class OctoModel:
     """Timesteps per observation window in the example batch (1 or 2 for released models)."""
     return int(np.shape(self.example_batch["observation"]["timestep_pad_mask"])[1])
 
+  @property
+  def skip_first_step(self) -> bool:
+    """The checkpoint's sampler setting (config.json ``sampling``; official ones have none)."""
+    return bool(self.config.get("sampling", {}).get("skip_first_step", False))
+
   def _language_length(self) -> int:
     lang = self.example_batch["task"].get("language_instruction")
     if isinstance(lang, Mapping):
@@ -191,12 +196,14 @@ class OctoModel:
                              jnp.asarray(timestep_pad_mask, bool), readouts_only,
                              method=OctoModule.transformer)
 
-  @functools.partial(jax.jit, static_argnames=("num_samples", "normalization_type"))
+  @functools.partial(jax.jit, static_argnames=("num_samples", "normalization_type",
+                                                "skip_first_step"))
   def sample_actions(self, observations: Data, tasks: Data, rng: jax.Array,
                      unnormalization_statistics: Optional[Data] = None,
                      num_samples: Optional[int] = None,
                      timestep_pad_mask: Optional[jax.Array] = None,
-                     normalization_type: str = "normal") -> jax.Array:
+                     normalization_type: str = "normal",
+                     skip_first_step: Optional[bool] = None) -> jax.Array:
     """Samples action chunks for the last timestep of each observation window.
 
     Args:
@@ -210,6 +217,9 @@ class OctoModel:
       num_samples: None for one sample, else N independent samples.
       timestep_pad_mask: overrides ``observations["timestep_pad_mask"]``.
       normalization_type: "normal" or "bounds".
+      skip_first_step: see ``heads.sample_chunks``; None takes the checkpoint's own setting
+        (``config.json``'s ``sampling.skip_first_step``, which rpd_jax.finetune writes as
+        True), else False: the official sampler.
 
     Returns:
       [B, action_horizon, action_dim] float32, or [N, B, horizon, dim] with num_samples=N;
@@ -234,8 +244,11 @@ class OctoModel:
     if stats is not None:
       key = "mean" if normalization_type == "normal" else "p01"
       embodiment_dim = int(np.shape(stats[key])[0])
+    if skip_first_step is None:
+      skip_first_step = self.skip_first_step
     x = heads_lib.sample_chunks(eps_fn, shape, rng, _head_module(head),
-                                embodiment_action_dim=embodiment_dim)
+                                embodiment_action_dim=embodiment_dim,
+                                skip_first_step=skip_first_step)
     actions = x.reshape(x.shape[:-1] + (head.action_horizon, head.action_dim))[..., -1, :, :]
     if stats is not None:
       actions = unnormalize(actions, stats, normalization_type)

@@ -48,6 +48,17 @@ from rpd_jax.teachers.base import Teacher, TeacherOutput, noisy_samples
 GRIPPER_CLOSED = -1.0  # ManiSkill's pd_ee_delta_pose convention: -1 closes, +1 opens
 MAX_DELTA = 0.1  # metres of TCP motion that a position action of 1 asks for (pd_ee_delta_pose)
 DEFAULT_NOISE = 0.75
+# Noise per task for a mediocre teacher (succeeds sometimes, as the paper's fine-tuned VLAs
+# did), from `python -m rpd_jax.teachers.maniskill_scripted --env_id=X --noise=N --episodes=32`:
+# the grasping controllers fail almost always at 0.75, so they get less.
+TASK_NOISE = {
+    "PushCube-v1": 0.75,  # 50-59% success
+    "PullCube-v1": 0.75,
+    "PickCube-v1": 0.25,  # 25% (0% at 0.5)
+    "StackCube-v1": 0.25,  # 3%
+    "LiftPegUpright-v1": 0.25,  # 3%
+    "RollBall-v1": 0.5,  # 22%
+}
 
 
 @dataclasses.dataclass(frozen=True)

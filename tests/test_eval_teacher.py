@@ -1,0 +1,57 @@
+"""Chunk execution of the teacher evaluation (first, receding horizon, temporal ensembling)."""
+
+import jax.numpy as jnp
+import numpy as np
+
+from rpd_jax import eval_teacher
+
+
+def _chunks_fn():
+  """Chunks whose action k of the chunk made at call c is c * 10 + k (one action dim)."""
+  calls = {"n": 0}
+
+  def chunks(params, obs, prev_obs, is_first, key):
+    del params, prev_obs, key
+    c = obs["t"].astype(jnp.float32)  # [B]: the env's step counter stands in for the call
+    chunk = c[:, None, None] * 10 + jnp.arange(4.0)[None, :, None]
+    return chunk[None]  # [1, B, 4, 1]
+
+  return chunks, calls
+
+
+def _run(execution, steps=6):
+  chunks, _ = _chunks_fn()
+  act = eval_teacher.chunk_executor(chunks, None, execution, horizon=4)
+  out = []
+  for t in range(steps):
+    obs = {"t": jnp.full((2,), t)}
+    is_first = np.array([t == 0, t in (0, 2)])  # env 1 starts a new episode at step 2
+    out.append(np.asarray(act(obs, obs, is_first, None))[:, 0])
+  return np.stack(out)  # [steps, B]
+
+
+def test_first_executes_the_first_action_of_each_new_chunk():
+  np.testing.assert_array_equal(_run("first")[:, 0], [0, 10, 20, 30, 40, 50])
+
+
+def test_receding_executes_whole_chunks_and_restarts_at_episode_starts():
+  out = _run("receding")
+  np.testing.assert_array_equal(out[:, 0], [0, 1, 2, 3, 40, 41])
+  np.testing.assert_array_equal(out[:, 1], [0, 1, 20, 21, 22, 23])
+
+
+def test_ensemble_averages_the_predictions_for_this_step():
+  out = _run("ensemble")
+  # Step 2 of env 0: predictions 2 (chunk 0), 11 (chunk 1), 20 (chunk 2): uniform mean 11.
+  assert out[2, 0] == np.mean([2, 11, 20])
+  # Env 1 restarted at step 2: only chunk 2's prediction counts there.
+  assert out[2, 1] == 20
+  assert out[5, 0] == np.mean([23, 32, 41, 50])
+
+
+def test_markdown_table():
+  row = {"task": "PushCube-v1", "teacher": "octo:x", "execution": "ensemble", "episodes": 100,
+         "success_rate": 0.42, "success_stderr": 0.049, "normalized_reward": 0.31,
+         "episode_length": 33.3}
+  table = eval_teacher.markdown([row])
+  assert "| PushCube-v1 | octo:x | ensemble | 100 | 0.42 ± 0.05 | 0.310 | 33.3 |" in table
