@@ -119,7 +119,7 @@ def evaluate_task(env_id: str, out: str) -> dict:
     result = evaluate.evaluate(env, act, _EPISODES.value, seed=_SEED.value,
                                key=jax.random.key(_SEED.value),
                                video_dir=os.path.join(out, "videos"), num_videos=_VIDEOS.value,
-                               video_prefix=env_id)
+                               video_prefix=env_id, progress=True)
   finally:
     env.close()
   p, n = result["eval/success_rate"], _EPISODES.value

@@ -8,6 +8,7 @@ from typing import Callable, Optional
 import imageio
 import jax
 import numpy as np
+import tqdm
 
 from rpd_jax.envs.base import Observation, VecEnv
 
@@ -17,7 +18,7 @@ ActFn = Callable[[Observation, Observation, jax.Array, jax.Array], jax.Array]
 
 def evaluate(env: VecEnv, act: ActFn, num_episodes: int, seed: int, key: jax.Array,
              video_dir: Optional[str] = None, num_videos: int = 0,
-             video_prefix: str = "eval") -> dict[str, float]:
+             video_prefix: str = "eval", progress: bool = False) -> dict[str, float]:
   """Runs ``num_episodes`` episodes (first episode of each env per round) and averages them.
 
   Success counts an episode in which the task was solved at any step. Videos of the first
@@ -27,7 +28,10 @@ def evaluate(env: VecEnv, act: ActFn, num_episodes: int, seed: int, key: jax.Arr
     raise ValueError(f"num_episodes={num_episodes} is not a multiple of the eval env count "
                      f"{env.num_envs}")
   returns, successes, lengths = [], [], []
-  for round_ in range(num_episodes // env.num_envs):
+  rounds = range(num_episodes // env.num_envs)
+  if progress:
+    rounds = tqdm.tqdm(rounds, unit="round", desc=f"evaluate ({env.num_envs} episodes/round)")
+  for round_ in rounds:
     obs = env.reset(seed=seed + round_)
     prev_obs, is_first = obs, np.ones(env.num_envs, bool)
     done = np.zeros(env.num_envs, bool)

@@ -6,6 +6,7 @@ import jax
 import pytest
 import sentencepiece as spm
 
+from rpd_jax.envs import vulkan
 from rpd_jax.octo import text
 
 # Tests compile the same small graphs many times over (each trainer run builds its jitted
@@ -32,3 +33,12 @@ def tiny_tokenizer_dir(tmp_path_factory):
   folder = tmp_path_factory.mktemp("spiece")
   (folder / text.SPIECE).write_bytes(model.getvalue())
   return folder
+
+
+@pytest.fixture(scope="session")
+def vulkan_device():
+  """Skips (saying why) where ManiSkill has no Vulkan device (scripts/setup_vulkan.sh)."""
+  try:
+    vulkan.require_vulkan()
+  except vulkan.VulkanUnavailableError as e:
+    pytest.skip(f"no usable Vulkan device: {e}")

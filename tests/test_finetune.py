@@ -128,6 +128,7 @@ def test_finetune_from_scratch_writes_an_octo_checkpoint_the_teacher_loads(tmp_p
 
   model = octo.load_pretrained(workdir)
   assert sorted(os.listdir(workdir)).count("40") == 1
+  assert model.skip_first_step  # written into config.json by the fine-tuning
   assert model.example_batch["observation"]["image_primary"].shape == (1, 1, 32, 32, 3)
   stats = json.load(open(os.path.join(workdir, "dataset_statistics.json")))
   assert stats["action"]["mask"] == [True] * 6 + [False]
@@ -198,3 +199,24 @@ def test_validate_names_the_bad_value():
   c.data.window = 3
   with pytest.raises(finetune.FinetuneError, match="window=3"):
     finetune.validate(c)
+
+
+def test_skip_first_step_starts_one_step_later():
+  """The skipped sampler equals the official loop begun from the same noise at t = T-2."""
+  from rpd_jax.octo import heads  # pylint: disable=g-import-not-at-top
+  head = heads.DiffusionActionHead(action_horizon=1, action_dim=2, diffusion_steps=5)
+  eps_fn = lambda x, t: 0.1 * x + 0.01 * t
+  rng = jax.random.key(0)
+  skipped = heads.sample_chunks(eps_fn, (3, 1, 2), rng, head, skip_first_step=True)
+  betas, alphas, alpha_hats = heads.schedule(5)
+  rng_loop, key = jax.random.split(rng)
+  x = jax.random.normal(key, (3, 1, 2))
+  for t in range(3, -1, -1):
+    eps = eps_fn(x, jnp.full((3, 1, 1), t))
+    rng_loop, key = jax.random.split(rng_loop)
+    x = heads.ddpm_step(x, eps, jax.random.normal(key, x.shape), t, betas, alphas, alpha_hats,
+                        head.max_action)
+  np.testing.assert_allclose(skipped, x, rtol=1e-5, atol=1e-6)
+  full = heads.sample_chunks(eps_fn, (3, 1, 2), rng, head)
+  assert not np.allclose(full, skipped)
+  assert not octo.init_random("tiny", primary_size=32).skip_first_step  # official sampler

@@ -20,15 +20,7 @@ from rpd_jax.envs import maniskill, tasks, vulkan
 from rpd_jax.teachers import base as teacher_base
 from rpd_jax.teachers import maniskill_scripted
 
-pytestmark = pytest.mark.maniskill
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _vulkan():
-  try:
-    vulkan.require_vulkan()
-  except vulkan.VulkanUnavailableError as e:
-    pytest.skip(f"no usable Vulkan device: {e}")
+pytestmark = [pytest.mark.maniskill, pytest.mark.usefixtures("vulkan_device")]
 
 
 def _env(env_id="PushCube-v1", **kwargs):

@@ -11,17 +11,8 @@ from ml_collections import config_flags
 
 from rpd_jax import config as config_lib
 from rpd_jax import demos as demos_lib
-from rpd_jax.envs import vulkan
 
-pytestmark = pytest.mark.maniskill
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _vulkan():
-  try:
-    vulkan.require_vulkan()
-  except vulkan.VulkanUnavailableError as e:
-    pytest.skip(f"no usable Vulkan device: {e}")
+pytestmark = [pytest.mark.maniskill, pytest.mark.usefixtures("vulkan_device")]
 
 
 def test_record_keeps_successful_episodes_and_resumes(tmp_path):

@@ -34,7 +34,7 @@ a teacher's success rate alone.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -399,13 +399,14 @@ CONTROLLERS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 
 
 def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int = 4096,
-                 noise: float = DEFAULT_NOISE, gain: float = 2.0) -> Teacher:
+                 noise: Optional[float] = None, gain: float = 2.0) -> Teacher:
   """The scripted teacher of ``env_config.kwargs.env_id``.
 
   Args:
     env_config: the run's ``config.env`` (name "maniskill").
     chunk_size: observations per teacher call inside the update.
-    noise: std of the Gaussian action noise, in action units (module doc).
+    noise: std of the Gaussian action noise, in action units (module doc); None: the task's
+      TASK_NOISE.
     gain: proportional gain of the TCP position control (1: move the full distance to the
       waypoint in one step, as far as the 0.1 m action limit allows).
   """
@@ -415,6 +416,8 @@ def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int = 4096,
         f"no scripted ManiSkill teacher for env {env_config.name!r} / {env_id!r}; scripted "
         f"teachers exist for {', '.join(CONTROLLERS)} (others: teacher.name='octo', or the "
         f"'ppo' variant)")
+  if noise is None:
+    noise = TASK_NOISE.get(env_id, DEFAULT_NOISE)
   if noise < 0:
     raise ValueError(f"scripted teacher noise={noise} is a standard deviation; use >= 0")
   controller = CONTROLLERS[env_id]
@@ -445,14 +448,14 @@ def main(argv):
     result = evaluate.evaluate(env, act, f.episodes, seed=f.seed, key=jax.random.key(f.seed))
   finally:
     env.close()
-  print(f"{f.env_id} noise={f.noise} gain={f.gain}: success "
+  print(f"{f.env_id} noise={float(teacher.params['noise'])} gain={f.gain}: success "
         f"{result['eval/success_rate']:.3f} over {f.episodes} episodes, mean length "
         f"{result['eval/episode_length']:.1f}")
 
 
 if __name__ == "__main__":
   flags.DEFINE_string("env_id", "PushCube-v1", "task with a scripted controller")
-  flags.DEFINE_float("noise", DEFAULT_NOISE, "std of the action noise")
+  flags.DEFINE_float("noise", None, "std of the action noise (default: TASK_NOISE of the task)")
   flags.DEFINE_float("gain", 2.0, "proportional gain of the TCP control")
   flags.DEFINE_integer("episodes", 32, "episodes to measure (a multiple of num_envs)")
   flags.DEFINE_integer("num_envs", 2, "parallel CPU envs")
