@@ -33,6 +33,7 @@ import glob
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from typing import Iterator, Optional, Sequence
@@ -313,9 +314,13 @@ def main(argv):
   del argv
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  meta = record(f.env_id, f.episodes, f.out, image_size=f.image_size, camera=f.camera,
-                camera_variant=f.camera_variant, noise=f.noise, max_length=f.max_length,
-                num_envs=f.num_envs, seed=f.seed)
+  try:
+    meta = record(f.env_id, f.episodes, f.out, image_size=f.image_size, camera=f.camera,
+                  camera_variant=f.camera_variant, noise=f.noise, max_length=f.max_length,
+                  num_envs=f.num_envs, seed=f.seed)
+  except (ValueError, KeyError) as e:  # no controller for the task, a mismatched folder, ...
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   print(f"{meta['env_id']}: {meta['kept']} episodes in {f.out} ({meta['attempts']} attempts, "
         f"success {meta['success_rate']:.2f}, {meta['episodes_per_minute']} episodes/min)")
 

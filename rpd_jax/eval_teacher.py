@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import sys
 import time
 from typing import Callable
 
@@ -151,7 +152,11 @@ def main(argv):
   os.makedirs(out, exist_ok=True)
   rows = []
   for env_id in _TASKS.value:
-    rows.append(evaluate_task(env_id, out))
+    try:
+      rows.append(evaluate_task(env_id, out))
+    except (FileNotFoundError, ValueError, KeyError) as e:  # bad checkpoint, task or teacher
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
     print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     with open(os.path.join(out, "teacher_table.json"), "w") as f:
       json.dump(rows, f, indent=2)

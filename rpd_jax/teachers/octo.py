@@ -69,7 +69,7 @@ def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
   name = checkpoint.removeprefix("hf://").rstrip("/")
   hub_id = KNOWN_CHECKPOINTS.get(name, name)
   if hub_id not in KNOWN_CHECKPOINTS.values():
-    shipped = sorted(p.name for p in SHIPPED.iterdir()) if SHIPPED.is_dir() else []
+    shipped = sorted(p.name for p in SHIPPED.iterdir() if p.is_dir()) if SHIPPED.is_dir() else []
     raise FileNotFoundError(
         f"checkpoint={checkpoint!r} is neither a folder, nor a shipped teacher "
         f"({', '.join(shipped) or 'none'}), nor a released checkpoint "
