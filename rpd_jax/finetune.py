@@ -203,12 +203,10 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, action_dim: 
     head.update(action_horizon=horizon, action_dim=action_dim)
     if window > int(model_config.get("max_horizon", 10)):
       raise FinetuneError(f"config.data.window={window} exceeds the checkpoint's max_horizon")
-    keys = [k for k in pretrained.example_batch["observation"] if k.startswith("image_")]
-    if keys != ["image_primary"]:
-      # Demonstrations carry one camera; other cameras' tokenizers would see nothing.
-      for key in keys:
-        if key != "image_primary":
-          model_config["observation_tokenizers"].pop(key.removeprefix("image_"), None)
+    # Demonstrations carry one camera (primary); other cameras' tokenizers would see nothing.
+    for key in pretrained.example_batch["observation"]:
+      if key.startswith("image_") and key != "image_primary":
+        model_config["observation_tokenizers"].pop(key.removeprefix("image_"), None)
     language = bool(model_config.get("task_tokenizers"))
   else:
     pretrained = None
