@@ -21,6 +21,9 @@ def evaluate(env: VecEnv, act: ActFn, num_episodes: int, seed: int, key: jax.Arr
              video_prefix: str = "eval", progress: bool = False) -> dict[str, float]:
   """Runs ``num_episodes`` episodes (first episode of each env per round) and averages them.
 
+  Episode k starts from the env seed ``seed + k`` (round r resets env i with seed + r * B + i),
+  so N episodes are N different initial states.
+
   Success counts an episode in which the task was solved at any step. Videos of the first
   ``num_videos`` envs of the first round go to ``video_dir/<video_prefix>_<i>.mp4``.
   """
@@ -32,7 +35,7 @@ def evaluate(env: VecEnv, act: ActFn, num_episodes: int, seed: int, key: jax.Arr
   if progress:
     rounds = tqdm.tqdm(rounds, unit="round", desc=f"evaluate ({env.num_envs} episodes/round)")
   for round_ in rounds:
-    obs = env.reset(seed=seed + round_)
+    obs = env.reset(seed=seed + round_ * env.num_envs)  # env i of round r: seed + r * B + i
     prev_obs, is_first = obs, np.ones(env.num_envs, bool)
     done = np.zeros(env.num_envs, bool)
     ret = np.zeros(env.num_envs)

@@ -1,5 +1,6 @@
 """Chunk execution of the teacher evaluation (first, receding horizon, temporal ensembling)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -55,3 +56,29 @@ def test_markdown_table():
          "episode_length": 33.3}
   table = eval_teacher.markdown([row])
   assert "| PushCube-v1 | octo:x | ensemble | 100 | 0.42 ± 0.05 | 0.310 | 33.3 |" in table
+
+
+def test_evaluation_episodes_start_from_distinct_seeds():
+  from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
+  from rpd_jax.envs import base  # pylint: disable=g-import-not-at-top
+
+  class OneStepEnv:
+    num_envs, max_episode_steps = 2, 3
+    seeds = []
+
+    def reset(self, seed):
+      self.seeds.append(seed)
+      return {"x": jnp.zeros((2, 1))}
+
+    def step(self, action):
+      del action
+      done = jnp.ones(2, bool)
+      obs = {"x": jnp.zeros((2, 1))}
+      return base.StepResult(obs=obs, reward=jnp.ones(2), terminated=done, truncated=~done,
+                             success=done, final_obs=obs)
+
+  env = OneStepEnv()
+  result = evaluate.evaluate(env, lambda o, p, f, k: jnp.zeros((2, 1)), 6, seed=10,
+                             key=jax.random.key(0))
+  assert env.seeds == [10, 12, 14]  # env i of round r: 10 + 2r + i, six different episodes
+  assert result["eval/success_rate"] == 1.0 and result["eval/episode_length"] == 1.0
