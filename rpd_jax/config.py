@@ -9,6 +9,7 @@ right, so ``:sparse,smoke`` is a sparse-reward run shrunk to seconds with the de
 
 from __future__ import annotations
 
+import os
 from typing import Callable, Mapping
 
 import ml_collections
@@ -198,3 +199,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.eval_episodes % c.eval_envs == 0,
         f"config.eval_episodes={c.eval_episodes} is not a multiple of config.eval_envs="
         f"{c.eval_envs}; make it one")
+
+
+def default_workdir(config_path: str, root: str = "runs") -> str:
+  """``<root>/<config file name>`` for ``--config=experiments/<name>.py[:variants]``."""
+  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+  return os.path.join(root, name)

@@ -46,6 +46,7 @@ import optax
 import tqdm
 
 from rpd_jax import checkpoint as checkpoint_lib
+from rpd_jax import config as config_lib
 from rpd_jax import demos as demos_lib
 from rpd_jax import octo
 from rpd_jax.octo import heads as heads_lib
@@ -246,9 +247,9 @@ def task_table(model: octo.OctoModel, instructions: tuple[str, ...],
           "input: set config.model.language=True (or fine-tune a pretrained Octo)")
     return jax.tree.map(jnp.asarray, model.create_tasks())
   from rpd_jax.octo import text  # pylint: disable=g-import-not-at-top
-  tokens = text.T5Tokenizer.find(tokenizer_dir)(list(instructions))
-  embeddings = jax.jit(type(model).encode_language)(
-      model, jnp.asarray(tokens["input_ids"]), jnp.asarray(tokens["attention_mask"]))
+  from rpd_jax.teachers.octo import embed_instruction  # pylint: disable=g-import-not-at-top
+  tokenizer = text.T5Tokenizer.find(tokenizer_dir)
+  embeddings = jnp.stack([embed_instruction(model, t, tokenizer) for t in instructions])
   return jax.tree.map(jnp.asarray, model.create_tasks(language_embeddings=embeddings))
 
 
@@ -363,9 +364,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   config = flags.FLAGS.config
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-  config_name = os.path.basename(flags.FLAGS["config"].config_filename.split(":")[0])
-  workdir = flags.FLAGS.workdir or os.path.join("runs", "finetune",
-                                                os.path.splitext(config_name)[0])
+  workdir = flags.FLAGS.workdir or config_lib.default_workdir(
+      flags.FLAGS["config"].config_filename, root=os.path.join("runs", "finetune"))
   try:
     last = finetune(config, workdir)
   except (FinetuneError, FileNotFoundError) as e:

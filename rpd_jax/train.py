@@ -34,7 +34,8 @@ def main(argv):
     _fail(str(e))
   # Orbax logs every step of every save at INFO; keep the console for training progress.
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
+  workdir = _WORKDIR.value or config_lib.default_workdir(
+      flags.FLAGS["config"].config_filename)
   logging.info("workdir: %s", workdir)
   from rpd_jax import trainer  # after validation: nothing heavy is imported for a bad config
   try:
@@ -74,11 +75,6 @@ def parse_flags(argv):
 def _fail(message: str):
   print(f"error: {message}", file=sys.stderr)
   sys.exit(2)
-
-
-def default_workdir(config_path: str) -> str:
-  name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
-  return os.path.join("runs", name)
 
 
 if __name__ == "__main__":
