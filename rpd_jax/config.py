@@ -9,7 +9,10 @@ right, so ``:sparse,smoke`` is a sparse-reward run shrunk to seconds with the de
 
 from __future__ import annotations
 
+import glob
+import importlib.util
 import os
+import sys
 from typing import Callable, Mapping
 
 import ml_collections
@@ -205,3 +208,29 @@ def default_workdir(config_path: str, root: str = "runs") -> str:
   """``<root>/<config file name>`` for ``--config=experiments/<name>.py[:variants]``."""
   name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
   return os.path.join(root, name)
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of ``"<file>.py[:variants]"``: the file's ``get_config(variants)``.
+
+  The one loader of experiment files (train, sweep, benchmarks and tests use it). A missing
+  file or an unknown variant raises ConfigError with the fix.
+  """
+  path, _, arg = spec.partition(":")
+  if not os.path.isfile(path):
+    here = sorted(glob.glob(os.path.join(os.path.dirname(path) or ".", "*.py")))
+    raise ConfigError(f"config file {path!r} not found; {os.path.dirname(path) or '.'}/ has "
+                      f"{', '.join(here) or 'no .py files'}")
+  # Experiment files import their siblings as ``experiments.<name>``: the folder above theirs
+  # must be importable, as it is when a command runs from the repository root.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+  if root not in sys.path:
+    sys.path.insert(0, root)
+  name = os.path.splitext(os.path.basename(path))[0]
+  module_spec = importlib.util.spec_from_file_location(f"_rpd_config_{name}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    return module.get_config(arg or None)
+  except ValueError as e:  # an unknown variant (apply_variants says which, and the choices)
+    raise ConfigError(str(e)) from e
