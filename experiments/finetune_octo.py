@@ -1,4 +1,4 @@
-"""Fine-tuning Octo teachers on demonstrations (python -m rpd_jax.finetune).
+"""Fine-tuning Octo teachers on demonstrations (python -m rpd_jax.pipeline.finetune).
 
 Default: the recipe of the shipped PushCube teacher (rpd_jax/teachers/checkpoints/
 octo-tiny-pushcube): an Octo-architecture "tiny" model (1.8M parameters, no language input:
@@ -7,9 +7,9 @@ demonstrations, batch 256, 3,000 steps. Few demonstrations on purpose: RPD wants
 succeeds sometimes (this one: about 20% alone); on all 400 for 20,000 steps the same model
 succeeds 100%.
 
-  python -m rpd_jax.demos --env_id=PushCube-v1 --episodes=400 --image_size=128 --noise=0.2 \
-      --out=runs/demos/pushcube_128
-  python -m rpd_jax.finetune --config=experiments/finetune_octo.py \
+  python -m rpd_jax.pipeline.demos --env_id=PushCube-v1 --episodes=400 --image_size=128 \
+      --noise=0.2 --out=runs/demos/pushcube_128
+  python -m rpd_jax.pipeline.finetune --config=experiments/finetune_octo.py \
       --workdir=runs/finetune/pushcube
 
 Measured: about 40 s on one H100 (135 steps/s); a 2-core CPU does about 6 steps/s at batch 32
@@ -80,7 +80,8 @@ def _smoke(c):
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict({
-      "folders": ("runs/demos/pushcube_128",),  # one folder per task (python -m rpd_jax.demos)
+      # One folder per task (python -m rpd_jax.pipeline.demos).
+      "folders": ("runs/demos/pushcube_128",),
       "max_episodes": ml_collections.FieldReference(25, field_type=int),  # first N per folder; None: all
       "window": 1,  # frames per observation window (Octo: 1 or 2)
       "action_horizon": 4,  # actions per predicted chunk (Octo: 4)

@@ -43,14 +43,20 @@ def _octo(c: ml_collections.ConfigDict) -> None:
   """
   _rgb(c)
   c.teacher.name = "octo"
-  c.teacher.kwargs = ml_collections.ConfigDict({
-      "checkpoint": "Juelg/octo-base-1.5-finetuned-maniskill",
-      "window": 1,  # the published runs used one frame
-      "tokenizer_dir": ml_collections.config_dict.placeholder(str),
-  })
+  c.teacher.kwargs = _octo_kwargs(c, "Juelg/octo-base-1.5-finetuned-maniskill")
   c.teacher.chunk_size = 50  # images per teacher call inside the update: bounds memory
   if c.distill.loss == "none":
     c.distill.loss = "mse"
+
+
+def _octo_kwargs(c: ml_collections.ConfigDict, checkpoint: str) -> ml_collections.ConfigDict:
+  """An Octo teacher's own config: the checkpoint and the task's instruction."""
+  return ml_collections.ConfigDict({
+      "checkpoint": checkpoint,
+      "instruction": tasks.task_info(c.env.kwargs.env_id).instruction,
+      "window": 1,  # the published runs used one frame
+      "tokenizer_dir": ml_collections.config_dict.placeholder(str),
+  })
 
 
 def shipped_octo_teacher(checkpoint: str, image_size: int) -> config_lib.Variant:
@@ -66,11 +72,17 @@ def shipped_octo_teacher(checkpoint: str, image_size: int) -> config_lib.Variant
     c.network.encoder = "mlp"
     c.network.obs_keys = ("privileged",)
     c.teacher.name = "octo"
-    c.teacher.kwargs = ml_collections.ConfigDict({
-        "checkpoint": checkpoint, "window": 1,
-        "tokenizer_dir": ml_collections.config_dict.placeholder(str)})
+    c.teacher.kwargs = _octo_kwargs(c, checkpoint)
     c.distill.loss = "mse"
   return apply
+
+
+def _scripted_teacher(c: ml_collections.ConfigDict) -> None:
+  """The task's scripted controller at its TASK_NOISE, reading the privileged state."""
+  c.teacher.name = "scripted_maniskill"
+  task = c.env.kwargs.env_id
+  c.teacher.kwargs = ml_collections.ConfigDict(
+      {"task": task, "noise": maniskill_scripted.TASK_NOISE[task]})
 
 
 def _scripted(c: ml_collections.ConfigDict) -> None:
@@ -79,9 +91,7 @@ def _scripted(c: ml_collections.ConfigDict) -> None:
   c.env.kwargs.image_size = 256
   c.network.encoder = "mlp"
   c.network.obs_keys = ("state",)
-  c.teacher.name = "scripted_maniskill"
-  c.teacher.kwargs = ml_collections.ConfigDict(
-      {"noise": maniskill_scripted.TASK_NOISE[c.env.kwargs.env_id]})
+  _scripted_teacher(c)
   if c.distill.loss == "none":
     c.distill.loss = "mse"
 
@@ -125,8 +135,7 @@ def get_config(env_id: str, arg: str | None,
   c.env.kwargs.camera = "human"
   c.env.kwargs.sim_backend = "auto"
   if env_id in maniskill_scripted.CONTROLLERS:
-    c.teacher.name = "scripted_maniskill"
-    c.teacher.kwargs.noise = maniskill_scripted.TASK_NOISE[env_id]
+    _scripted_teacher(c)
     c.distill.loss = "mse"
   else:
     c.distill.loss = "none"

@@ -1,7 +1,8 @@
 r"""Measures the scripted push teacher alone, over a grid of (noise, bias), and the env's speed.
 
-The teacher's ``action`` (one noisy sample) is executed for one episode per env; an episode
-succeeds if the block reaches the goal at any step. Prints a markdown table of success rate and
+The teacher's ``action`` (one noisy sample) is executed for one episode per env, from the same
+initial states for every setting (``rpd_jax.evaluate``); an episode succeeds if the block
+reaches the goal at any step. Prints a markdown table of success rate and
 mean return per setting, then (with --speed) env steps/s of the jitted batched step.
 
   python experiments/measure_push_teacher.py --episodes=512 --speed
@@ -9,14 +10,13 @@ mean return per setting, then (with --speed) env steps/s of the jitted batched s
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
 
 import jax
-import jax.numpy as jnp
-from absl import app, flags
+from absl import flags
 
+from rpd_jax import cli, evaluate, rollout
 from rpd_jax.envs import jax_push
 from rpd_jax.teachers import scripted
 
@@ -27,30 +27,6 @@ _REWARD = flags.DEFINE_enum("reward_mode", "normalized_dense", list(jax_push.REW
                             "reward whose mean episode return is reported")
 _SEED = flags.DEFINE_integer("seed", 0, "seed of the env resets and the teacher's noise")
 _SPEED = flags.DEFINE_bool("speed", False, "also time the batched step for 64 and 1024 envs")
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def evaluate(params: jax_push.PushParams, num_envs: int, teacher_params, key):
-  """Success rate and mean return of the first episode of ``num_envs`` envs."""
-  teacher = scripted.make_push_teacher()
-  k_reset, k_teacher = jax.random.split(key)
-  state, obs = jax.vmap(functools.partial(jax_push.reset, params))(
-      jax.random.split(k_reset, num_envs))
-  batched_step = jax.vmap(functools.partial(jax_push.step, params))
-
-  def one_step(carry, k):
-    state, obs, running, succeeded, ret = carry
-    action = teacher.apply_fn(teacher_params, obs, obs, running, k, 0).action
-    state, res = batched_step(state, action)
-    succeeded = succeeded | (running & res.success)
-    ret = ret + jnp.where(running, res.reward, 0.0)
-    running = running & ~(res.terminated | res.truncated)
-    return (state, res.obs, running, succeeded, ret), None
-
-  init = (state, obs, jnp.ones(num_envs, bool), jnp.zeros(num_envs, bool), jnp.zeros(num_envs))
-  keys = jax.random.split(k_teacher, params.max_episode_steps)
-  (_, _, _, succeeded, ret), _ = jax.lax.scan(one_step, init, keys)
-  return succeeded.mean(), ret.mean()
 
 
 def steps_per_second(num_envs: int, obs_mode: str, num_steps: int = 200) -> float:
@@ -64,15 +40,16 @@ def steps_per_second(num_envs: int, obs_mode: str, num_steps: int = 200) -> floa
   return num_envs * num_steps / (time.perf_counter() - start)
 
 
-def main(argv):
-  del argv
-  params = jax_push.PushParams(reward_mode=_REWARD.value)
+def main() -> None:
   print(f"{_EPISODES.value} episodes per setting, return = sum of {_REWARD.value} rewards\n")
   print("| noise | bias | success | mean return |\n|---|---|---|---|")
+  env = jax_push.JaxPushVecEnv(_EPISODES.value, seed=_SEED.value, reward_mode=_REWARD.value)
   for noise, bias in itertools.product(map(float, _NOISES.value), map(float, _BIASES.value)):
     teacher = scripted.make_push_teacher(noise=noise, bias=bias)
-    success, ret = evaluate(params, _EPISODES.value, teacher.params, jax.random.key(_SEED.value))
-    print(f"| {noise:g} | {bias:g} | {float(success):.1%} | {float(ret):.2f} |")
+    result = evaluate.evaluate(env, rollout.teacher_policy(teacher), _EPISODES.value,
+                               seed=_SEED.value, key=jax.random.key(_SEED.value))
+    print(f"| {noise:g} | {bias:g} | {result['eval/success_rate']:.1%} | "
+          f"{result['eval/return']:.2f} |")
   if _SPEED.value:
     print(f"\non {jax.devices()[0].device_kind}\n\n| obs_mode | envs | steps/s |\n|---|---|---|")
     for obs_mode, num_envs in itertools.product(("state", "rgb"), (64, 1024)):
@@ -80,4 +57,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -17,13 +17,14 @@ from typing import Callable, Mapping
 
 import ml_collections
 
+from rpd_jax import envs, losses, teachers
+from rpd_jax.errors import ConfigError
+
 Variant = Callable[[ml_collections.ConfigDict], None]
 
-LOSSES = ("none", "mse", "l1", "bc", "ppd")
-SCHEDULES = ("constant", "linear", "cosine")
+LOSSES = ("none", *losses.DISTILL)
 ENCODERS = ("mlp", "cnn")
 REWARDS = ("normalized_dense", "dense", "sparse")
-BOOTSTRAPS = ("always", "truncated")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -141,10 +142,6 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str | None,
   return c
 
 
-class ConfigError(ValueError):
-  """A config value that cannot work; the message names the value and the fix."""
-
-
 def validate(c: ml_collections.ConfigDict) -> None:
   """Raises ConfigError for the first bad value, before anything is built or compiled."""
   def check(ok: bool, msg: str):
@@ -153,24 +150,42 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
   check(c.distill.loss in LOSSES,
         f"config.distill.loss={c.distill.loss!r} is unknown; use one of {', '.join(LOSSES)}")
-  check(c.distill.schedule in SCHEDULES,
+  check(c.distill.schedule in losses.SCHEDULES,
         f"config.distill.schedule={c.distill.schedule!r} is unknown; use one of "
-        f"{', '.join(SCHEDULES)}")
+        f"{', '.join(losses.SCHEDULES)}")
   check(c.distill.schedule == "constant" or c.distill.decay_steps > 0,
         f"config.distill.decay_steps={c.distill.decay_steps} must be > 0 for the "
         f"{c.distill.schedule!r} schedule (the env step at which lambda reaches 0)")
   check(c.network.encoder in ENCODERS,
         f"config.network.encoder={c.network.encoder!r} is unknown; use one of "
         f"{', '.join(ENCODERS)}")
-  check(c.ppo.bootstrap_at_done in BOOTSTRAPS,
+  check(c.network.encoder != "cnn" or "rgb" in c.network.obs_keys,
+        f"config.network.encoder='cnn' encodes images, but config.network.obs_keys="
+        f"{tuple(c.network.obs_keys)} has no 'rgb'; add it or use the 'mlp' encoder")
+  check(c.ppo.bootstrap_at_done in losses.BOOTSTRAPS,
         f"config.ppo.bootstrap_at_done={c.ppo.bootstrap_at_done!r} is unknown; use one of "
-        f"{', '.join(BOOTSTRAPS)}")
+        f"{', '.join(losses.BOOTSTRAPS)}")
   check(c.env.reward_mode in REWARDS,
         f"config.env.reward_mode={c.env.reward_mode!r} is unknown; use one of "
         f"{', '.join(REWARDS)}")
+  check(c.teacher.name in teachers.TEACHER_NAMES,
+        f"config.teacher.name={c.teacher.name!r} is unknown; use one of "
+        f"{', '.join(teachers.TEACHER_NAMES)}")
   check(c.distill.loss == "none" or c.teacher.name != "none",
         f"config.distill.loss={c.distill.loss!r} needs a teacher but config.teacher.name is "
         f"'none'; set --config.teacher.name or use the 'ppo' variant")
+  produced = envs.observation_keys(c.env)  # also rejects an unknown env name or obs_mode
+  for key in c.network.obs_keys:
+    check(key in produced,
+          f"config.network.obs_keys has {key!r}, which the {c.env.name} env does not give with "
+          f"obs_mode={c.env.kwargs.get('obs_mode', 'state')!r} (it gives "
+          f"{', '.join(produced)}); change one of them")
+  if c.distill.loss != "none":
+    for key in teachers.observation_keys(c.teacher):
+      check(key in produced,
+            f"the {c.teacher.name!r} teacher reads observation {key!r}, which the {c.env.name} "
+            f"env does not give with obs_mode={c.env.kwargs.get('obs_mode', 'state')!r} (it "
+            f"gives {', '.join(produced)}); pick an obs_mode that includes it")
   for name in ("learning_rate", "clip_coef", "vf_coef", "ent_coef", "max_grad_norm",
                "target_kl", "gae_lambda", "reward_scale"):
     value = c.ppo[name]

@@ -1,14 +1,57 @@
-"""Pure loss functions: GAE, the PPO clip loss, the distillation terms and the lambda schedules.
+"""Pure losses: GAE and its bootstrap targets, the PPO clip loss, the distillation terms by name,
+and the lambda schedules.
 
 Shapes: T = rollout steps, B = envs, M = minibatch, A = action dim, N = teacher samples.
 """
 
 from __future__ import annotations
 
+from typing import Any, Callable, NamedTuple, Optional
+
 import jax
 import jax.numpy as jnp
 
-from rpd_jax.networks import gaussian_entropy, gaussian_log_prob
+from rpd_jax import gaussian
+
+BOOTSTRAPS = ("always", "truncated")
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+class TeacherTargets(NamedTuple):
+  """What the teacher said about each transition of a minibatch, [M, A] each."""
+  action: jax.Array  # one teacher action: the MSE / L1 / BC target
+  mean: Optional[jax.Array] = None  # PPD: the Gaussian fitted to N teacher samples
+  std: Optional[jax.Array] = None
+
+
+class Minibatch(NamedTuple):
+  """M transitions, flat: what the PPO and distillation losses read."""
+  obs: Any  # observation dict [M, ...]
+  actions: jax.Array  # [M, A] sampled (unclipped) actions
+  log_probs: jax.Array  # [M] their log-probability under the policy that collected them
+  values: jax.Array  # [M] V(obs) under that policy
+  advantages: jax.Array  # [M]
+  returns: jax.Array  # [M] value targets: advantages + values
+  teacher: Optional[TeacherTargets] = None  # None for plain PPO
+
+
+def bootstrap_values(values: jax.Array, last_value: jax.Array, final_values: jax.Array,
+                     terminated: jax.Array, truncated: jax.Array, mode: str) -> jax.Array:
+  """The value each transition t bootstraps from, [T, B].
+
+  V(obs[t + 1]) where the episode goes on (``last_value`` [B] after the last step); where it
+  ended at t, V(final observation) (``final_values`` [T, B]) if ``mode`` is "always"
+  (ManiSkill's PPO), or, with "truncated", that on truncation and 0 on termination.
+  ManiSkill tasks terminate on success, so with "truncated" and a dense reward an episode that
+  hovers short of success earns more than one that succeeds.
+  """
+  next_values = jnp.concatenate([values[1:], last_value[None]], axis=0)
+  if mode == "always":
+    return jnp.where(terminated | truncated, final_values, next_values)
+  if mode == "truncated":
+    next_values = jnp.where(truncated, final_values, next_values)
+    return jnp.where(terminated, 0.0, next_values)
+  raise ValueError(f"bootstrap mode {mode!r}; use one of {', '.join(BOOTSTRAPS)}")
 
 
 def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, dones: jax.Array,
@@ -18,8 +61,7 @@ def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, dones: ja
   Args:
     rewards: [T, B] reward of transition t.
     values: [T, B] V(s_t).
-    next_values: [T, B] the value to bootstrap transition t from: V(s_{t+1}) where the episode
-      goes on, V(final observation) where it was truncated, 0 where it terminated.
+    next_values: [T, B] the value to bootstrap transition t from (``bootstrap_values``).
     dones: [T, B] the episode ended at transition t (terminated or truncated); the recursion does
       not carry across it.
   Finite-horizon GAE normalises the lambda-weighted sum of n-step returns by the sum of the
@@ -46,25 +88,30 @@ def gae(rewards: jax.Array, values: jax.Array, next_values: jax.Array, dones: ja
   return adv
 
 
-def ppo_loss(mean: jax.Array, log_std: jax.Array, value: jax.Array, actions: jax.Array,
-             old_log_probs: jax.Array, old_values: jax.Array, advantages: jax.Array,
-             returns: jax.Array, clip_coef: float, vf_coef: float, ent_coef: float,
-             clip_vloss: bool):
-  """PPO clip loss of a minibatch: (loss, aux) with the new log-ratio for KL and PPD.
+def normalize(advantages: jax.Array) -> jax.Array:
+  """Zero mean, unit std over the minibatch (ManiSkill's per-minibatch normalisation)."""
+  return (advantages - advantages.mean()) / (advantages.std() + 1e-8)
 
-  mean [M, A], log_std [A], value [M], actions [M, A], the rest [M].
+
+def ppo_loss(mean: jax.Array, log_std: jax.Array, value: jax.Array, mb: Minibatch, *,
+             clip_coef: float, vf_coef: float, ent_coef: float, clip_vloss: bool,
+             norm_adv: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """PPO clip loss of a minibatch: (loss, aux); aux["ratio"] [M] is the new probability ratio
+  (for PPD), the other entries are scalar metrics.
+
+  mean [M, A], log_std [A], value [M]: the current policy on ``mb.obs``.
   """
-  new_log_probs = gaussian_log_prob(actions, mean, log_std)
-  log_ratio = new_log_probs - old_log_probs
+  advantages = normalize(mb.advantages) if norm_adv else mb.advantages
+  log_ratio = gaussian.log_prob(mb.actions, mean, log_std) - mb.log_probs
   ratio = jnp.exp(log_ratio)
   pg_loss = jnp.maximum(-advantages * ratio,
                         -advantages * jnp.clip(ratio, 1 - clip_coef, 1 + clip_coef)).mean()
   if clip_vloss:
-    clipped = old_values + jnp.clip(value - old_values, -clip_coef, clip_coef)
-    v_loss = 0.5 * jnp.maximum((value - returns)**2, (clipped - returns)**2).mean()
+    clipped = mb.values + jnp.clip(value - mb.values, -clip_coef, clip_coef)
+    v_loss = 0.5 * jnp.maximum((value - mb.returns)**2, (clipped - mb.returns)**2).mean()
   else:
-    v_loss = 0.5 * ((value - returns)**2).mean()
-  entropy = gaussian_entropy(log_std)
+    v_loss = 0.5 * ((value - mb.returns)**2).mean()
+  entropy = gaussian.entropy(log_std)
   loss = pg_loss + vf_coef * v_loss - ent_coef * entropy
   aux = dict(pg_loss=pg_loss, v_loss=v_loss, entropy=entropy, ratio=ratio,
              approx_kl=((ratio - 1) - log_ratio).mean(),
@@ -72,50 +119,40 @@ def ppo_loss(mean: jax.Array, log_std: jax.Array, value: jax.Array, actions: jax
   return loss, aux
 
 
-def distill_mse(mean: jax.Array, target: jax.Array) -> jax.Array:
+# The distillation terms. One signature: (student mean [M, A], student log-std [A], the
+# teacher's targets, the PPO ratio [M], PPO's clip epsilon) -> scalar loss. No gradient reaches
+# the teacher's side.
+DistillLoss = Callable[[jax.Array, jax.Array, TeacherTargets, jax.Array, float], jax.Array]
+
+
+def distill_mse(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
   """RPD-MSE: mean over batch and action dims of (mu - a_teacher)^2."""
-  return jnp.mean((mean - jax.lax.stop_gradient(target))**2)
+  del log_std, ratio, clip_coef
+  return jnp.mean((mean - jax.lax.stop_gradient(teacher.action))**2)
 
 
-def distill_l1(mean: jax.Array, target: jax.Array) -> jax.Array:
+def distill_l1(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
   """RPD-L1: mean over batch and action dims of |mu - a_teacher|."""
-  return jnp.mean(jnp.abs(mean - jax.lax.stop_gradient(target)))
+  del log_std, ratio, clip_coef
+  return jnp.mean(jnp.abs(mean - jax.lax.stop_gradient(teacher.action)))
 
 
-def distill_bc(mean: jax.Array, log_std: jax.Array, target: jax.Array) -> jax.Array:
+def distill_bc(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
   """RPD-BC: negative log-likelihood of the teacher's action under the student, batch mean."""
-  return -jnp.mean(gaussian_log_prob(jax.lax.stop_gradient(target), mean, log_std))
+  del ratio, clip_coef
+  return -jnp.mean(gaussian.log_prob(jax.lax.stop_gradient(teacher.action), mean, log_std))
 
 
-def fit_gaussian(samples: jax.Array, min_std: float) -> tuple[jax.Array, jax.Array]:
-  """Per-dimension Gaussian fit to teacher samples [N, ..., A] -> (mean, std) [..., A].
-
-  The std is floored at ``min_std``: with few samples (or a deterministic teacher) the sample
-  std can be ~0, and the KL to a zero-width Gaussian is unbounded.
-  """
-  mean = samples.mean(axis=0)
-  std = jnp.maximum(samples.std(axis=0), min_std)
-  return mean, std
-
-
-def gaussian_kl(mean_p: jax.Array, std_p: jax.Array, mean_q: jax.Array,
-                log_std_q: jax.Array) -> jax.Array:
-  """KL(p || q) of diagonal Gaussians, summed over the last axis: [..., A] -> [...]."""
-  var_ratio = (std_p * jnp.exp(-log_std_q))**2
-  return jnp.sum(0.5 * (var_ratio + ((mean_q - mean_p) * jnp.exp(-log_std_q))**2 - 1.0)
-                 - jnp.log(std_p) + log_std_q, axis=-1)
-
-
-def distill_ppd(mean: jax.Array, log_std: jax.Array, teacher_mean: jax.Array,
-                teacher_std: jax.Array, ratio: jax.Array, clip_coef: float) -> jax.Array:
-  """Proximal Policy Distillation (Spigler 2024): mean of max(r_t, 1-eps) * KL(teacher || student).
-
-  mean [M, A], log_std [A], teacher_mean/std [M, A] (a Gaussian fitted to N teacher samples),
-  ratio [M] the PPO probability ratio of the taken action.
-  """
-  kl = gaussian_kl(jax.lax.stop_gradient(teacher_mean), jax.lax.stop_gradient(teacher_std),
+def distill_ppd(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
+  """Proximal Policy Distillation (Spigler 2024): mean of max(r_t, 1-eps) * KL(teacher || student),
+  the teacher being the Gaussian fitted to its samples (``teacher.mean``, ``teacher.std``)."""
+  kl = gaussian.kl(jax.lax.stop_gradient(teacher.mean), jax.lax.stop_gradient(teacher.std),
                    mean, log_std)
   return jnp.mean(jnp.maximum(ratio, 1.0 - clip_coef) * kl)
+
+
+DISTILL: dict[str, DistillLoss] = {
+    "mse": distill_mse, "l1": distill_l1, "bc": distill_bc, "ppd": distill_ppd}
 
 
 def distill_coef(env_steps: jax.Array, coef: float, schedule: str,
@@ -128,4 +165,4 @@ def distill_coef(env_steps: jax.Array, coef: float, schedule: str,
     return coef * (1.0 - progress)
   if schedule == "cosine":
     return coef * 0.5 * (1.0 + jnp.cos(jnp.pi * progress))
-  raise ValueError(f"unknown distill schedule {schedule!r}")
+  raise ValueError(f"unknown distill schedule {schedule!r}; use one of {', '.join(SCHEDULES)}")

@@ -74,19 +74,8 @@ class ActorCritic(nn.Module):
     return mean, log_std, value
 
 
-def make_network(config: ml_collections.ConfigDict, action_dim: int) -> ActorCritic:
-  c = config.network
-  return ActorCritic(action_dim=action_dim, encoder=c.encoder, obs_keys=tuple(c.obs_keys),
-                     hidden=tuple(c.hidden), cnn_features=c.cnn_features,
-                     log_std_init=c.log_std_init)
-
-
-def gaussian_log_prob(x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:
-  """Log-density of a diagonal Gaussian, summed over the last axis: [..., A] -> [...]."""
-  z = (x - mean) * jnp.exp(-log_std)
-  return jnp.sum(-0.5 * z**2 - log_std - 0.5 * jnp.log(2 * jnp.pi), axis=-1)
-
-
-def gaussian_entropy(log_std: jax.Array) -> jax.Array:
-  """Entropy of a diagonal Gaussian with log-std [A] (a scalar)."""
-  return jnp.sum(log_std + 0.5 * jnp.log(2 * jnp.pi * jnp.e))
+def make_network(network: ml_collections.ConfigDict, action_dim: int) -> ActorCritic:
+  """The actor-critic of ``config.network`` for an action space of ``action_dim``."""
+  return ActorCritic(action_dim=action_dim, encoder=network.encoder,
+                     obs_keys=tuple(network.obs_keys), hidden=tuple(network.hidden),
+                     cnn_features=network.cnn_features, log_std_init=network.log_std_init)

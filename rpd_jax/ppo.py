@@ -1,15 +1,14 @@
-"""PPO with a distillation term: pure, jitted ``policy_step`` and ``update``.
+"""PPO with a distillation term: the train state, the optimizer and the jitted ``update``.
 
-One PPO iteration (see DESIGN.md): the trainer's host loop calls ``policy_step`` once per env
-step and collects a ``Rollout``; ``update`` is ONE jitted call that queries the teacher once per
-collected transition, computes GAE, and runs ``lax.scan`` over epochs and shuffled minibatches.
+One PPO iteration (docs/architecture.md): ``rollout.collect`` steps the envs with the student and
+returns a ``Rollout``; ``update`` is ONE jitted call that queries the teacher once per collected
+transition, computes GAE, and runs ``lax.scan`` over epochs and shuffled minibatches.
 Shapes: T = num_steps, B = num_envs, A = action dim, N = teacher samples.
 """
 
 from __future__ import annotations
 
-import functools
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import chex
 import jax
@@ -18,9 +17,10 @@ import ml_collections
 import optax
 from flax import struct
 
-from rpd_jax import losses
+from rpd_jax import gaussian, losses
 from rpd_jax.envs.base import Observation
-from rpd_jax.networks import ActorCritic, gaussian_log_prob
+from rpd_jax.networks import ActorCritic
+from rpd_jax.rollout import Rollout
 from rpd_jax.teachers.base import Teacher, query
 
 
@@ -32,34 +32,12 @@ class TrainState:
   env_steps: jax.Array  # int32 scalar: env transitions collected
 
 
-class Rollout(NamedTuple):
-  """T steps of B envs, as collected by the trainer's host loop."""
-  obs: Observation  # [T, B, ...] observation the action was taken in
-  prev_obs0: Observation  # [B, ...] the observation before obs[0] (for window-2 teachers)
-  is_first: jax.Array  # bool [T, B]: obs[t] starts an episode
-  actions: jax.Array  # [T, B, A] sampled (unclipped) actions
-  log_probs: jax.Array  # [T, B]
-  values: jax.Array  # [T, B] V(obs[t])
-  rewards: jax.Array  # [T, B]
-  terminated: jax.Array  # bool [T, B]
-  truncated: jax.Array  # bool [T, B]
-  final_values: jax.Array  # [T, B] V(final observation) of episodes that ended at t, else junk
-  last_value: jax.Array  # [B] V(observation after the last step)
-
-
-class PolicyStep(NamedTuple):
-  action: jax.Array  # [B, A]
-  log_prob: jax.Array  # [B]
-  value: jax.Array  # [B] V(obs)
-  final_value: jax.Array  # [B] V(final_obs) of the previous env step
-
-
-def make_optimizer(config: ml_collections.ConfigDict, num_iterations: int):
-  c = config.ppo
-  lr = c.learning_rate
-  if c.anneal_lr:
-    lr = optax.linear_schedule(lr, 0.0, num_iterations * c.update_epochs * c.num_minibatches)
-  return optax.chain(optax.clip_by_global_norm(c.max_grad_norm), optax.adam(lr, eps=1e-5))
+def make_optimizer(ppo: ml_collections.ConfigDict, num_iterations: int):
+  """Adam with global-norm clipping, as ManiSkill's PPO (``config.ppo``)."""
+  lr = ppo.learning_rate
+  if ppo.anneal_lr:
+    lr = optax.linear_schedule(lr, 0.0, num_iterations * ppo.update_epochs * ppo.num_minibatches)
+  return optax.chain(optax.clip_by_global_norm(ppo.max_grad_norm), optax.adam(lr, eps=1e-5))
 
 
 def init_train_state(network: ActorCritic, optimizer, obs: Observation,
@@ -69,103 +47,71 @@ def init_train_state(network: ActorCritic, optimizer, obs: Observation,
                     iteration=jnp.zeros((), jnp.int32), env_steps=jnp.zeros((), jnp.int32))
 
 
-def make_policy_step(network: ActorCritic):
-  """Jitted (params, obs, final_obs, key) -> PolicyStep: one sampled action per env.
-
-  V(final_obs) of the previous step is computed here, in the same call, so that bootstrapping
-  on truncation costs no extra dispatch and no stored final observations.
-  """
-  @jax.jit
-  def policy_step(params, obs: Observation, final_obs: Observation, key) -> PolicyStep:
-    mean, log_std, value = network.apply(params, obs)
-    action = mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
-    _, _, final_value = network.apply(params, final_obs)
-    return PolicyStep(action, gaussian_log_prob(action, mean, log_std), value, final_value)
-  return policy_step
-
-
-def make_act_deterministic(network: ActorCritic):
-  """Jitted (params, obs) -> mean action [B, A], for evaluation."""
-  return jax.jit(lambda params, obs: network.apply(params, obs)[0])
-
-
-def _shift_in(first: Observation, rest: Observation) -> Observation:
-  """prev[t] = rest[t - 1], prev[0] = first: [B, ...], [T, B, ...] -> [T, B, ...]."""
-  return jax.tree.map(lambda f, r: jnp.concatenate([f[None], r[:-1]], axis=0), first, rest)
-
-
 def _flatten(tree):
+  """[T, B, ...] -> [T * B, ...]."""
   return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), tree)
 
 
-def teacher_targets(teacher: Teacher, rollout: Rollout, key: jax.Array, loss: str,
-                    num_samples: int, min_std: float) -> dict[str, jax.Array]:
-  """Queries the teacher ONCE for every collected transition: [T * B, A] targets."""
-  prev_obs = _shift_in(rollout.prev_obs0, rollout.obs)
-  out = query(teacher, _flatten(rollout.obs), _flatten(prev_obs), _flatten(rollout.is_first),
-              key, num_samples if loss == "ppd" else 0)
-  targets = dict(teacher_action=out.action)
-  if loss == "ppd":
-    targets["teacher_mean"], targets["teacher_std"] = losses.fit_gaussian(out.samples, min_std)
-  return jax.lax.stop_gradient(targets)
+def teacher_targets(teacher: Teacher, rollout: Rollout, key: jax.Array, num_samples: int,
+                    min_std: float, chunk_size: int) -> losses.TeacherTargets:
+  """The teacher, queried ONCE for every collected transition: targets [T * B, A].
 
-
-def make_update(network: ActorCritic, optimizer, config: ml_collections.ConfigDict):
-  """Returns the jitted ``update(state, teacher, rollout, key) -> (state, metrics)``.
-
-  It compiles once (``chex.assert_max_traces``): every shape is fixed by the config, and the
-  distillation weight lambda(env_steps) is computed in the graph, not baked in.
+  ``num_samples`` > 0 (PPD) also fits a Gaussian to that many samples per transition.
   """
-  c, d = config.ppo, config.distill
-  loss_name = d.loss
+  prev_obs = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest[:-1]]),
+                          rollout.prev_obs0, rollout.obs)  # prev_obs[t] = obs[t - 1]
+  out = query(teacher, _flatten(rollout.obs), _flatten(prev_obs), _flatten(rollout.is_first),
+              key, num_samples, chunk_size)
+  if not num_samples:
+    return jax.lax.stop_gradient(losses.TeacherTargets(out.action))
+  mean, std = gaussian.fit(out.samples, min_std)
+  return jax.lax.stop_gradient(losses.TeacherTargets(out.action, mean, std))
 
-  def loss_fn(params, mb, coef):
-    mean, log_std, value = network.apply(params, mb["obs"])
-    adv = mb["advantages"]
-    if c.norm_adv:
-      adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-    loss, aux = losses.ppo_loss(mean, log_std, value, mb["actions"], mb["log_probs"],
-                                mb["values"], adv, mb["returns"], c.clip_coef, c.vf_coef,
-                                c.ent_coef, c.clip_vloss)
-    metrics = {k: v for k, v in aux.items() if k != "ratio"}
-    if loss_name != "none":
-      if loss_name == "mse":
-        distill = losses.distill_mse(mean, mb["teacher_action"])
-      elif loss_name == "l1":
-        distill = losses.distill_l1(mean, mb["teacher_action"])
-      elif loss_name == "bc":
-        distill = losses.distill_bc(mean, log_std, mb["teacher_action"])
-      else:
-        distill = losses.distill_ppd(mean, log_std, mb["teacher_mean"], mb["teacher_std"],
-                                     aux["ratio"], c.clip_coef)
-      loss = loss + coef * distill
-      metrics["distill"] = distill
-      metrics["teacher_gap"] = jnp.mean(jnp.abs(mean - mb["teacher_action"]))
+
+def make_update(network: ActorCritic, optimizer, ppo: ml_collections.ConfigDict,
+                distill: ml_collections.ConfigDict, teacher_chunk_size: int):
+  """The jitted ``update(state, teacher, rollout, key) -> (state, metrics)``.
+
+  ``ppo`` and ``distill`` are ``config.ppo`` and ``config.distill``; ``teacher_chunk_size``
+  bounds the observations per teacher call (``config.teacher.chunk_size``). It compiles once
+  (``chex.assert_max_traces``): every shape is fixed by the config, and the distillation
+  weight lambda(env_steps) is computed in the graph, not baked in.
+  """
+  distill_loss = losses.DISTILL.get(distill.loss)  # None: plain PPO
+  num_samples = distill.ppd_samples if distill.loss == "ppd" else 0
+
+  def loss_fn(params, mb: losses.Minibatch, coef):
+    mean, log_std, value = network.apply(params, mb.obs)
+    loss, metrics = losses.ppo_loss(
+        mean, log_std, value, mb, clip_coef=ppo.clip_coef, vf_coef=ppo.vf_coef,
+        ent_coef=ppo.ent_coef, clip_vloss=ppo.clip_vloss, norm_adv=ppo.norm_adv)
+    ratio = metrics.pop("ratio")
+    if distill_loss is not None:
+      metrics["distill"] = distill_loss(mean, log_std, mb.teacher, ratio, ppo.clip_coef)
+      metrics["teacher_gap"] = jnp.mean(jnp.abs(mean - mb.teacher.action))
+      loss = loss + coef * metrics["distill"]
     metrics["total"] = loss
     return loss, metrics
 
-  grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-
-  def minibatch_step(carry, idx, batch, coef):
+  def minibatch_step(carry, mb: losses.Minibatch, coef):
     params, opt_state, stopped = carry
-    mb = jax.tree.map(lambda x: x[idx], batch)
 
-    def run(_):
-      (_, metrics), grads = grad_fn(params, mb, coef)
+    def apply(_):
+      (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, mb, coef)
+      metrics["grad_norm"] = optax.tree.norm(grads)
       # ManiSkill's early stop: once a minibatch's KL (measured before its step) exceeds the
       # target, neither it nor any later minibatch of this update is applied.
-      apply = (metrics["approx_kl"] <= c.target_kl) if c.target_kl > 0 else jnp.bool_(True)
-      updates, new_opt = optimizer.update(grads, opt_state, params)
-      new_params = optax.apply_updates(params, updates)
-      pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-      metrics["grad_norm"] = optax.tree.norm(grads)
-      return (pick(new_params, params), pick(new_opt, opt_state), ~apply), (metrics, apply)
+      ok = metrics["approx_kl"] <= ppo.target_kl if ppo.target_kl > 0 else jnp.bool_(True)
+      updates, new_opt_state = optimizer.update(grads, opt_state, params)
+      pick = lambda new, old: jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+      return ((pick(optax.apply_updates(params, updates), params),
+               pick(new_opt_state, opt_state), ~ok), (metrics, ok))
 
     def skip(_):
-      metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(run, None)[1][0])
+      metrics = jax.tree.map(jnp.zeros_like, jax.eval_shape(apply, None)[1][0])
       return (params, opt_state, stopped), (metrics, jnp.bool_(False))
 
-    return jax.lax.cond(stopped, skip, run, None)
+    return jax.lax.cond(stopped, skip, apply, None)
 
   # chex identifies a function by its source and definition stack, so every update made here
   # shares one counter: start it afresh for this one (a run builds its update once).
@@ -173,43 +119,36 @@ def make_update(network: ActorCritic, optimizer, config: ml_collections.ConfigDi
 
   @chex.assert_max_traces(n=1)
   def update(state: TrainState, teacher: Optional[Teacher], rollout: Rollout, key: jax.Array):
-    num_steps, num_envs = rollout.rewards.shape
-    batch_size = num_steps * num_envs
+    batch_size = rollout.rewards.size
     k_teacher, k_perm = jax.random.split(key)
-
-    dones = rollout.terminated | rollout.truncated
-    next_values = jnp.concatenate([rollout.values[1:], rollout.last_value[None]], axis=0)
-    if c.bootstrap_at_done == "always":
-      next_values = jnp.where(dones, rollout.final_values, next_values)
-    else:  # "truncated": a terminal state is worth 0
-      next_values = jnp.where(rollout.truncated, rollout.final_values, next_values)
-      next_values = jnp.where(rollout.terminated, 0.0, next_values)
-    advantages = losses.gae(rollout.rewards * c.reward_scale, rollout.values, next_values, dones,
-                            c.gamma, c.gae_lambda, c.finite_horizon_gae)
-    batch = _flatten(dict(obs=rollout.obs, actions=rollout.actions,
-                          log_probs=rollout.log_probs, values=rollout.values,
-                          advantages=advantages, returns=advantages + rollout.values))
+    next_values = losses.bootstrap_values(rollout.values, rollout.last_value,
+                                          rollout.final_values, rollout.terminated,
+                                          rollout.truncated, ppo.bootstrap_at_done)
+    advantages = losses.gae(rollout.rewards * ppo.reward_scale, rollout.values, next_values,
+                            rollout.terminated | rollout.truncated, ppo.gamma, ppo.gae_lambda,
+                            ppo.finite_horizon_gae)
+    batch = losses.Minibatch(*_flatten((rollout.obs, rollout.actions, rollout.log_probs,
+                                        rollout.values, advantages, advantages + rollout.values)))
     metrics = {}
-    if loss_name != "none":
-      batch.update(teacher_targets(teacher, rollout, k_teacher, loss_name, d.ppd_samples,
-                                   d.ppd_min_std))
+    if distill_loss is not None:
+      batch = batch._replace(teacher=teacher_targets(
+          teacher, rollout, k_teacher, num_samples, distill.ppd_min_std, teacher_chunk_size))
       # What the teacher saw per collected transition: 1 by construction, logged as a check.
-      metrics["teacher/calls_per_step"] = jnp.float32(batch["teacher_action"].shape[0] /
-                                                      batch_size)
-    coef = losses.distill_coef(state.env_steps, d.coef, d.schedule, d.decay_steps)
+      metrics["teacher/calls_per_step"] = jnp.float32(batch.teacher.action.shape[0] / batch_size)
+    coef = losses.distill_coef(state.env_steps, distill.coef, distill.schedule,
+                               distill.decay_steps)
 
-    mb_size = batch_size // c.num_minibatches
+    # update_epochs shuffles of the batch, each cut into num_minibatches: [E * K, M] indices.
     perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(
-        jax.random.split(k_perm, c.update_epochs))
-    indices = perms.reshape(c.update_epochs * c.num_minibatches, mb_size)
+        jax.random.split(k_perm, ppo.update_epochs))
+    indices = perms.reshape(ppo.update_epochs * ppo.num_minibatches, -1)
     (params, opt_state, _), (mb_metrics, applied) = jax.lax.scan(
-        lambda carry, idx: minibatch_step(carry, idx, batch, coef),
+        lambda carry, idx: minibatch_step(carry, jax.tree.map(lambda x: x[idx], batch), coef),
         (state.params, state.opt_state, jnp.bool_(False)), indices)
 
-    num_applied = applied.sum()
-    weight = applied / jnp.maximum(num_applied, 1)
+    weight = applied / jnp.maximum(applied.sum(), 1)  # averages over the applied steps only
     metrics.update({f"loss/{k}": jnp.sum(v * weight) for k, v in mb_metrics.items()})
-    metrics["loss/update_fraction"] = num_applied / applied.shape[0]
+    metrics["loss/update_fraction"] = applied.mean()
     metrics["loss/distill_coef"] = coef
     metrics["train/log_std"] = params["params"]["log_std"].mean()
     metrics["train/value_mean"] = rollout.values.mean()

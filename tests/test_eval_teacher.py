@@ -4,7 +4,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rpd_jax import eval_teacher
+from rpd_jax.pipeline import eval_teacher
 
 
 def _chunks_fn():
@@ -27,7 +27,7 @@ def _run(execution, steps=6):
   for t in range(steps):
     obs = {"t": jnp.full((2,), t)}
     is_first = np.array([t == 0, t in (0, 2)])  # env 1 starts a new episode at step 2
-    out.append(np.asarray(act(obs, obs, is_first, None))[:, 0])
+    out.append(np.asarray(act(obs, obs, is_first, None)[0])[:, 0])
   return np.stack(out)  # [steps, B]
 
 
@@ -78,7 +78,7 @@ def test_evaluation_episodes_start_from_distinct_seeds():
                              success=done, final_obs=obs)
 
   env = OneStepEnv()
-  result = evaluate.evaluate(env, lambda o, p, f, k: jnp.zeros((2, 1)), 6, seed=10,
+  result = evaluate.evaluate(env, lambda o, p, f, k: (jnp.zeros((2, 1)), {}), 6, seed=10,
                              key=jax.random.key(0))
   assert env.seeds == [10, 12, 14]  # env i of round r: 10 + 2r + i, six different episodes
   assert result["eval/success_rate"] == 1.0 and result["eval/episode_length"] == 1.0

@@ -5,19 +5,18 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
 from experiments import finetune_octo
-from rpd_jax import demos as demos_lib
-from rpd_jax import finetune
 from rpd_jax import octo
+from rpd_jax.pipeline import demos as demos_lib
+from rpd_jax.pipeline import finetune
 from rpd_jax.teachers import octo as octo_teacher
 
 
 def write_fake_demos(folder, lengths, image_size=32, instruction="push the cube", seed=0):
-  """Episodes in the on-disk format of rpd_jax.demos, with images that encode the action."""
+  """Episodes in the on-disk format of rpd_jax.pipeline.demos, images encoding the action."""
   rng = np.random.default_rng(seed)
   os.makedirs(folder, exist_ok=True)
   for k, n in enumerate(lengths):
@@ -67,7 +66,7 @@ def test_batches_stream_jax_arrays(tmp_path):
 
 
 def test_load_rejects_a_folder_without_metadata(tmp_path):
-  with pytest.raises(FileNotFoundError, match="python -m rpd_jax.demos"):
+  with pytest.raises(FileNotFoundError, match="python -m rpd_jax.pipeline.demos"):
     demos_lib.load(str(tmp_path))
 
 
@@ -76,7 +75,7 @@ def test_statistics_keep_the_gripper_raw_in_octo_convention():
   np.testing.assert_array_equal(actions[:, -1], [0.0, 1.0])
   stats = finetune.dataset_statistics(actions, 1)["action"]
   assert stats["mask"].tolist() == [True] * 6 + [False]
-  normed = finetune.normalize(jnp.asarray(actions), stats, 5.0)
+  normed = octo.normalize(jnp.asarray(actions), stats, 5.0)
   np.testing.assert_allclose(normed[:, 0], [1.0, -1.0], atol=1e-5)
   np.testing.assert_array_equal(normed[:, -1], [0.0, 1.0])
 
@@ -134,8 +133,7 @@ def test_finetune_from_scratch_writes_an_octo_checkpoint_the_teacher_loads(tmp_p
   assert stats["action"]["mask"] == [True] * 6 + [False]
   assert stats["num_trajectories"] == 3
 
-  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "X"}})
-  teacher = octo_teacher.make_teacher(env_config, chunk_size=8, checkpoint=workdir)
+  teacher = octo_teacher.make_teacher(workdir)  # no language input: no instruction
   obs = {"rgb": jnp.zeros((2, 64, 64, 3), jnp.uint8)}
   out = teacher.apply_fn(teacher.params, obs, obs, jnp.ones(2, bool), jax.random.key(0), 3)
   assert out.action.shape == (2, 7) and out.samples.shape == (3, 2, 7)
@@ -204,7 +202,8 @@ def test_validate_names_the_bad_value():
 def test_skip_first_step_starts_one_step_later():
   """The skipped sampler equals the official loop begun from the same noise at t = T-2."""
   from rpd_jax.octo import heads  # pylint: disable=g-import-not-at-top
-  head = heads.DiffusionActionHead(action_horizon=1, action_dim=2, diffusion_steps=5)
+  from rpd_jax.octo.config import HeadSpec  # pylint: disable=g-import-not-at-top
+  head = HeadSpec(action_horizon=1, action_dim=2, diffusion_steps=5)
   eps_fn = lambda x, t: 0.1 * x + 0.01 * t
   rng = jax.random.key(0)
   skipped = heads.sample_chunks(eps_fn, (3, 1, 2), rng, head, skip_first_step=True)

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax.envs import jax_push, make_env
+from rpd_jax.envs import jax_push, make_env, observation_keys
+from rpd_jax.errors import ConfigError
 from rpd_jax.teachers import make_teacher, query, scripted
 
 NUM_ENVS = 16
@@ -150,11 +151,12 @@ def test_noise_free_teacher_beats_a_noisy_one():
 
 def test_teacher_samples_under_jit():
   obs, first = sparse_env().reset(0), jnp.ones(NUM_ENVS, bool)
-  teacher = scripted.make_push_teacher(chunk_size=8)
+  teacher = scripted.make_push_teacher()
 
   @jax.jit
   def action_sum(params):  # differentiable in the teacher's params, without NaNs
-    out = query(teacher.replace(params=params), obs, obs, first, jax.random.key(0), 3)
+    out = query(teacher.replace(params=params), obs, obs, first, jax.random.key(0), 3,
+                chunk_size=8)
     return out.action.sum(), out
 
   grads, out = jax.grad(action_sum, has_aux=True)(teacher.params)
@@ -172,7 +174,18 @@ def test_built_by_name_from_config():
   c.env.reward_mode = "sparse"
   env = make_env(c.env, num_envs=NUM_ENVS, seed=0)
   assert env.observation_spec["state"].shape == (10,)
-  assert make_teacher(c.teacher, c.env).params["noise"] == scripted.DEFAULT_NOISE
+  assert make_teacher(c.teacher).params["noise"] == scripted.DEFAULT_NOISE
+  c.teacher.kwargs.nois = 0.5
+  with pytest.raises(ConfigError, match="kwargs.nois is not an option of the 'scripted_push'"):
+    make_teacher(c.teacher)
   c.env.kwargs.colour = "red"
-  with pytest.raises(ValueError, match="colour"):
+  with pytest.raises(ConfigError, match="config.env.kwargs.colour is not an option"):
     make_env(c.env, num_envs=NUM_ENVS, seed=0)
+
+
+@pytest.mark.parametrize("obs_mode", ["state", "state_rgb", "rgb"])
+def test_observation_keys_match_the_registry(obs_mode):
+  c = config_lib.base_config()
+  c.env.kwargs.obs_mode = obs_mode
+  env = make_env(c.env, num_envs=2, seed=0)
+  assert sorted(env.observation_spec) == sorted(observation_keys(c.env))

@@ -9,14 +9,14 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import torch
-from ml_collections import config_flags
 
 from rpd_jax import config as config_lib
+from rpd_jax import envs, rollout
 from rpd_jax.envs import maniskill, tasks, vulkan
+from rpd_jax.errors import ConfigError
 from rpd_jax.teachers import base as teacher_base
 from rpd_jax.teachers import maniskill_scripted
 
@@ -51,7 +51,7 @@ def test_every_task_steps_with_state(env_id):
     assert env.max_episode_steps == info.max_episode_steps
     assert env.observation_spec["state"].shape == (info.state_dim,)
     assert env.observation_spec["privileged"].shape == (info.state_dim,)
-    _check_step(env, {"state", "privileged"})
+    _check_step(env, set(envs.OBSERVATION_KEYS["maniskill"]["state"]))
   finally:
     env.close()
 
@@ -85,7 +85,7 @@ def test_every_task_steps_with_rgb(env_id, _renderer):
   try:
     env.reset(seed=0)
     obs, reward, terminated, truncated, _ = env.step(torch.zeros(1, 7))
-    assert set(obs) == {"rgb", "privileged"}
+    assert set(obs) == set(envs.OBSERVATION_KEYS["maniskill"]["rgb"])
     assert obs["rgb"].shape == (1, 64, 64, 3) and obs["rgb"].dtype == torch.uint8
     assert obs["rgb"].float().std() > 10  # a rendered scene, not a blank frame
     assert obs["privileged"].shape == (1, tasks.TASKS[env_id].state_dim)
@@ -97,7 +97,7 @@ def test_every_task_steps_with_rgb(env_id, _renderer):
 def test_state_rgb_and_render():
   env = _env(obs_mode="state_rgb", image_size=64)
   try:
-    res = _check_step(env, {"state", "rgb", "privileged"})
+    res = _check_step(env, set(envs.OBSERVATION_KEYS["maniskill"]["state_rgb"]))
     # The student's state in state_rgb is the robot's proprioception: qpos and qvel of the
     # Panda (9 + 9), the leading slice of the privileged state.
     np.testing.assert_array_equal(res.obs["state"], res.obs["privileged"][:, :18])
@@ -139,9 +139,7 @@ def test_truncation_auto_reset_and_final_obs():
 
 def test_success_terminates_with_final_obs_at_the_goal():
   env = _env(num_envs=2, reward_mode="normalized_dense")
-  teacher = maniskill_scripted.make_teacher(
-      ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}}),
-      noise=0.0)
+  teacher = maniskill_scripted.make_teacher("PushCube-v1", noise=0.0)
   act = jax.jit(lambda obs: teacher.apply_fn(teacher.params, obs, obs, None,
                                              jax.random.key(0), 0).action)
   try:
@@ -203,19 +201,17 @@ def test_vulkan_error_says_how_to_fix(monkeypatch):
 
 @pytest.mark.parametrize("env_id", list(maniskill_scripted.CONTROLLERS))
 def test_scripted_teacher_shapes(env_id):
-  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": env_id}})
-  teacher = maniskill_scripted.make_teacher(env_config, chunk_size=4, noise=0.5)
+  teacher = maniskill_scripted.make_teacher(env_id, noise=0.5)
   dim = tasks.TASKS[env_id].state_dim
   obs = {"privileged": jax.random.normal(jax.random.key(0), (8, dim)) * 0.1}
-  out = jax.jit(teacher_base.query, static_argnums=5)(
-      teacher, obs, obs, jnp.zeros(8, bool), jax.random.key(1), 3)
+  out = jax.jit(teacher_base.query, static_argnums=(5, 6))(
+      teacher, obs, obs, jnp.zeros(8, bool), jax.random.key(1), 3, 4)
   chex.assert_shape(out.action, (8, 7))
   chex.assert_shape(out.samples, (3, 8, 7))
   assert jnp.all(jnp.abs(out.samples) <= 1.0)
   assert not jnp.allclose(out.samples[0], out.samples[1])  # independent noise per sample
-  with pytest.raises(ValueError, match="scripted teachers exist for"):
-    maniskill_scripted.make_teacher(ml_collections.ConfigDict(
-        {"name": "maniskill", "kwargs": {"env_id": "PokeCube-v1"}}))
+  with pytest.raises(ConfigError, match="kwargs.task='PokeCube-v1' has no scripted"):
+    maniskill_scripted.make_teacher("PokeCube-v1")
 
 
 @pytest.mark.parametrize("env_id", ["PickCube-v1", "StackCube-v1", "LiftPegUpright-v1",
@@ -224,28 +220,22 @@ def test_scripted_teacher_solves_task_without_noise(env_id):
   # Two rounds of two envs (seeds 1, 2 and 2, 3), within the task's own time limit. Measured
   # over 32 episodes (module CLI) all four succeed in 90-100% of episodes at noise 0.
   from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
-  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": env_id}})
-  teacher = maniskill_scripted.make_teacher(env_config, noise=0.0)
-  act = jax.jit(lambda obs, prev_obs, is_first, key: teacher.apply_fn(
-      teacher.params, obs, prev_obs, is_first, key, 0).action)
+  policy = rollout.teacher_policy(maniskill_scripted.make_teacher(env_id, noise=0.0))
   env = _env(env_id, num_envs=2, reward_mode="sparse")
   try:
-    result = evaluate.evaluate(env, act, 4, seed=1, key=jax.random.key(0))
+    result = evaluate.evaluate(env, policy, 4, seed=1, key=jax.random.key(0))
   finally:
     env.close()
   assert result["eval/success_rate"] >= 0.75, result
 
 
 def _load(repo_root, name, arg):
-  path = os.path.join(repo_root, "experiments", f"{name}.py")
-  load = config_flags.config_flags._LoadConfigModule  # pylint: disable=protected-access
-  return load(name, path).get_config(arg)
+  return config_lib.load(os.path.join(repo_root, "experiments", f"{name}.py:{arg or ''}"))
 
 
 @pytest.mark.parametrize("name", ["pickcube", "pushcube", "pullcube", "liftpegupright",
                                   "rollball", "stackcube", "pullcubetool", "pokecube"])
-def test_experiment_configs(repo_root, monkeypatch, name):
-  monkeypatch.syspath_prepend(repo_root)
+def test_experiment_configs(repo_root, name):
   c = _load(repo_root, name, None)
   config_lib.validate(c)
   env_id = c.env.kwargs.env_id

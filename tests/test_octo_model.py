@@ -109,7 +109,7 @@ def test_load_from_hub_cache(tmp_path, monkeypatch):
   (repo / "refs").mkdir()
   (repo / "refs" / "main").write_text("abc")
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
-  assert octo.checkpoint.resolve_checkpoint_dir("hf://rail-berkeley/octo-tiny") == str(snapshot)
+  assert octo.resolve_checkpoint("hf://rail-berkeley/octo-tiny") == str(snapshot)
   model = octo.load_pretrained("rail-berkeley/octo-tiny")
   assert model.window_size == 2
 

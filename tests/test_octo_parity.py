@@ -185,7 +185,7 @@ def test_trajectory_with_injected_noise(version):
   20-step chain on our own states.
   """
   g, m = goldens(version), model(version)
-  head = heads_lib.DiffusionActionHead(**vars(dict(m.spec.heads)["action"]))
+  head = dict(m.spec.heads)["action"]
   betas, alphas, alpha_hats = heads_lib.schedule(head.diffusion_steps)
   embedding = g["traj/in/readout_tokens"].mean(axis=-2)
   eps_fn = head_fn(version)

@@ -15,15 +15,18 @@ from typing import Any
 import chex
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from flax import struct
 
 import rpd_jax.octo as rpd_octo
-from rpd_jax.octo import text
 from rpd_jax.bench import teacher as teacher_bench
-from rpd_jax.teachers import base, octo, remote
+from rpd_jax.bench import remote
+from rpd_jax.errors import ConfigError
+from rpd_jax.octo import hub
+from rpd_jax.teachers import base, octo
+
+INSTRUCTION = "push the cube away from the robot base"
 
 FIXTURE_DIR = pathlib.Path(
     os.environ.get("OCTO_PARITY_DIR", pathlib.Path(__file__).parent / "data" / "octo_parity"))
@@ -76,7 +79,7 @@ def gray(batch, value, size=8):
 
 
 # base.query, jitted (op-by-op dispatch of the adapter would dominate these tests' time).
-query = jax.jit(base.query, static_argnums=5)
+query = jax.jit(base.query, static_argnums=(5, 6))
 
 
 def raw_teacher(model, **kwargs):
@@ -191,30 +194,29 @@ def test_compiles_once():
     jax.block_until_ready(out)
 
 
-def test_instruction_lookup():
-  env = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}})
-  from rpd_jax.envs import tasks
-  assert octo.instruction_for(env) == tasks.TASKS["PushCube-v1"].instruction
-  env.kwargs.env_id = "Nope-v0"
-  with pytest.raises(ValueError, match="instruction="):
-    octo.instruction_for(env)
-  with pytest.raises(ValueError, match="instruction="):
-    octo.instruction_for(ml_collections.ConfigDict({"name": "jax_push", "kwargs": {}}))
+def test_a_language_model_needs_its_instruction_in_the_teacher_config(tiny_tokenizer_dir):
+  with pytest.raises(ConfigError, match="config.teacher.kwargs.instruction"):
+    octo.make_teacher(str(_fixture("tiny_v15")), tokenizer_dir=str(tiny_tokenizer_dir))
 
 
 def test_resolve_checkpoint(tmp_path, monkeypatch):
-  assert octo.resolve_checkpoint(tmp_path) == str(tmp_path)
-  monkeypatch.setattr(octo, "DOWNLOADS", tmp_path / "downloads")
+  assert hub.resolve_checkpoint(tmp_path) == str(tmp_path)
+  assert hub.resolve_checkpoint("octo-tiny-pushcube") == str(hub.SHIPPED / "octo-tiny-pushcube")
+  monkeypatch.setattr(hub, "DOWNLOADS", tmp_path / "downloads")
   monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
   with pytest.raises(FileNotFoundError, match="third_party/README.md"):
-    octo.resolve_checkpoint("octo-small-1.5")
-  snapshot = tmp_path / "hub" / "models--rail-berkeley--octo-small-1.5" / "snapshots" / "abc"
-  snapshot.mkdir(parents=True)
-  assert octo.resolve_checkpoint("hf://rail-berkeley/octo-small-1.5") == str(snapshot)
+    hub.resolve_checkpoint("octo-small-1.5")
+  snapshots = tmp_path / "hub" / "models--rail-berkeley--octo-small-1.5" / "snapshots"
+  (snapshots / "abc").mkdir(parents=True)
+  assert hub.resolve_checkpoint("hf://rail-berkeley/octo-small-1.5") == str(snapshots / "abc")
+  (snapshots / "def").mkdir()  # newer, but refs/main names abc
+  (snapshots.parent / "refs").mkdir()
+  (snapshots.parent / "refs" / "main").write_text("abc")
+  assert hub.resolve_checkpoint("rail-berkeley/octo-small-1.5") == str(snapshots / "abc")
   (tmp_path / "downloads" / "octo-small-1.5").mkdir(parents=True)
-  assert octo.resolve_checkpoint("octo-small-1.5").endswith("downloads/octo-small-1.5")
+  assert hub.resolve_checkpoint("octo-small-1.5").endswith("downloads/octo-small-1.5")
   with pytest.raises(FileNotFoundError, match="neither a folder"):
-    octo.resolve_checkpoint("octo-huge")
+    hub.resolve_checkpoint("octo-huge")
 
 
 def test_chunks_drive_temporal_ensemble():
@@ -271,8 +273,7 @@ def fixture_teacher(request, tiny_tokenizer_dir):
   folder = _fixture(request.param)
   if not hasattr(rpd_octo, "load_pretrained"):
     pytest.skip("rpd_jax.octo.load_pretrained is not available")
-  env = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}})
-  return octo.make_teacher(env, chunk_size=4, checkpoint=str(folder), window=2,
+  return octo.make_teacher(str(folder), instruction=INSTRUCTION, window=2,
                            tokenizer_dir=str(tiny_tokenizer_dir))
 
 
@@ -290,7 +291,7 @@ def test_fixture_teacher(fixture_teacher):
   @jax.jit
   @chex.assert_max_traces(n=1)
   def query(teacher, obs, prev, is_first, key):
-    return base.query(teacher, obs, prev, is_first, key, num_samples=3)
+    return base.query(teacher, obs, prev, is_first, key, num_samples=3, chunk_size=4)
 
   chex.clear_trace_counter()
   key = jax.random.key(0)
@@ -306,14 +307,13 @@ def test_fixture_teacher(fixture_teacher):
 
 def test_fixture_teacher_bfloat16(tiny_tokenizer_dir):
   """bfloat16 compute (tiny_v15): same shapes, finite, within the action bounds."""
-  env = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": "PushCube-v1"}})
-  teacher = octo.make_teacher(env, chunk_size=2, checkpoint=str(_fixture("tiny_v15")),
+  teacher = octo.make_teacher(str(_fixture("tiny_v15")), instruction=INSTRUCTION,
                               tokenizer_dir=str(tiny_tokenizer_dir), dtype="bfloat16")
   assert teacher.params["model"].module.dtype == jnp.bfloat16
   # The instruction was embedded once, in float32.
   assert teacher.params["task"]["language_instruction"].dtype == jnp.float32
   obs = {"rgb": jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3)), jnp.uint8)}
-  out = query(teacher, obs, obs, jnp.array([True, False]), jax.random.key(0), 2)
+  out = query(teacher, obs, obs, jnp.array([True, False]), jax.random.key(0), 2, 2)
   assert out.action.dtype == jnp.float32 and out.samples.shape == (2, 2, 7)
   assert np.isfinite(out.samples).all() and np.abs(out.samples).max() <= 1.0
 
@@ -352,8 +352,9 @@ def test_pack_roundtrip_with_shared_memory():
 
 def test_bench_tiny_in_process_and_server(tmp_path):
   out = tmp_path / "bench.json"
-  rows = teacher_bench.main(["--size", "tiny", "--batch", "1", "--server-batch", "1",
-                             "--repeats", "1", "--json", str(out)])
+  settings = teacher_bench.Settings(size="tiny", batch=(1,), server_batch=(1,), repeats=1)
+  rows = teacher_bench.run(settings)
+  teacher_bench.save(str(out), settings, rows)
   assert [r["mode"] for r in rows] == ["in-process", "server"]
   for row in rows:
     assert row["batch"] == 1 and row["window"] == 1 and row["samples_per_s"] > 0
@@ -361,6 +362,6 @@ def test_bench_tiny_in_process_and_server(tmp_path):
   assert "hop_ms" in rows[1]
   assert rows[1]["max_abs_diff"] < 1e-4  # the server computes what the in-process teacher does
   saved = json.loads(out.read_text())
-  assert saved["rows"] == rows and saved["setup"]["argv"][:2] == ["--size", "tiny"]
+  assert saved["rows"] == rows and saved["setup"]["settings"]["size"] == "tiny"
   table = teacher_bench.markdown(rows)
   assert table.count("\n") == 3 and "| server | tiny | float32 | 1 | 1 |" in table

@@ -80,22 +80,3 @@ def test_finds_hf_cache_snapshot(spiece_folder, tmp_path, monkeypatch):
   monkeypatch.setattr(text, "DOWNLOAD_DIR", tmp_path / "absent")
   assert text.find_t5_folders() == [snapshot]
   assert text.T5Tokenizer.find().vocab_size == text.T5Tokenizer.from_folder(snapshot).vocab_size
-
-
-def test_embedding_cache_encodes_each_instruction_once(tokenizer):
-  seen = []
-
-  def encode(tokens):  # a stand-in encoder: embedding = token ids, [B, 16, 2]
-    seen.append(tokens["input_ids"].shape[0])
-    ids = tokens["input_ids"].astype(np.float32)
-    return np.stack([ids, -ids], axis=-1)
-
-  cache = text.EmbeddingCache(tokenizer, encode)
-  a = cache(["push the cube to the goal", "lift the peg upright", "push the cube to the goal"])
-  assert a.shape == (3, 16, 2)
-  np.testing.assert_array_equal(a[0], a[2])
-  b = cache(["lift the peg upright", "roll the ball to the goal"])
-  np.testing.assert_array_equal(b[0], a[1])
-  assert seen == [2, 1] and cache.encoder_calls == 2 and len(cache) == 3
-  cache("lift the peg upright")
-  assert cache.encoder_calls == 2

@@ -7,14 +7,14 @@ import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax import ppo
-from rpd_jax.networks import gaussian_log_prob, make_network
-from rpd_jax.teachers.base import Teacher, TeacherOutput
+from rpd_jax import gaussian, ppo, rollout
+from rpd_jax.networks import make_network
+from rpd_jax.teachers.base import Teacher, TeacherOutput, query
 
 T, B, D, A = 6, 4, 5, 7
 
 
-def linear_teacher(chunk_size=1024, calls=None):
+def linear_teacher(calls=None):
   """A teacher whose action is a fixed linear map of the state; counts rows it is asked for."""
   def apply_fn(params, obs, prev_obs, is_first, key, num_samples):
     if calls is not None:
@@ -25,7 +25,7 @@ def linear_teacher(chunk_size=1024, calls=None):
       samples = action + 0.1 * jax.random.normal(key, (num_samples,) + action.shape)
     return TeacherOutput(action, samples)
   w = jax.random.normal(jax.random.key(1), (D, A))
-  return Teacher(params={"w": w}, apply_fn=apply_fn, chunk_size=chunk_size)
+  return Teacher(params={"w": w}, apply_fn=apply_fn)
 
 
 def make_config(loss="mse", coef=1.0):
@@ -43,7 +43,7 @@ def make_config(loss="mse", coef=1.0):
 def random_rollout(seed):
   k = jax.random.split(jax.random.key(seed), 8)
   obs = {"state": jax.random.normal(k[0], (T, B, D))}
-  return ppo.Rollout(
+  return rollout.Rollout(
       obs=obs, prev_obs0={"state": jax.random.normal(k[1], (B, D))},
       is_first=jax.random.bernoulli(k[2], 0.2, (T, B)),
       actions=jax.random.normal(k[3], (T, B, A)),
@@ -55,19 +55,21 @@ def random_rollout(seed):
 
 
 def setup(config):
-  network = make_network(config, A)
-  optimizer = ppo.make_optimizer(config, 10)
+  network = make_network(config.network, A)
+  optimizer = ppo.make_optimizer(config.ppo, 10)
   state = ppo.init_train_state(network, optimizer, {"state": jnp.zeros((B, D))},
                                jax.random.key(0))
-  return state, ppo.make_update(network, optimizer, config)
+  update = ppo.make_update(network, optimizer, config.ppo, config.distill,
+                           config.teacher.chunk_size)
+  return state, update
 
 
 def test_lambda_zero_is_exactly_ppo():
-  rollout, key = random_rollout(0), jax.random.key(3)
+  data, key = random_rollout(0), jax.random.key(3)
   state_ppo, update_ppo = setup(make_config("none"))
-  new_ppo, m_ppo = update_ppo(state_ppo, None, rollout, key)
+  new_ppo, m_ppo = update_ppo(state_ppo, None, data, key)
   state_mse, update_mse = setup(make_config("mse", coef=0.0))
-  new_mse, m_mse = update_mse(state_mse, linear_teacher(), rollout, key)
+  new_mse, m_mse = update_mse(state_mse, linear_teacher(), data, key)
   # The same loss to the bit; the parameters to float rounding (XLA fuses the two graphs
   # differently, so sums may associate differently: ~1e-11 here).
   assert float(m_ppo["loss/total"]) == float(m_mse["loss/total"])
@@ -83,19 +85,21 @@ def test_distillation_moves_student_toward_teacher(loss):
   config.ppo.update_epochs = 20
   config.ppo.learning_rate = 3e-3
   state, update = setup(config)
-  rollout = random_rollout(1)._replace(rewards=jnp.zeros((T, B)), values=jnp.zeros((T, B)))
+  data = random_rollout(1)._replace(rewards=jnp.zeros((T, B)), values=jnp.zeros((T, B)))
   teacher = linear_teacher()
-  state, first = update(state, teacher, rollout, jax.random.key(0))
+  state, first = update(state, teacher, data, jax.random.key(0))
   first = float(first["loss/distill"])  # averaged over the first update's minibatch steps
   for _ in range(3):
-    state, last = update(state, teacher, rollout, jax.random.key(0))
+    state, last = update(state, teacher, data, jax.random.key(0))
   assert float(last["loss/distill"]) < 0.8 * first
 
 
 def test_teacher_called_once_per_transition_and_update_compiles_once():
   calls = []
-  teacher = linear_teacher(chunk_size=8, calls=calls)  # T * B = 24 rows in 3 chunks of 8
-  state, update = setup(make_config("ppd"))
+  teacher = linear_teacher(calls=calls)
+  config = make_config("ppd")
+  config.teacher.chunk_size = 8  # T * B = 24 rows in 3 chunks of 8
+  state, update = setup(config)
   for i in range(3):
     state, metrics = update(state, teacher, random_rollout(i), jax.random.key(i))
     jax.block_until_ready(metrics)
@@ -113,13 +117,23 @@ def test_target_kl_stops_the_update():
   config.ppo.learning_rate = 1e-2
   state, update = setup(config)
   # Log-probs of the current policy, so that the first minibatch starts at KL 0.
-  rollout = random_rollout(0)
-  network = make_network(config, A)
-  flat_obs = {"state": rollout.obs["state"].reshape(T * B, D)}
+  data = random_rollout(0)
+  network = make_network(config.network, A)
+  flat_obs = {"state": data.obs["state"].reshape(T * B, D)}
   mean, log_std, _ = network.apply(state.params, flat_obs)
   mean = mean.reshape(T, B, A)
-  rollout = rollout._replace(log_probs=gaussian_log_prob(rollout.actions, mean, log_std))
-  _, metrics = update(state, None, rollout, jax.random.key(0))
+  data = data._replace(log_probs=gaussian.log_prob(data.actions, mean, log_std))
+  _, metrics = update(state, None, data, jax.random.key(0))
   # The first minibatch is measured at the old policy (KL 0) and applied; the second exceeds
   # the target and stops the rest: 1 of 4 minibatch steps.
   assert float(metrics["loss/update_fraction"]) == pytest.approx(0.25)
+
+
+def test_a_chunk_size_that_does_not_divide_the_batch_pads_the_last_chunk():
+  teacher, key = linear_teacher(), jax.random.key(0)
+  obs = {"state": jax.random.normal(key, (24, D))}
+  first = jnp.zeros(24, bool)
+  whole = query(teacher, obs, obs, first, key, 2, chunk_size=24)
+  padded = query(teacher, obs, obs, first, key, 2, chunk_size=5)  # 5 chunks of 5: 1 row padded
+  np.testing.assert_allclose(padded.action, whole.action, rtol=1e-6)
+  assert padded.samples.shape == whole.samples.shape == (2, 24, A)

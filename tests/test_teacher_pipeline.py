@@ -7,10 +7,8 @@ import os
 import numpy as np
 import pytest
 
-from ml_collections import config_flags
-
 from rpd_jax import config as config_lib
-from rpd_jax import demos as demos_lib
+from rpd_jax.pipeline import demos as demos_lib
 
 pytestmark = [pytest.mark.maniskill, pytest.mark.usefixtures("vulkan_device")]
 
@@ -41,19 +39,16 @@ def test_record_keeps_successful_episodes_and_resumes(tmp_path):
   assert demos.episodes == 3 and demos.image.shape[1:] == (32, 32, 3)
   saved = json.load(open(os.path.join(out, "metadata.json")))
   assert saved["env_id"] == "PushCube-v1" and saved["image_size"] == 32
-  with pytest.raises(ValueError, match="image_size=32"):
+  with pytest.raises(config_lib.ConfigError, match="image_size=32"):
     demos_lib.record("PushCube-v1", 4, out, image_size=64, num_envs=1, progress=False)
 
 
-def test_pushcube_default_trains_with_the_shipped_octo_teacher(repo_root, tmp_path, monkeypatch):
+def test_pushcube_default_trains_with_the_shipped_octo_teacher(repo_root, tmp_path):
   from rpd_jax import trainer  # pylint: disable=g-import-not-at-top
-  from rpd_jax.teachers import octo  # pylint: disable=g-import-not-at-top
-  if not (octo.SHIPPED / "octo-tiny-pushcube").is_dir():
+  from rpd_jax.octo import hub  # pylint: disable=g-import-not-at-top
+  if not (hub.SHIPPED / "octo-tiny-pushcube").is_dir():
     pytest.fail("the shipped teacher rpd_jax/teachers/checkpoints/octo-tiny-pushcube is missing")
-  monkeypatch.syspath_prepend(repo_root)
-  path = os.path.join(repo_root, "experiments", "pushcube.py")
-  load = config_flags.config_flags._LoadConfigModule  # pylint: disable=protected-access
-  config = load("pushcube", path).get_config("smoke")
+  config = config_lib.load(os.path.join(repo_root, "experiments", "pushcube.py:smoke"))
   config_lib.validate(config)
   final = trainer.train_and_evaluate(config, str(tmp_path))
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]

@@ -8,15 +8,13 @@ import sys
 import jax
 import numpy as np
 import pytest
-from ml_collections import config_flags
 
 from rpd_jax import config as config_lib
 from rpd_jax import ppo, trainer
 
 
 def load_config(repo_root, arg):
-  return config_flags.config_flags._LoadConfigModule(
-      "jax_push", os.path.join(repo_root, "experiments", "jax_push.py")).get_config(arg)
+  return config_lib.load(os.path.join(repo_root, "experiments", f"jax_push.py:{arg}"))
 
 
 def read_metrics(workdir):
@@ -83,6 +81,20 @@ def run_cli(repo_root, *args):
      "config.distill.decay_steps=0 must be > 0 for the 'cosine' schedule"),
     (["--config=experiments/jax_push.py:nosuch"],
      "unknown config variant 'nosuch'; choose from"),
+    (["--config=experiments/nosuch.py"], "config file 'experiments/nosuch.py' not found"),
+    (["--config=experiments/jax_push.py:smoke", "--config.ppo.no_such_field=1"],
+     "the config has no field"),
+    (["--config=experiments/jax_push.py:smoke", "--config.env.name=mujoco"],
+     "config.env.name='mujoco' is unknown; use one of jax_push, maniskill"),
+    (["--config=experiments/jax_push.py:smoke", "--config.teacher.name=gpt"],
+     "config.teacher.name='gpt' is unknown; use one of none, scripted_push"),
+    (["--config=experiments/jax_push.py:smoke", "--config.network.obs_keys=('rgb',)"],
+     "config.network.obs_keys has 'rgb', which the jax_push env does not give"),
+    (["--config=experiments/jax_push.py:rgb,smoke", "--config.env.kwargs.obs_mode=depth"],
+     "config.env.kwargs.obs_mode='depth' is unknown for the jax_push env"),
+    (["--config=experiments/jax_push.py:smoke", "--config.network.encoder=cnn"],
+     "config.network.encoder='cnn' encodes images"),
+    (["--config=experiments/jax_push.py:smoke", "stray"], "unexpected arguments: stray"),
 ])
 def test_cli_rejects_bad_configs_before_compiling(repo_root, tmp_path, args, message):
   result = run_cli(repo_root, *args, f"--workdir={tmp_path}")

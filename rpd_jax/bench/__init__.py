@@ -1,0 +1,1 @@
+"""Benchmarks: training, Octo teacher and ManiSkill throughput, and the server-hop baseline."""

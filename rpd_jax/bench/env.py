@@ -23,10 +23,10 @@ import gymnasium as gym
 import jax
 import numpy as np
 import torch
-from absl import app
 from absl import flags
 from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
+from rpd_jax import cli
 from rpd_jax.envs import maniskill
 
 _ENV_ID = flags.DEFINE_string("env_id", "PushCube-v1", "ManiSkill3 task")
@@ -92,8 +92,7 @@ def bench(env_id: str, num_envs: int, obs_mode: str, image_size: int,
     bridge_env.close()
 
 
-def main(argv):
-  del argv
+def main() -> None:
   print(f"{_ENV_ID.value}, {_STEPS.value} steps per setting, CPU simulation\n")
   print("| envs | obs | raw steps/s | bridge steps/s | overhead |")
   print("|---|---|---|---|---|")
@@ -106,4 +105,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

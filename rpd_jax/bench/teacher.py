@@ -1,37 +1,37 @@
 r"""Octo teacher throughput: samples/s against batch size, in-process and behind a server.
 
     python -m rpd_jax.bench.teacher                       # short default: tiny, fp32, W=1
-    python -m rpd_jax.bench.teacher --size small --batch 1,32,128 --server-batch 1,32,128
-    python -m rpd_jax.bench.teacher --checkpoint octo-base-1.5 --dataset-name bridge_dataset \
-        --window 1,2 --dtype float32,bfloat16 --json octo_base.json
+    python -m rpd_jax.bench.teacher --size=small --batch=1,32,128 --server_batch=1,32,128
+    python -m rpd_jax.bench.teacher --size= --checkpoint=octo-base-1.5 \
+        --dataset_name=bridge_dataset --window=1,2 --dtype=float32,bfloat16 --json=octo_base.json
 
 For each (dtype, window, batch) the in-process teacher (``rpd_jax.teachers.octo``: resize,
 window, task, 20 diffusion steps, unnormalisation) is compiled once with ``jit(...).lower(...)
 .compile()``, timed separately, then called ``--repeats`` times with fresh keys; a call is timed
 to ``block_until_ready`` and the median is reported, with the median CPU time of the process
 (all threads; through the server: client plus server process), which a busy machine inflates
-less than wall time. ``--server-batch`` runs the same teacher
-in a separate process behind ``rpd_jax.teachers.remote`` (the published RPD's kind of teacher
-server: images through shared memory, arrays serialised over a connection; float32, the first
-window of ``--window``) and reports the extra time per call, the hop.
+less than wall time. ``--server_batch`` runs the same teacher in a separate process behind
+``rpd_jax.bench.remote`` (the published RPD's kind of teacher server: images through shared
+memory, arrays serialised over a connection; float32, the first window of ``--window``) and
+reports the extra time per call, the hop.
 
 Flags:
-  --size tiny|small|base    random weights of a named size (``rpd_jax.octo.init_random``), or
-  --checkpoint DIR|NAME     a checkpoint folder or released name (third_party/README.md);
-  --dataset-name NAME       action statistics to use when the checkpoint has several;
-  --batch 1,32              in-process batch sizes;
-  --window 1                observation windows (1 and/or 2);
-  --dtype float32           compute dtypes (float32 and/or bfloat16);
-  --server-batch 1,32       batch sizes through the server ("" to skip it); where the same
+  --size=tiny|small|base    random weights of a named size (``rpd_jax.octo.init_random``), or
+  --size= --checkpoint=DIR|NAME  a checkpoint folder or released name (third_party/README.md);
+  --dataset_name=NAME       action statistics to use when the checkpoint has several;
+  --batch=1,32              in-process batch sizes;
+  --window=1                observation windows (1 and/or 2);
+  --dtype=float32           compute dtypes (float32 and/or bfloat16);
+  --server_batch=1,32       batch sizes through the server (empty to skip it); where the same
                             batch ran in-process (float32, first window), server and
                             in-process calls alternate and the hop is the difference of their
                             medians; max_abs_diff in the JSON compares their answers;
-  --no-shared-memory        send images inside the message instead of shared memory;
-  --image-size N            camera resolution fed to the teacher (default 64 for tiny, else
+  --noshared_memory         send images inside the message instead of shared memory;
+  --image_size=N            camera resolution fed to the teacher (default 64 for tiny, else
                             256, ManiSkill's human camera in RPD); random models are built at
                             this resolution, checkpoints resize to theirs on device;
-  --repeats 5               timed calls per row (after one untimed warm-up call);
-  --json FILE               also write the rows (and the setup) as JSON.
+  --repeats=5               timed calls per row (after one untimed warm-up call);
+  --json=FILE               also write the rows (and the setup) as JSON.
 
 The language input is the T5 embedding of the empty instruction, computed once: the cost of a
 call does not depend on the text.
@@ -39,7 +39,7 @@ call does not depend on the text.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -50,11 +50,13 @@ from typing import Any, Callable, Optional
 
 import jax
 import numpy as np
+from absl import flags
 
-from rpd_jax import octo
+from rpd_jax import cli, octo
+from rpd_jax.errors import ConfigError
 from rpd_jax.teachers import octo as octo_teacher
 from rpd_jax.teachers.base import Teacher
-from rpd_jax.teachers.remote import RemoteTeacher
+from rpd_jax.bench.remote import RemoteTeacher
 
 BUILDER = f"{__name__}:build_teacher"
 
@@ -67,7 +69,7 @@ def load_model(size: Optional[str] = None, checkpoint: Optional[str] = None, win
     raise ValueError("pass exactly one of --size and --checkpoint")
   if size is not None:
     return octo.init_random(size, window=window, primary_size=image_size, seed=seed)
-  return octo.load_pretrained(octo_teacher.resolve_checkpoint(checkpoint))
+  return octo.load_pretrained(checkpoint)
 
 
 def empty_instruction_embedding(model) -> jax.Array:
@@ -163,7 +165,7 @@ def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: in
   return row
 
 
-def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+def run(args: Settings) -> list[dict[str, Any]]:
   """All rows of the benchmark described by ``args``."""
   model_args = {"size": args.size, "checkpoint": args.checkpoint,
                 "dataset_name": args.dataset_name, "max_window": max(args.window),
@@ -185,10 +187,10 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     window = args.window[0]
     start = time.perf_counter()
     with RemoteTeacher(BUILDER, {**model_args, "window": window, "dtype": "float32"},
-                       use_shared_memory=not args.no_shared_memory) as server:
+                       use_shared_memory=args.shared_memory) as server:
       startup_s = time.perf_counter() - start
       for batch in args.server_batch:
-        row = {"mode": "server" + ("" if not args.no_shared_memory else " (no shm)"),
+        row = {"mode": "server" + ("" if args.shared_memory else " (no shm)"),
                "model": label, "dtype": "float32", "window": window, "batch": batch,
                "server_startup_s": startup_s}
         row.update(bench_server(server, batch, args.image_size, args.repeats,
@@ -222,53 +224,65 @@ def markdown(rows: list[dict[str, Any]]) -> str:
   return "\n".join(lines + [_format_row(r) for r in rows])
 
 
-def _ints(text: str) -> list[int]:
-  return [int(x) for x in text.split(",") if x.strip()]
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """What one benchmark run measures (the flags, see the module doc)."""
+  size: Optional[str] = "tiny"
+  checkpoint: Optional[str] = None
+  dataset_name: Optional[str] = None
+  batch: tuple[int, ...] = (1, 32)
+  window: tuple[int, ...] = (1,)
+  dtype: tuple[str, ...] = ("float32",)
+  server_batch: tuple[int, ...] = (1, 32)
+  shared_memory: bool = True
+  image_size: Optional[int] = None  # None: 64 for size tiny, else 256
+  repeats: int = 5
+
+  def __post_init__(self):
+    if (self.size is None) == (self.checkpoint is None):
+      raise ConfigError("pass exactly one of --size and --checkpoint (--size= for none)")
+    if not set(self.window) <= {1, 2}:
+      raise ConfigError(f"--window={','.join(map(str, self.window))}: Octo takes windows of 1 "
+                        "or 2")
+    if self.image_size is None:
+      object.__setattr__(self, "image_size", 64 if self.size == "tiny" else 256)
 
 
-def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      description=__doc__.split("\n\n")[0] if __doc__ else None,
-      formatter_class=argparse.RawDescriptionHelpFormatter)
-  what = parser.add_mutually_exclusive_group()
-  what.add_argument("--size", choices=("tiny", "small", "base"),
-                    help="random weights of a named size (default: tiny)")
-  what.add_argument("--checkpoint", help="checkpoint folder or released name")
-  parser.add_argument("--dataset-name", help="statistics to use for multi-dataset checkpoints")
-  parser.add_argument("--batch", type=_ints, default=[1, 32], help="in-process batch sizes")
-  parser.add_argument("--window", type=_ints, default=[1], help="observation windows, 1 and/or 2")
-  parser.add_argument("--dtype", type=lambda s: s.split(","), default=["float32"],
-                      help="compute dtypes: float32 and/or bfloat16")
-  parser.add_argument("--server-batch", type=_ints, default=[1, 32],
-                      help="batch sizes through the teacher server ('' skips it)")
-  parser.add_argument("--no-shared-memory", action="store_true",
-                      help="send server images inside the message")
-  parser.add_argument("--image-size", type=int,
-                      help="camera resolution (default: 64 for --size tiny, else 256)")
-  parser.add_argument("--repeats", type=int, default=5, help="timed calls per row")
-  parser.add_argument("--json", help="write the rows to this JSON file")
-  args = parser.parse_args(argv)
-  if args.checkpoint is None and args.size is None:
-    args.size = "tiny"
-  if args.image_size is None:
-    args.image_size = 64 if args.size == "tiny" else 256
-  if not set(args.window) <= {1, 2}:
-    parser.error(f"--window {args.window}: Octo takes windows of 1 or 2")
-  return args
-
-
-def main(argv: Optional[list[str]] = None) -> list[dict[str, Any]]:
-  args = parse_args(argv)
-  rows = run(args)
+def main() -> None:
+  f = flags.FLAGS
+  settings = Settings(
+      size=f.size or None, checkpoint=f.checkpoint, dataset_name=f.dataset_name,
+      batch=tuple(map(int, f.batch)), window=tuple(map(int, f.window)), dtype=tuple(f.dtype),
+      server_batch=tuple(map(int, f.server_batch)), shared_memory=f.shared_memory,
+      image_size=f.image_size, repeats=f.repeats)
+  rows = run(settings)
   print(markdown(rows))
-  if args.json:
-    setup = {"argv": sys.argv[1:] if argv is None else argv, "jax": jax.__version__,
-             "device": str(jax.devices()[0]), "platform": platform.platform(),
-             "cpu_count": os.cpu_count()}
-    with open(args.json, "w") as f:
-      json.dump({"setup": setup, "rows": rows}, f, indent=1)
-  return rows
+  if f.json:
+    save(f.json, settings, rows)
+
+
+def save(path: str, settings: Settings, rows: list[dict[str, Any]]) -> None:
+  """The rows and the setup (settings, JAX version, device, machine) as JSON."""
+  setup = {"settings": dataclasses.asdict(settings), "jax": jax.__version__,
+           "device": str(jax.devices()[0]), "platform": platform.platform(),
+           "cpu_count": os.cpu_count()}
+  with open(path, "w") as f:
+    json.dump({"setup": setup, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":
-  main()
+  flags.DEFINE_string("size", "tiny", "random weights of a named size: tiny, small or base "
+                      "('' with --checkpoint)")
+  flags.DEFINE_string("checkpoint", None, "a checkpoint folder or released name")
+  flags.DEFINE_string("dataset_name", None, "statistics to use for multi-dataset checkpoints")
+  flags.DEFINE_list("batch", ["1", "32"], "in-process batch sizes")
+  flags.DEFINE_list("window", ["1"], "observation windows, 1 and/or 2")
+  flags.DEFINE_list("dtype", ["float32"], "compute dtypes: float32 and/or bfloat16")
+  flags.DEFINE_list("server_batch", ["1", "32"], "batch sizes through the teacher server "
+                    "(empty: skip it)")
+  flags.DEFINE_bool("shared_memory", True, "server images through shared memory (else inside "
+                    "the message)")
+  flags.DEFINE_integer("image_size", None, "camera resolution (default: 64 for tiny, else 256)")
+  flags.DEFINE_integer("repeats", 5, "timed calls per row")
+  flags.DEFINE_string("json", None, "also write the rows (and the setup) to this JSON file")
+  cli.run(main)

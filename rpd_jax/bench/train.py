@@ -15,13 +15,13 @@ import os
 import tempfile
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
+from rpd_jax import cli
 from rpd_jax import config as config_lib
 from rpd_jax import trainer
+from rpd_jax.errors import ConfigError
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _VARIANTS = flags.DEFINE_list("variants", ["ppo", "rpd_mse"], "Losses to compare.")
 _ITERATIONS = flags.DEFINE_integer("iterations", 10, "PPO iterations per variant (>= 2).")
 
@@ -47,17 +47,17 @@ def measure(config, iterations: int) -> dict[str, float]:
           "update_s": update, "transitions_per_iteration": batch}
 
 
-def main(argv):
-  del argv
+def main(base_config, spec: str) -> None:
+  del spec
   if _ITERATIONS.value < 2:
-    raise app.UsageError("--iterations must be >= 2: the first one compiles")
+    raise ConfigError(f"--iterations={_ITERATIONS.value} must be >= 2: the first one compiles")
   unknown = [v for v in _VARIANTS.value if v not in _LOSS_VARIANTS]
   if unknown:
-    raise app.UsageError(f"unknown variants {unknown}; use some of {', '.join(_LOSS_VARIANTS)}")
-  print(f"| variant | env steps/s | rollout s/iter | update s/iter | transitions/iter |")
+    raise ConfigError(f"unknown variants {unknown}; use some of {', '.join(_LOSS_VARIANTS)}")
+  print("| variant | env steps/s | rollout s/iter | update s/iter | transitions/iter |")
   print("|---|---|---|---|---|")
   for variant in _VARIANTS.value:
-    config = _CONFIG.value.copy_and_resolve_references()
+    config = base_config.copy_and_resolve_references()
     config_lib.COMMON_VARIANTS[variant](config)
     config.eval_episodes = config.eval_envs
     r = measure(config, _ITERATIONS.value)
@@ -66,4 +66,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run_with_config(main)

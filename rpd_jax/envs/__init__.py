@@ -1,30 +1,58 @@
 """Environments by name: ``make_env(config.env, num_envs, seed)``.
 
-Backends are imported lazily so that the pure-JAX env needs neither torch nor ManiSkill.
+Backends are imported when built, so that the pure-JAX env needs neither torch nor ManiSkill,
+and a config can be checked (``observation_keys``) without importing either.
 """
 
 from __future__ import annotations
 
+import importlib
+from typing import Mapping
+
 import ml_collections
 
 from rpd_jax.envs.base import StepResult, VecEnv
+from rpd_jax.errors import ConfigError, check_options
 
-ENV_NAMES = ("jax_push", "maniskill")
+# name -> (module, class); the class takes (num_envs, seed, reward_mode, **config.env.kwargs).
+ENVS: Mapping[str, tuple[str, str]] = {
+    "jax_push": ("rpd_jax.envs.jax_push", "JaxPushVecEnv"),
+    "maniskill": ("rpd_jax.envs.maniskill", "ManiSkillVecEnv"),
+}
+ENV_NAMES = tuple(ENVS)
+# The observation keys each env gives per ``obs_mode`` (``env.kwargs.obs_mode``, default
+# "state"); tests hold every env to this table.
+OBSERVATION_KEYS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
+    "jax_push": {"state": ("privileged", "state"), "state_rgb": ("privileged", "rgb", "state"),
+                 "rgb": ("privileged", "rgb", "state")},
+    "maniskill": {"state": ("privileged", "state"), "rgb": ("privileged", "rgb"),
+                  "state_rgb": ("privileged", "rgb", "state")},
+}
+
+
+def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The observation keys of ``config.env``; ConfigError for an unknown env or obs_mode."""
+  if env_config.name not in ENVS:
+    raise ConfigError(f"config.env.name={env_config.name!r} is unknown; use one of "
+                      f"{', '.join(ENV_NAMES)}")
+  modes = OBSERVATION_KEYS[env_config.name]
+  obs_mode = env_config.kwargs.get("obs_mode", "state")
+  if obs_mode not in modes:
+    raise ConfigError(f"config.env.kwargs.obs_mode={obs_mode!r} is unknown for the "
+                      f"{env_config.name} env; use one of {', '.join(modes)}")
+  return modes[obs_mode]
 
 
 def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int) -> VecEnv:
-  """Builds ``num_envs`` environments of ``env_config.name`` (see ENV_NAMES)."""
+  """Builds ``num_envs`` environments of ``env_config.name`` with ``env_config.kwargs``."""
+  observation_keys(env_config)
+  module, name = ENVS[env_config.name]
+  cls = getattr(importlib.import_module(module), name)
   kwargs = dict(env_config.kwargs)
-  if env_config.name == "jax_push":
-    from rpd_jax.envs import jax_push
-    return jax_push.JaxPushVecEnv(num_envs=num_envs, seed=seed,
-                                  reward_mode=env_config.reward_mode, **kwargs)
-  if env_config.name == "maniskill":
-    from rpd_jax.envs import maniskill
-    return maniskill.ManiSkillVecEnv(num_envs=num_envs, seed=seed,
-                                     reward_mode=env_config.reward_mode, **kwargs)
-  raise ValueError(f"config.env.name={env_config.name!r} is unknown; use one of "
-                   f"{', '.join(ENV_NAMES)}")
+  check_options(cls, kwargs, "env.kwargs", f"the {env_config.name} env",
+                fixed=("num_envs", "seed", "reward_mode"))
+  return cls(num_envs=num_envs, seed=seed, reward_mode=env_config.reward_mode, **kwargs)
 
 
-__all__ = ["ENV_NAMES", "StepResult", "VecEnv", "make_env"]
+__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "StepResult", "VecEnv", "make_env",
+           "observation_keys"]

@@ -28,6 +28,7 @@ import numpy as np
 from flax import struct
 
 from rpd_jax.envs.base import Observation, StepResult, spec_of
+from rpd_jax.errors import ConfigError
 
 ACTION_DIM = 7
 OBS_MODES = ("state", "state_rgb", "rgb")
@@ -227,8 +228,9 @@ class JaxPushVecEnv:
     """``kwargs`` override PushParams fields (obs_mode, image_size, max_delta, ...)."""
     unknown = set(kwargs) - {f.name for f in dataclasses.fields(PushParams)}
     if unknown:
-      raise ValueError(f"unknown jax_push env kwargs {sorted(unknown)}; valid ones are the "
-                       f"fields of PushParams: {[f.name for f in dataclasses.fields(PushParams)]}")
+      raise ConfigError(f"config.env.kwargs.{sorted(unknown)[0]} is not an option of the "
+                        f"jax_push env; it takes the fields of PushParams: "
+                        f"{', '.join(f.name for f in dataclasses.fields(PushParams))}")
     if num_envs <= 0:
       raise ValueError(f"num_envs={num_envs} must be a positive integer")
     # Config files may hold tuples as lists; the params must stay hashable (a static jit arg).

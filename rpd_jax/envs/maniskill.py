@@ -32,7 +32,7 @@ from typing import Any, Optional
 import gymnasium as gym
 import jax
 import jax.numpy as jnp
-import mani_skill.envs  # pylint: disable=unused-import  (registers the tasks with gymnasium)
+import mani_skill.envs  # noqa: F401  (registers the tasks with gymnasium)
 import numpy as np
 import torch
 from mani_skill.utils import sapien_utils

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from rpd_jax.errors import ConfigError
+
 
 @dataclasses.dataclass(frozen=True)
 class TaskInfo:
@@ -36,7 +38,7 @@ TASKS: dict[str, TaskInfo] = {t.env_id: t for t in (
 
 
 def task_info(env_id: str) -> TaskInfo:
-  """The TaskInfo of ``env_id``; raises a KeyError that lists the known tasks."""
+  """The TaskInfo of ``env_id``; raises a ConfigError that lists the known tasks."""
   if env_id not in TASKS:
-    raise KeyError(f"env_id={env_id!r} is not one of the paper's tasks: {', '.join(TASKS)}")
+    raise ConfigError(f"env_id={env_id!r} is not one of the paper's tasks: {', '.join(TASKS)}")
   return TASKS[env_id]

@@ -5,10 +5,11 @@ Loading and building:
   model = load_pretrained("rail-berkeley/octo-small-1.5")  # or a checkpoint folder; step=None
   model = init_random("small", window=2)                   # random weights: "tiny"/"small"/"base"
 
-``load_pretrained(path_or_hub_id, step=None, t5_config=None, dtype=jnp.float32)`` reads
+``load_pretrained(name_or_folder, step=None, t5_config=None, dtype=jnp.float32)`` reads
 config.json, example_batch.msgpack, dataset_statistics.json and ``<step>/default/checkpoint``
-(newest step by default) from a folder or from the local Hugging Face cache, without TensorFlow
-or orbax, and checks every parameter's path and shape against the config.
+(newest step by default) from a folder, ``third_party/downloads`` or the local Hugging Face cache
+(``resolve_checkpoint``: folders, shipped teachers, released names, hub ids), without
+TensorFlow or orbax, and checks every parameter's path and shape against the config.
 ``init_random(size, window=1, wrist=False, primary_size=256, wrist_size=128, seed=0,
 dtype=jnp.float32)`` builds an Octo 1.5 model of a named size with random weights and identity
 action statistics. ``dtype`` is the compute dtype (e.g. jnp.bfloat16); parameters stay float32
@@ -18,6 +19,7 @@ switches it on a loaded model.
 The model (``OctoModel``) is a pytree: ``params``, ``example_batch`` and ``dataset_statistics``
 are leaves, ``module`` (the Flax ``OctoModule``) and ``config`` (config.json, frozen) are static.
 
+  emb = model.embed_instructions(["pick up the cube"], tokenizer)  # [B, 16, d_model], once
   emb = model.encode_language(input_ids, attention_mask)       # [B, 16] -> [B, 16, d_model]
   tasks = model.create_tasks(language_embeddings=emb)           # T5 skipped at every call
   tasks = model.create_tasks(texts=["pick up the cube"], tokenize=T5Tokenizer.from_folder(d))
@@ -32,6 +34,9 @@ the image size of ``model.example_batch["observation"]`` (the model does not res
 ``sample_actions`` is jitted and pure in (model, observations, tasks, rng); keep shapes fixed
 to compile once. With the same key under ``jax_threefry_partitionable=False`` it reproduces the
 official model's samples. ``model.run_transformer`` returns the transformer's token groups.
+
+Training: ``normalize`` (the inverse of ``unnormalize``) and ``diffusion_loss``, Octo's
+noise-prediction loss on action chunks (``rpd_jax.pipeline.finetune`` trains with it).
 """
 
 from rpd_jax.octo.checkpoint import load_pretrained
@@ -40,7 +45,10 @@ from rpd_jax.octo.checkpoint import save_pretrained
 from rpd_jax.octo.config import OctoSpec
 from rpd_jax.octo.config import UnsupportedConfigError
 from rpd_jax.octo.config import parse_model_config
+from rpd_jax.octo.hub import resolve_checkpoint
 from rpd_jax.octo.model import OctoModel
+from rpd_jax.octo.model import diffusion_loss
+from rpd_jax.octo.model import normalize
 from rpd_jax.octo.model import unnormalize
 from rpd_jax.octo.module import OctoModule
 from rpd_jax.octo.module import TokenGroup
@@ -48,3 +56,8 @@ from rpd_jax.octo.sizes import SIZES
 from rpd_jax.octo.sizes import init_random
 from rpd_jax.octo.sizes import model_config
 from rpd_jax.octo.t5 import T5Config
+
+__all__ = ["OctoModel", "OctoModule", "OctoSpec", "SIZES", "T5Config", "TokenGroup",
+           "UnsupportedConfigError", "diffusion_loss", "init_random", "load_pretrained",
+           "model_config", "normalize", "param_shapes", "parse_model_config",
+           "resolve_checkpoint", "save_pretrained", "unnormalize"]

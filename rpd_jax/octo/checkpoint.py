@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 from typing import Any, Mapping, Optional
 
 import flax
@@ -20,49 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpd_jax.octo.config import parse_model_config
+from rpd_jax.octo.hub import resolve_checkpoint
 from rpd_jax.octo.model import OctoModel, freeze_config
 from rpd_jax.octo.module import OctoModule
 from rpd_jax.octo.t5 import T5Config
 
 _FILES = ("config.json", "example_batch.msgpack", "dataset_statistics.json")
-
-
-def _hub_cache() -> str:
-  if os.environ.get("HF_HUB_CACHE"):
-    return os.environ["HF_HUB_CACHE"]
-  if os.environ.get("HF_HOME"):
-    return os.path.join(os.environ["HF_HOME"], "hub")
-  return os.path.join(os.path.expanduser("~"), ".cache", "huggingface", "hub")
-
-
-def resolve_checkpoint_dir(path_or_hub_id: str) -> str:
-  """A local folder, or the cached snapshot of a hub id such as ``rail-berkeley/octo-small-1.5``.
-
-  In the cache (``$HF_HUB_CACHE``, else ``$HF_HOME/hub``, else ``~/.cache/huggingface/hub``) the
-  snapshot named by ``refs/main`` is used, else the most recently modified one.
-  """
-  if os.path.isdir(path_or_hub_id):
-    return path_or_hub_id
-  hub_id = path_or_hub_id.removeprefix("hf://")
-  if not re.fullmatch(r"[\w.-]+/[\w.-]+", hub_id):
-    raise FileNotFoundError(f"Octo checkpoint {path_or_hub_id!r}: no such folder, and it is not "
-                            "a hub id of the form 'org/name'")
-  repo = os.path.join(_hub_cache(), "models--" + hub_id.replace("/", "--"))
-  snapshots = os.path.join(repo, "snapshots")
-  if not os.path.isdir(snapshots) or not os.listdir(snapshots):
-    raise FileNotFoundError(
-        f"Octo checkpoint {hub_id!r} is not a folder and not in the Hugging Face cache (looked "
-        f"for {snapshots}); download it first, e.g. `huggingface-cli download {hub_id}`, or "
-        "pass the checkpoint folder")
-  ref = os.path.join(repo, "refs", "main")
-  if os.path.isfile(ref):
-    with open(ref) as f:
-      snapshot = os.path.join(snapshots, f.read().strip())
-    if os.path.isdir(snapshot):
-      return snapshot
-  names = sorted(os.listdir(snapshots),
-                 key=lambda n: os.path.getmtime(os.path.join(snapshots, n)))
-  return os.path.join(snapshots, names[-1])
 
 
 def _steps(folder: str) -> list[int]:
@@ -135,8 +97,9 @@ def load_pretrained(path_or_hub_id: str, step: Optional[int] = None,
   """Loads an official Octo checkpoint.
 
   Args:
-    path_or_hub_id: a checkpoint folder, or a hub id ("rail-berkeley/octo-small-1.5",
-      optionally "hf://"-prefixed) already in the local Hugging Face cache.
+    path_or_hub_id: a checkpoint folder, a shipped teacher's or released checkpoint's name, or a
+      hub id ("rail-berkeley/octo-small-1.5", optionally "hf://"-prefixed) already downloaded
+      (``rpd_jax.octo.hub.resolve_checkpoint``).
     step: which ``<step>/default/checkpoint``; the newest by default.
     t5_config: the language encoder's config when it is neither t5-base nor a folder named
       after the encoder next to the checkpoint.
@@ -145,7 +108,7 @@ def load_pretrained(path_or_hub_id: str, step: Optional[int] = None,
   Returns:
     An OctoModel with float32 parameters on the default device.
   """
-  folder = resolve_checkpoint_dir(path_or_hub_id)
+  folder = resolve_checkpoint(path_or_hub_id)
   for name in _FILES:
     if not os.path.isfile(os.path.join(folder, name)):
       raise FileNotFoundError(

@@ -9,6 +9,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from rpd_jax.octo.config import HeadSpec
+
 
 def cosine_beta_schedule(steps: int, s: float = 0.008) -> jax.Array:
   """Betas [steps] of the cosine schedule (Nichol & Dhariwal), clipped to [0, 0.999], float32.
@@ -123,25 +125,19 @@ class DiffusionActionHead(nn.Module):
   The chunk is action_horizon x action_dim, flattened horizon-major to A = horizon * dim.
   """
 
-  readout_key: str = "readout_action"
-  action_horizon: int = 4
-  action_dim: int = 7
-  max_action: float = 5.0
-  time_dim: int = 32
-  num_blocks: int = 3
-  hidden_dim: int = 256
-  use_layer_norm: bool = True
-  diffusion_steps: int = 20
+  spec: HeadSpec
 
   def setup(self):
-    self.diffusion_model = ScoreActor(self.action_horizon * self.action_dim, self.time_dim,
-                                      self.num_blocks, self.hidden_dim, self.use_layer_norm)
+    s = self.spec
+    self.diffusion_model = ScoreActor(s.action_horizon * s.action_dim, s.time_dim, s.num_blocks,
+                                      s.hidden_dim, s.use_layer_norm)
 
   def __call__(self, readout_tokens, noisy_actions=None, time=None):
     """readout_tokens [B, W, n, D] -> eps [..., B, W, A] (zeros inputs at init)."""
     embedding = self.pool(readout_tokens)
     if noisy_actions is None:
-      noisy_actions = jnp.zeros(embedding.shape[:2] + (self.action_horizon * self.action_dim,))
+      noisy_actions = jnp.zeros(embedding.shape[:2] +
+                                (self.spec.action_horizon * self.spec.action_dim,))
       time = jnp.zeros(embedding.shape[:2] + (1,), jnp.int32)
     return self.diffusion_model(embedding, noisy_actions, time)
 
@@ -172,7 +168,7 @@ def ddpm_step(x, eps, z, t, betas, alphas, alpha_hats, max_action: float,
 
 
 def sample_chunks(eps_fn: Callable[[jax.Array, jax.Array], jax.Array], shape: tuple[int, ...],
-                  rng: jax.Array, head: DiffusionActionHead,
+                  rng: jax.Array, head: HeadSpec,
                   embodiment_action_dim: Optional[int] = None,
                   skip_first_step: bool = False) -> jax.Array:
   """DDPM ancestral sampling of flattened action chunks for every window timestep.

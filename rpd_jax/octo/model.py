@@ -104,6 +104,14 @@ class OctoModel:
     return T5Encoder(spec.t5, self.module.dtype).apply(
         {"params": t5_params}, jnp.asarray(input_ids), jnp.asarray(attention_mask))
 
+  def embed_instructions(self, texts: Sequence[str], tokenize: Tokenize) -> jax.Array:
+    """T5 embeddings [B, L, d_model] float32 of B instructions: ``create_tasks``'s
+    ``language_embeddings``, computed once per instruction instead of at every query."""
+    tokens = tokenize(list(texts))
+    hidden = jax.jit(type(self).encode_language)(self, jnp.asarray(tokens["input_ids"]),
+                                                 jnp.asarray(tokens["attention_mask"]))
+    return hidden.astype(jnp.float32)
+
   def create_tasks(self, texts: Optional[Sequence[str]] = None, goals: Optional[Data] = None,
                    language_embeddings: Optional[jax.Array] = None,
                    tokenize: Optional[Tokenize] = None) -> dict[str, Any]:
@@ -218,7 +226,7 @@ class OctoModel:
       timestep_pad_mask: overrides ``observations["timestep_pad_mask"]``.
       normalization_type: "normal" or "bounds".
       skip_first_step: see ``heads.sample_chunks``; None takes the checkpoint's own setting
-        (``config.json``'s ``sampling.skip_first_step``, which rpd_jax.finetune writes as
+        (``config.json``'s ``sampling.skip_first_step``, which rpd_jax.pipeline.finetune writes as
         True), else False: the official sampler.
 
     Returns:
@@ -246,7 +254,7 @@ class OctoModel:
       embodiment_dim = int(np.shape(stats[key])[0])
     if skip_first_step is None:
       skip_first_step = self.skip_first_step
-    x = heads_lib.sample_chunks(eps_fn, shape, rng, _head_module(head),
+    x = heads_lib.sample_chunks(eps_fn, shape, rng, head,
                                 embodiment_action_dim=embodiment_dim,
                                 skip_first_step=skip_first_step)
     actions = x.reshape(x.shape[:-1] + (head.action_horizon, head.action_dim))[..., -1, :, :]
@@ -255,8 +263,35 @@ class OctoModel:
     return actions
 
 
-def _head_module(head) -> heads_lib.DiffusionActionHead:
-  return heads_lib.DiffusionActionHead(**vars(head))
+def diffusion_loss(module: OctoModule, params: Any, observations: Data, tasks: Data,
+                   actions: jax.Array, action_pad_mask: jax.Array, statistics: Data,
+                   key: jax.Array) -> jax.Array:
+  """Octo's training loss: MSE of the diffusion head's noise prediction on normalised chunks.
+
+  observations: image_<k> [B, W, H, W', 3] and timestep_pad_mask [B, W]; actions
+  [B, W, horizon, dim] in environment units, ``normalize``d with ``statistics``;
+  action_pad_mask bool [B, W, horizon] (False past an episode's end). Padded timesteps and
+  chunk steps do not count. A diffusion step t and noise are drawn per (sample, timestep).
+  """
+  head = dict(module.spec.heads)["action"]
+  pad_mask = observations["timestep_pad_mask"]
+  outputs = module.apply({"params": params}, observations, tasks, pad_mask, True,
+                         method=OctoModule.transformer)
+  embedding = outputs[head.readout_key].tokens.astype(jnp.float32).mean(axis=-2)  # [B, W, D]
+  actions = normalize(actions, statistics, head.max_action)
+  b, w, h, a = actions.shape
+  x0 = actions.reshape((b, w, h * a))
+  k_time, k_noise = jax.random.split(key)
+  _, _, alpha_hats = heads_lib.schedule(head.diffusion_steps)
+  t = jax.random.randint(k_time, (b, w, 1), 0, head.diffusion_steps)
+  noise = jax.random.normal(k_noise, x0.shape)
+  alpha_hat = alpha_hats[t]
+  noisy = jnp.sqrt(alpha_hat) * x0 + jnp.sqrt(1 - alpha_hat) * noise
+  eps = module.apply({"params": params}, "action", embedding, noisy, t,
+                     method=OctoModule.head_eps)
+  mask = pad_mask[:, :, None, None] & action_pad_mask[..., None]
+  mask = jnp.broadcast_to(mask, (b, w, h, a)).reshape((b, w, h * a)).astype(jnp.float32)
+  return jnp.sum(jnp.square(eps - noise) * mask) / jnp.maximum(mask.sum(), 1.0)
 
 
 def _timestep_pad_mask(observations: Data) -> jax.Array:
@@ -264,6 +299,13 @@ def _timestep_pad_mask(observations: Data) -> jax.Array:
     if key in observations:
       return jnp.asarray(observations[key], bool)
   raise ValueError("observations need timestep_pad_mask [B, W] bool (True = real timestep)")
+
+
+def normalize(actions: jax.Array, statistics: Data, max_action: float) -> jax.Array:
+  """Environment units -> Octo's training targets: (a - mean) / std where ``mask``, clipped to
+  +-max_action (the head's ``max_action``); masked-out dims (the gripper) stay raw."""
+  normed = (actions - statistics["mean"]) / (statistics["std"] + 1e-8)
+  return jnp.clip(jnp.where(statistics["mask"], normed, actions), -max_action, max_action)
 
 
 def unnormalize(actions: jax.Array, statistics: Data, normalization_type: str = "normal"):

@@ -270,12 +270,13 @@ class OctoModule(nn.Module):
 
   def setup(self):
     self.octo_transformer = OctoTransformer(self.spec, self.dtype)
-    self.heads = {name: DiffusionActionHead(**vars(h)) for name, h in self.spec.heads}
+    self.heads = {name: DiffusionActionHead(h) for name, h in self.spec.heads}
 
   def __call__(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array):
     """Transformer and every head's eps at zero inputs; used to create parameters."""
     outputs = self.octo_transformer(observations, tasks, timestep_pad_mask)
-    return {name: head(outputs[head.readout_key].tokens) for name, head in self.heads.items()}
+    return {name: head(outputs[head.spec.readout_key].tokens)
+            for name, head in self.heads.items()}
 
   def transformer(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array,
                   readouts_only: bool = False):

@@ -1,29 +1,30 @@
-"""Octo's language input: the t5-base SentencePiece tokenizer and a per-instruction embedding cache.
+"""Octo's language input: the t5-base SentencePiece tokenizer.
 
 Octo conditions on the T5-base encoder's last hidden state of the instruction, tokenised the way
 its training did (Hugging Face ``T5TokenizerFast(padding="max_length", truncation=True,
 max_length=16)``): SentencePiece pieces, truncated to 15, then EOS (id 1), then pad (id 0) up to
 16. Only the tokenizer's ``spiece.model`` is needed here; the encoder's weights are inside every
-Octo checkpoint. An instruction is fixed per task, so its embedding is computed once and reused
-(``EmbeddingCache``) instead of running T5 on every teacher call.
+Octo checkpoint. An instruction is fixed per task, so its embedding is computed once
+(``OctoModel.embed_instructions``) instead of running T5 on every teacher call.
 """
 
 from __future__ import annotations
 
 import os
 import pathlib
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
-import jax
 import numpy as np
 import sentencepiece as spm
+
+from rpd_jax.octo import hub
 
 MAX_LENGTH = 16  # Octo's text_processor: max_length 16, padded to 16
 SPIECE = "spiece.model"
 # Hugging Face hub ids of the tokenizer (t5-base moved to google-t5/t5-base; both names cache).
 HUB_IDS = ("google-t5/t5-base", "t5-base")
 # Where third_party/README.md tells users to download it, relative to the repository root.
-DOWNLOAD_DIR = pathlib.Path(__file__).resolve().parents[2] / "third_party" / "downloads" / "t5-base"
+DOWNLOAD_DIR = hub.DOWNLOADS / "t5-base"
 
 
 class T5Tokenizer:
@@ -87,50 +88,9 @@ class T5Tokenizer:
     return {"input_ids": ids, "attention_mask": mask}
 
 
-def hf_cache_dir() -> pathlib.Path:
-  """The Hugging Face hub cache, honouring HF_HUB_CACHE / HUGGINGFACE_HUB_CACHE / HF_HOME."""
-  for var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE"):
-    if os.environ.get(var):
-      return pathlib.Path(os.environ[var])
-  home = os.environ.get("HF_HOME") or pathlib.Path.home() / ".cache" / "huggingface"
-  return pathlib.Path(home) / "hub"
-
-
 def find_t5_folders(hub_ids: Iterable[str] = HUB_IDS) -> list[pathlib.Path]:
   """Folders with a t5-base ``spiece.model``: the download folder, then HF cache snapshots."""
   found = [DOWNLOAD_DIR] if (DOWNLOAD_DIR / SPIECE).is_file() else []
-  cache = hf_cache_dir()
   for hub_id in hub_ids:
-    snapshots = cache / ("models--" + hub_id.replace("/", "--")) / "snapshots"
-    if snapshots.is_dir():
-      found += sorted(p for p in snapshots.iterdir() if (p / SPIECE).is_file())
+    found += [p for p in hub.hub_snapshots(hub_id) if (p / SPIECE).is_file()]
   return found
-
-
-class EmbeddingCache:
-  """Language embeddings by instruction text, each computed once.
-
-  ``encode_fn`` maps tokens (``input_ids``/``attention_mask`` int32 [B, 16]) to the encoder's
-  last hidden state float [B, 16, D] (T5-base: D = 768). ``cache(texts)`` returns the embeddings
-  of B texts, [B, 16, D], running the encoder only on texts it has not seen, in one batch.
-  """
-
-  def __init__(self, tokenizer: Callable[[Sequence[str]], dict[str, np.ndarray]],
-               encode_fn: Callable[[dict[str, np.ndarray]], jax.Array]):
-    self._tokenizer = tokenizer
-    self._encode_fn = encode_fn
-    self._cache: dict[str, np.ndarray] = {}
-    self.encoder_calls = 0
-
-  def __len__(self) -> int:
-    return len(self._cache)
-
-  def __call__(self, texts: str | Sequence[str]) -> np.ndarray:
-    if isinstance(texts, str):
-      texts = [texts]
-    new = list(dict.fromkeys(t for t in texts if t not in self._cache))
-    if new:
-      embeddings = np.asarray(jax.device_get(self._encode_fn(self._tokenizer(new))))
-      self.encoder_calls += 1
-      self._cache.update(zip(new, embeddings))
-    return np.stack([self._cache[t] for t in texts])

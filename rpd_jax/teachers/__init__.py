@@ -1,32 +1,53 @@
-"""Teachers by name: ``make_teacher(config.teacher, config.env)``."""
+"""Teachers by name: ``make_teacher(config.teacher)``, built from the teacher's own config.
+
+A teacher reads only ``config.teacher.kwargs`` (its task, instruction or checkpoint come there,
+not from the env's config). Backends are imported when built, so that naming one costs nothing.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import Mapping
+
 import ml_collections
 
+from rpd_jax.errors import ConfigError, check_options
 from rpd_jax.teachers.base import Teacher, TeacherOutput, query
 
-TEACHER_NAMES = ("none", "scripted_push", "scripted_maniskill", "octo")
+# name -> (module, factory); the factory takes config.teacher.kwargs as keyword arguments.
+TEACHERS: Mapping[str, tuple[str, str]] = {
+    "scripted_push": ("rpd_jax.teachers.scripted", "make_push_teacher"),
+    "scripted_maniskill": ("rpd_jax.teachers.maniskill_scripted", "make_teacher"),
+    "octo": ("rpd_jax.teachers.octo", "make_teacher"),
+}
+TEACHER_NAMES = ("none", *TEACHERS)
 
 
-def make_teacher(teacher_config: ml_collections.ConfigDict,
-                 env_config: ml_collections.ConfigDict) -> Teacher | None:
-  """Builds the teacher named by ``teacher_config.name`` for the env of ``env_config``."""
-  name, kwargs = teacher_config.name, dict(teacher_config.kwargs)
-  chunk = teacher_config.chunk_size
+def observation_keys(teacher_config: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The observation keys the teacher reads: scripted teachers the privileged state, Octo its
+  camera (``kwargs.image_key``, default "rgb")."""
+  if teacher_config.name == "octo":
+    return (teacher_config.kwargs.get("image_key", "rgb"),)
+  return ("privileged",) if teacher_config.name in TEACHERS else ()
+
+
+def make_teacher(teacher_config: ml_collections.ConfigDict) -> Teacher | None:
+  """The teacher named by ``teacher_config.name`` with ``teacher_config.kwargs``; None for "none".
+
+  Raises ConfigError for an unknown name or a keyword its factory does not take.
+  """
+  name = teacher_config.name
   if name == "none":
     return None
-  if name == "scripted_push":
-    from rpd_jax.teachers import scripted
-    return scripted.make_push_teacher(chunk_size=chunk, **kwargs)
-  if name == "scripted_maniskill":
-    from rpd_jax.teachers import maniskill_scripted
-    return maniskill_scripted.make_teacher(env_config, chunk_size=chunk, **kwargs)
-  if name == "octo":
-    from rpd_jax.teachers import octo
-    return octo.make_teacher(env_config, chunk_size=chunk, **kwargs)
-  raise ValueError(f"config.teacher.name={name!r} is unknown; use one of "
-                   f"{', '.join(TEACHER_NAMES)}")
+  if name not in TEACHERS:
+    raise ConfigError(f"config.teacher.name={name!r} is unknown; use one of "
+                      f"{', '.join(TEACHER_NAMES)}")
+  module, function = TEACHERS[name]
+  factory = getattr(importlib.import_module(module), function)
+  kwargs = dict(teacher_config.kwargs)
+  check_options(factory, kwargs, "teacher.kwargs", f"the {name!r} teacher")
+  return factory(**kwargs)
 
 
-__all__ = ["TEACHER_NAMES", "Teacher", "TeacherOutput", "make_teacher", "query"]
+__all__ = ["TEACHERS", "TEACHER_NAMES", "Teacher", "TeacherOutput", "make_teacher",
+           "observation_keys", "query"]

@@ -40,9 +40,6 @@ class Teacher:
   params: Any
   apply_fn: TeacherFn = struct.field(pytree_node=False)
   name: str = struct.field(pytree_node=False, default="teacher")
-  # Observations of a batch the teacher sees in one call at most; the update maps over chunks of
-  # this size to bound memory (a large vision model on 6,400 images at once would not fit).
-  chunk_size: int = struct.field(pytree_node=False, default=4096)
 
 
 def noisy_samples(mean: jax.Array, noise: jax.Array, key: jax.Array,
@@ -63,19 +60,23 @@ def noisy_samples(mean: jax.Array, noise: jax.Array, key: jax.Array,
 
 
 def query(teacher: Teacher, obs: Observation, prev_obs: Observation, is_first: jax.Array,
-          key: jax.Array, num_samples: int = 0) -> TeacherOutput:
-  """One teacher call on a flat batch [B, ...], in chunks of at most ``teacher.chunk_size``.
+          key: jax.Array, num_samples: int = 0, chunk_size: int = 4096) -> TeacherOutput:
+  """One teacher call on a flat batch [B, ...], in chunks of at most ``chunk_size``.
 
-  Pure and jittable. Returns action [B, A] and samples [N, B, A] (None when num_samples == 0).
+  A large vision model on thousands of images at once would not fit in memory, so the batch is
+  mapped over in equal chunks (``lax.map``); where ``chunk_size`` does not divide it, the last
+  chunk is padded with copies of the last observation, whose answers are dropped. Pure and
+  jittable. Returns action [B, A] and samples [N, B, A] (None when num_samples == 0).
   """
   batch = is_first.shape[0]
-  num_chunks = -(-batch // teacher.chunk_size)
-  if batch % num_chunks:
-    raise ValueError(
-        f"a teacher batch of {batch} does not split into {num_chunks} equal chunks of at most "
-        f"teacher chunk_size={teacher.chunk_size}; choose a chunk_size that divides "
-        f"num_envs * num_steps = {batch}")
-  to_chunks = lambda x: x.reshape((num_chunks, batch // num_chunks) + x.shape[1:])
+  num_chunks = -(-batch // chunk_size)
+  size = -(-batch // num_chunks)  # the smallest equal chunks: at most num_chunks - 1 padded rows
+  pad = num_chunks * size - batch
+
+  def to_chunks(x):
+    x = jnp.concatenate([x, jnp.repeat(x[-1:], pad, axis=0)]) if pad else x
+    return x.reshape((num_chunks, size) + x.shape[1:])
+
   inputs = jax.tree.map(to_chunks, (obs, prev_obs, is_first))
   keys = jax.random.split(key, num_chunks)
 
@@ -84,9 +85,10 @@ def query(teacher: Teacher, obs: Observation, prev_obs: Observation, is_first: j
     return teacher.apply_fn(teacher.params, o, p, f, k, num_samples)
 
   out = jax.lax.map(one_chunk, (inputs, keys))
-  action = out.action.reshape((batch,) + out.action.shape[2:])
+  action = out.action.reshape((num_chunks * size,) + out.action.shape[2:])[:batch]
   samples = None
-  if out.samples is not None:  # [chunks, N, b, A] -> [N, B, A]
-    samples = jnp.moveaxis(out.samples, 1, 0).reshape((num_samples, batch, -1))
+  if out.samples is not None:  # [chunks, N, size, A] -> [N, B, A]
+    samples = jnp.moveaxis(out.samples, 1, 0).reshape((num_samples, num_chunks * size, -1))
+    samples = samples[:, :batch]
   chex.assert_shape(action, (batch, None))
   return TeacherOutput(action, samples)

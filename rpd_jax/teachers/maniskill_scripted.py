@@ -27,8 +27,8 @@ line to the goal and strikes it at full speed.
 ``noise`` (std of Gaussian noise per action dimension, in action units, before the clip to
 [-1, 1]) turns these near-perfect controllers into mediocre teachers, as a fine-tuned VLA is one.
 
-Run ``python -m rpd_jax.teachers.maniskill_scripted --env_id=PushCube-v1 --noise=0.5`` to measure
-a teacher's success rate alone.
+Measure a teacher's success rate alone with ``python -m rpd_jax.pipeline.eval_teacher
+--teacher=scripted_maniskill --tasks=PushCube-v1 --noise=0.5 --execution=first``.
 """
 
 from __future__ import annotations
@@ -38,11 +38,9 @@ from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-from absl import app
-from absl import flags
 
 from rpd_jax.envs.base import Observation
+from rpd_jax.errors import ConfigError
 from rpd_jax.teachers.base import Teacher, TeacherOutput, noisy_samples
 
 GRIPPER_CLOSED = -1.0  # ManiSkill's pd_ee_delta_pose convention: -1 closes, +1 opens
@@ -50,7 +48,7 @@ MAX_DELTA = 0.1  # metres of TCP motion that a position action of 1 asks for (pd
 DEFAULT_NOISE = 0.75
 # Noise per task for a mediocre teacher (succeeds sometimes, as the paper's fine-tuned VLAs
 # did); the grasping controllers fail almost always at 0.75, so they get less. Success alone,
-# 100 episodes from distinct seeds (`python -m rpd_jax.eval_teacher --teacher=scripted_maniskill
+# 100 episodes from distinct seeds (`python -m rpd_jax.pipeline.eval_teacher --teacher=scripted_maniskill
 # --tasks=<all six> --episodes=100 --execution=first`):
 TASK_NOISE = {
     "PushCube-v1": 0.75,  # 34%
@@ -399,29 +397,26 @@ CONTROLLERS: dict[str, Callable[[jax.Array, jax.Array], jax.Array]] = {
 }
 
 
-def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int = 4096,
-                 noise: Optional[float] = None, gain: float = 2.0) -> Teacher:
-  """The scripted teacher of ``env_config.kwargs.env_id``.
+def make_teacher(task: str, noise: Optional[float] = None, gain: float = 2.0) -> Teacher:
+  """The scripted teacher of one ManiSkill task (``config.teacher.kwargs``).
 
   Args:
-    env_config: the run's ``config.env`` (name "maniskill").
-    chunk_size: observations per teacher call inside the update.
+    task: the ManiSkill task id, e.g. "PushCube-v1" (one of CONTROLLERS).
     noise: std of the Gaussian action noise, in action units (module doc); None: the task's
       TASK_NOISE.
     gain: proportional gain of the TCP position control (1: move the full distance to the
       waypoint in one step, as far as the 0.1 m action limit allows).
   """
-  env_id = env_config.kwargs.get("env_id", "PushCube-v1")
-  if env_config.name != "maniskill" or env_id not in CONTROLLERS:
-    raise ValueError(
-        f"no scripted ManiSkill teacher for env {env_config.name!r} / {env_id!r}; scripted "
+  if task not in CONTROLLERS:
+    raise ConfigError(
+        f"config.teacher.kwargs.task={task!r} has no scripted ManiSkill teacher; scripted "
         f"teachers exist for {', '.join(CONTROLLERS)} (others: teacher.name='octo', or the "
         f"'ppo' variant)")
   if noise is None:
-    noise = TASK_NOISE.get(env_id, DEFAULT_NOISE)
+    noise = TASK_NOISE.get(task, DEFAULT_NOISE)
   if noise < 0:
-    raise ValueError(f"scripted teacher noise={noise} is a standard deviation; use >= 0")
-  controller = CONTROLLERS[env_id]
+    raise ConfigError(f"config.teacher.kwargs.noise={noise} is a standard deviation; use >= 0")
+  controller = CONTROLLERS[task]
 
   def apply_fn(params, obs: Observation, prev_obs: Observation, is_first: jax.Array,
                key: jax.Array, num_samples: int) -> TeacherOutput:
@@ -430,35 +425,4 @@ def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int = 4096,
     return noisy_samples(mean, params["noise"], key, num_samples)
 
   params = {"noise": jnp.asarray(noise, jnp.float32), "gain": jnp.asarray(gain, jnp.float32)}
-  return Teacher(params=params, apply_fn=apply_fn, name=f"scripted_{env_id}",
-                 chunk_size=chunk_size)
-
-
-def main(argv):
-  del argv
-  from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
-  from rpd_jax.envs import maniskill  # pylint: disable=g-import-not-at-top
-  f = flags.FLAGS
-  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": f.env_id}})
-  teacher = make_teacher(env_config, noise=f.noise, gain=f.gain)
-  act = jax.jit(lambda obs, prev_obs, is_first, key: teacher.apply_fn(
-      teacher.params, obs, prev_obs, is_first, key, 0).action)
-  env = maniskill.ManiSkillVecEnv(num_envs=f.num_envs, seed=f.seed, reward_mode="sparse",
-                                  env_id=f.env_id, sim_backend="physx_cpu")
-  try:
-    result = evaluate.evaluate(env, act, f.episodes, seed=f.seed, key=jax.random.key(f.seed))
-  finally:
-    env.close()
-  print(f"{f.env_id} noise={float(teacher.params['noise'])} gain={f.gain}: success "
-        f"{result['eval/success_rate']:.3f} over {f.episodes} episodes, mean length "
-        f"{result['eval/episode_length']:.1f}")
-
-
-if __name__ == "__main__":
-  flags.DEFINE_string("env_id", "PushCube-v1", "task with a scripted controller")
-  flags.DEFINE_float("noise", None, "std of the action noise (default: TASK_NOISE of the task)")
-  flags.DEFINE_float("gain", 2.0, "proportional gain of the TCP control")
-  flags.DEFINE_integer("episodes", 32, "episodes to measure (a multiple of num_envs)")
-  flags.DEFINE_integer("num_envs", 2, "parallel CPU envs")
-  flags.DEFINE_integer("seed", 0, "seed of the first evaluation round")
-  app.run(main)
+  return Teacher(params=params, apply_fn=apply_fn, name=f"scripted_{task}")

@@ -25,65 +25,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import pathlib
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
+from rpd_jax import octo
 from rpd_jax.envs.base import Observation
+from rpd_jax.errors import ConfigError
 from rpd_jax.octo import text
 from rpd_jax.teachers.base import Teacher, TeacherOutput
 
 GRIPPER_MODES = ("maniskill", "raw")
-# Released checkpoints by name (third_party/README.md says how to download them).
-KNOWN_CHECKPOINTS = {
-    "octo-small": "rail-berkeley/octo-small",
-    "octo-base": "rail-berkeley/octo-base",
-    "octo-small-1.5": "rail-berkeley/octo-small-1.5",
-    "octo-base-1.5": "rail-berkeley/octo-base-1.5",
-    "octo-base-1.5-finetuned-maniskill": "Juelg/octo-base-1.5-finetuned-maniskill",
-}
-DOWNLOADS = pathlib.Path(__file__).resolve().parents[2] / "third_party" / "downloads"
-# Teachers made by this project's pipeline (rpd_jax.demos + rpd_jax.finetune), shipped in the
-# package: rpd_jax/teachers/checkpoints/<name> (README.md: how each was made, its evaluation).
-SHIPPED = pathlib.Path(__file__).resolve().parent / "checkpoints"
-
-
-def resolve_checkpoint(checkpoint: str | os.PathLike) -> str:
-  """A checkpoint folder for ``checkpoint``: a folder, a shipped teacher's name, or a released
-  checkpoint's name or hub id.
-
-  Shipped teachers (``octo-tiny-pushcube``) live in ``SHIPPED``. Released names
-  (``octo-small-1.5``, ``rail-berkeley/octo-small-1.5``, ...) resolve to
-  ``third_party/downloads/<name>``, then to the newest Hugging Face hub-cache snapshot.
-  """
-  checkpoint = str(checkpoint)
-  if os.path.isdir(checkpoint):
-    return checkpoint
-  if (SHIPPED / checkpoint).is_dir():
-    return str(SHIPPED / checkpoint)
-  name = checkpoint.removeprefix("hf://").rstrip("/")
-  hub_id = KNOWN_CHECKPOINTS.get(name, name)
-  if hub_id not in KNOWN_CHECKPOINTS.values():
-    shipped = sorted(p.name for p in SHIPPED.iterdir() if p.is_dir()) if SHIPPED.is_dir() else []
-    raise FileNotFoundError(
-        f"checkpoint={checkpoint!r} is neither a folder, nor a shipped teacher "
-        f"({', '.join(shipped) or 'none'}), nor a released checkpoint "
-        f"({', '.join(KNOWN_CHECKPOINTS)})")
-  local = DOWNLOADS / hub_id.split("/")[1]
-  if local.is_dir():
-    return str(local)
-  snapshots = text.hf_cache_dir() / ("models--" + hub_id.replace("/", "--")) / "snapshots"
-  found = sorted(snapshots.iterdir(), key=lambda p: p.stat().st_mtime) if snapshots.is_dir() else []
-  if not found:
-    raise FileNotFoundError(
-        f"checkpoint {hub_id} is not downloaded: found neither {local} nor a snapshot in "
-        f"{snapshots}; see third_party/README.md")
-  return str(found[-1])
 
 
 def resize_images(images: jax.Array, size: tuple[int, int],
@@ -172,36 +127,6 @@ def action_statistics(dataset_statistics: Optional[Mapping[str, Any]],
   return out
 
 
-def instruction_for(env_config: ml_collections.ConfigDict) -> str:
-  """The language instruction of the env's task, from ``rpd_jax.envs.tasks.TASKS``."""
-  env_id = env_config.get("kwargs", {}).get("env_id")
-  if env_id is None:
-    raise ValueError("the Octo teacher needs a language instruction: pass "
-                     "config.teacher.kwargs.instruction='...' (config.env.kwargs has no env_id "
-                     "to look one up)")
-  try:
-    from rpd_jax.envs.tasks import TASKS  # pylint: disable=g-import-not-at-top
-  except ImportError as e:
-    raise ValueError(f"no task table to look up the instruction of {env_id!r} ({e}); pass "
-                     "config.teacher.kwargs.instruction='...'") from e
-  if env_id not in TASKS:
-    raise ValueError(f"env_id={env_id!r} has no instruction in rpd_jax.envs.tasks.TASKS "
-                     f"({', '.join(TASKS)}); pass config.teacher.kwargs.instruction='...'")
-  return TASKS[env_id].instruction
-
-
-def embed_instruction(model: Any, instruction: str,
-                      tokenizer: Callable[[Sequence[str]], Any]) -> jax.Array:
-  """The T5 last hidden state of ``instruction``, float32 [16, D], with the checkpoint's encoder.
-
-  ``tokenizer`` maps texts to ``input_ids``/``attention_mask`` [B, 16] (``text.T5Tokenizer``).
-  """
-  tokens = tokenizer([instruction])
-  hidden = jax.jit(type(model).encode_language)(model, jnp.asarray(tokens["input_ids"]),
-                                                jnp.asarray(tokens["attention_mask"]))
-  return hidden[0].astype(jnp.float32)
-
-
 def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
                        window: int = 1,
                        dataset_name: Optional[str] = None,
@@ -209,15 +134,14 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
                        gripper: str = "maniskill",
                        image_key: str = "rgb",
                        dtype: Optional[str] = None,
-                       chunk_size: int = 4096,
                        name: str = "octo") -> Teacher:
   """An Octo teacher from a loaded model and its instruction's embedding.
 
   Args:
     model: an ``rpd_jax.octo`` model (a pytree: params and statistics are leaves).
     language_embedding: float [16, D], the instruction's T5 last hidden state
-      (``embed_instruction``); None for a model without language input (a single-task
-      policy, e.g. the small teachers ``rpd_jax.finetune`` trains from scratch).
+      (``model.embed_instructions``); None for a model without language input (a single-task
+      policy, e.g. the small teachers ``rpd_jax.pipeline.finetune`` trains from scratch).
     window: frames per query, 1 (the published RPD setting) or 2 (uses ``prev_obs``); at most
       the checkpoint's training window.
     dataset_name: which dataset's action statistics to unnormalise with, for pretrained
@@ -229,19 +153,19 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
     image_key: the observation key holding the teacher's camera, uint8 [B, H, W, 3].
     dtype: compute dtype of the transformer and tokenizers, e.g. "bfloat16" for accelerators
       (the diffusion head and the parameters stay float32); None keeps the model's.
-    chunk_size: observations per call inside the PPO update (see ``Teacher``).
 
   Returns:
     A ``Teacher`` whose apply_fn gives the first action of each sampled chunk, [B, 7], and N
     samples [N, B, 7] when asked.
   """
   if gripper not in GRIPPER_MODES:
-    raise ValueError(f"gripper={gripper!r}; use one of {', '.join(GRIPPER_MODES)}")
+    raise ConfigError(f"config.teacher.kwargs.gripper={gripper!r}; use one of "
+                      f"{', '.join(GRIPPER_MODES)}")
   example = model.example_batch["observation"]["image_primary"]
   trained_window, size = example.shape[1], tuple(example.shape[2:4])
   if not 1 <= window <= trained_window:
-    raise ValueError(f"window={window}: this checkpoint was trained with a window of "
-                     f"{trained_window}; use 1..{trained_window}")
+    raise ConfigError(f"config.teacher.kwargs.window={window}: this checkpoint was trained with "
+                      f"a window of {trained_window}; use 1..{trained_window}")
   if dtype is not None:
     model = model.replace(module=model.module.clone(dtype=jnp.dtype(dtype)))
   # The task (zero goal images padded out, the instruction's embedding) is built once for a
@@ -249,7 +173,7 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
   if language_embedding is None:
     if model.spec.task_tokenizers:
       raise ValueError("this Octo model takes a language instruction: pass its T5 embedding "
-                       "(embed_instruction)")
+                       "(model.embed_instructions)")
     task = model.create_tasks()
   else:
     embedding = jnp.asarray(language_embedding, jnp.float32)[None]
@@ -260,7 +184,7 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
       "action_stats": action_statistics(model.dataset_statistics, dataset_name),
   }
   apply_fn = OctoApply(size, window, center_crop, gripper, image_key)
-  return Teacher(params=params, apply_fn=apply_fn, name=name, chunk_size=chunk_size)
+  return Teacher(params=params, apply_fn=apply_fn, name=name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -306,38 +230,38 @@ class OctoApply:
     return TeacherOutput(action=chunks[0, :, 0], samples=samples)
 
 
-def make_teacher(env_config: ml_collections.ConfigDict, chunk_size: int, *,
-                 checkpoint: str,
-                 step: Optional[int] = None,
-                 instruction: Optional[str] = None,
-                 tokenizer_dir: Optional[str] = None,
-                 **kwargs) -> Teacher:
+def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
+                 step: Optional[int] = None, tokenizer_dir: Optional[str] = None,
+                 window: int = 1, dataset_name: Optional[str] = None,
+                 center_crop: Optional[float] = None, gripper: str = "maniskill",
+                 image_key: str = "rgb", dtype: Optional[str] = None) -> Teacher:
   """The Octo teacher of ``config.teacher.kwargs``: load, embed the instruction, adapt.
 
   Args:
-    env_config: ``config.env``; its ``kwargs.env_id`` picks the instruction from
-      ``rpd_jax.envs.tasks.TASKS`` when ``instruction`` is None.
-    chunk_size: ``config.teacher.chunk_size``.
-    checkpoint: a checkpoint folder or a released checkpoint's name (``resolve_checkpoint``).
+    checkpoint: a checkpoint folder, a shipped teacher's or released checkpoint's name
+      (``rpd_jax.octo.hub.resolve_checkpoint``).
+    instruction: the task's language instruction (``rpd_jax.envs.tasks.TASKS`` has the
+      paper's); required by language-conditioned models (every released checkpoint), unused
+      by models without language input.
     step: the checkpoint step to load (None: the latest).
-    instruction: the task's language instruction (None: looked up by env_id); unused by
-      models without language input.
     tokenizer_dir: folder with the t5-base ``spiece.model`` (None: ``T5Tokenizer.find()``).
-    **kwargs: ``teacher_from_model``'s options (window, dataset_name, center_crop, gripper,
-      image_key, dtype).
+    window, dataset_name, center_crop, gripper, image_key, dtype: ``teacher_from_model``'s.
   """
-  from rpd_jax import octo  # pylint: disable=g-import-not-at-top
-  folder = resolve_checkpoint(checkpoint)
+  folder = octo.hub.resolve_checkpoint(checkpoint)
   # Loaded in float32: the instruction is embedded once, at full precision, whatever the
   # teacher's compute dtype.
   model = octo.load_pretrained(folder, step=step)
   embedding = None
-  if model.spec.task_tokenizers:  # a language-conditioned model (every released checkpoint)
-    if instruction is None:
-      instruction = instruction_for(env_config)
-    embedding = embed_instruction(model, instruction, text.T5Tokenizer.find(tokenizer_dir))
-  return teacher_from_model(model, embedding, chunk_size=chunk_size,
-                            name=f"octo:{pathlib.Path(folder).name}", **kwargs)
+  if model.spec.task_tokenizers:  # a language-conditioned model
+    if not instruction:
+      raise ConfigError(
+          f"the Octo checkpoint {checkpoint!r} takes a language instruction: set "
+          f"config.teacher.kwargs.instruction (rpd_jax.envs.tasks.TASKS has the paper's)")
+    tokenizer = text.T5Tokenizer.find(tokenizer_dir)
+    embedding = model.embed_instructions([instruction], tokenizer)[0]
+  return teacher_from_model(model, embedding, window=window, dataset_name=dataset_name,
+                            center_crop=center_crop, gripper=gripper, image_key=image_key,
+                            dtype=dtype, name=f"octo:{pathlib.Path(folder).name}")
 
 
 class TemporalEnsemble:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from rpd_jax.envs import jax_push
 from rpd_jax.envs.base import Observation
+from rpd_jax.errors import ConfigError
 from rpd_jax.teachers.base import Teacher, TeacherOutput, noisy_samples
 
 # Defaults for a mediocre teacher: alone it succeeds in 44% of 512 episodes (43% with another
@@ -52,11 +53,10 @@ def push_controller(privileged: jax.Array, geometry: jax_push.PushParams) -> jax
                          axis=-1)
 
 
-def make_push_teacher(chunk_size: int = 4096, noise: float = DEFAULT_NOISE,
-                      bias: float = DEFAULT_BIAS) -> Teacher:
+def make_push_teacher(noise: float = DEFAULT_NOISE, bias: float = DEFAULT_BIAS) -> Teacher:
   """The scripted pushing teacher; ``noise`` and ``bias`` are in action units (module doc)."""
   if noise < 0:
-    raise ValueError(f"scripted teacher noise={noise} is a standard deviation; use >= 0")
+    raise ConfigError(f"config.teacher.kwargs.noise={noise} is a standard deviation; use >= 0")
   geometry = jax_push.PushParams()
 
   def apply_fn(params, obs: Observation, prev_obs: Observation, is_first: jax.Array,
@@ -67,4 +67,4 @@ def make_push_teacher(chunk_size: int = 4096, noise: float = DEFAULT_NOISE,
     return noisy_samples(mean, params["noise"], key, num_samples)
 
   params = {"noise": jnp.asarray(noise, jnp.float32), "bias": jnp.asarray(bias, jnp.float32)}
-  return Teacher(params=params, apply_fn=apply_fn, name="scripted_push", chunk_size=chunk_size)
+  return Teacher(params=params, apply_fn=apply_fn, name="scripted_push")

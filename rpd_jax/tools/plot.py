@@ -1,6 +1,6 @@
 """Learning curves of finished or running trainings: mean +- std over seeds, steps to a target.
 
-  python -m rpd_jax.plot runs/jax_push_curves --out curves.png [--metric eval/success_rate]
+  python -m rpd_jax.tools.plot runs/jax_push_curves --out=curves.png [--metric=eval/success_rate]
 
 Run directories are grouped by name: ``<label>_s<seed>`` (e.g. ``rpd_mse_s0``) share the label
 ``rpd_mse``. Prints a markdown table: per label, the env steps at which the seed-mean curve first
@@ -16,7 +16,10 @@ import re
 from typing import Optional
 
 import numpy as np
-from absl import app, flags
+from absl import flags
+
+from rpd_jax import cli
+from rpd_jax.errors import ConfigError
 
 _OUT = flags.DEFINE_string("out", "curves.png", "Where the plot goes (PNG).")
 _METRIC = flags.DEFINE_string("metric", "eval/success_rate", "The metric to plot.")
@@ -114,16 +117,19 @@ def table(rows: list[dict], metric: str, target: float) -> str:
   return "\n".join(lines)
 
 
-def main(argv):
-  if len(argv) < 2:
-    raise app.UsageError("give run directories, or folders holding them")
-  rows = summarise(group_runs(argv[1:]), _METRIC.value, _TARGET.value)
+def main(paths: list[str]) -> None:
+  if not paths:
+    raise ConfigError("give run directories, or folders holding them")
+  missing = [p for p in paths if not os.path.isdir(p)]
+  if missing:
+    raise FileNotFoundError(f"no such folder: {', '.join(missing)}")
+  rows = summarise(group_runs(paths), _METRIC.value, _TARGET.value)
   if not rows:
-    raise app.UsageError(f"no run under {argv[1:]} has logged {_METRIC.value}")
+    raise ConfigError(f"no run under {', '.join(paths)} has logged {_METRIC.value}")
   plot(rows, _METRIC.value, _OUT.value, _REFERENCE.value, _TITLE.value)
   print(table(rows, _METRIC.value, _TARGET.value))
   print(f"\nplot: {_OUT.value}")
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main, positional=True)

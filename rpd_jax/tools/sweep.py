@@ -1,6 +1,6 @@
 """Runs one config over several variants and seeds, then plots mean +- std learning curves.
 
-  python -m rpd_jax.sweep --config=experiments/jax_push.py:sparse \\
+  python -m rpd_jax.tools.sweep --config=experiments/jax_push.py:sparse \\
       --variants=ppo,rpd_mse,rpd_l1,rpd_bc,ppd --seeds=0,1,2 --root=runs/jax_push_sparse
 
 Each run is ``python -m rpd_jax.train`` in ``<root>/<variant>_s<seed>``, so an interrupted sweep
@@ -16,9 +16,11 @@ import subprocess
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 
-from rpd_jax import plot
+from rpd_jax import cli
+from rpd_jax import config as config_lib
+from rpd_jax.tools import plot
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file with its base variants, e.g. "
                               "experiments/jax_push.py:sparse.", required=True)
@@ -29,7 +31,7 @@ _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once.")
 _OVERRIDES = flags.DEFINE_multi_string("set", [], "Overrides for every run, e.g. "
                                        "--set=total_env_steps=300000.")
 # --target (success rate to report steps to) and --reference (the teacher's own success, drawn
-# in the plot) are rpd_jax.plot's flags.
+# in the plot) are rpd_jax.tools.plot's flags.
 _TARGET, _REFERENCE = plot._TARGET, plot._REFERENCE  # pylint: disable=protected-access
 
 
@@ -45,8 +47,11 @@ def _finished(workdir: str) -> bool:
   return os.path.exists(os.path.join(workdir, "done"))
 
 
-def main(argv):
-  del argv
+def main() -> None:
+  # Every variant must load before any run starts (one error line for a typo, not N failures).
+  path, _, base = _CONFIG.value.partition(":")
+  for variant in _VARIANTS.value:
+    config_lib.load(f"{path}:{','.join(filter(None, [base, variant]))}")
   os.makedirs(_ROOT.value, exist_ok=True)
   queue = [(v, s) for s in _SEEDS.value for v in _VARIANTS.value]
   running: list[tuple[subprocess.Popen, str, float]] = []
@@ -83,4 +88,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -1,8 +1,8 @@
 """A teacher alone on ManiSkill tasks: the teacher table (success, normalized reward), videos.
 
-  python -m rpd_jax.eval_teacher --checkpoint=octo-tiny-pushcube --tasks=PushCube-v1 \
+  python -m rpd_jax.pipeline.eval_teacher --checkpoint=octo-tiny-pushcube --tasks=PushCube-v1 \
       --episodes=100 --out=runs/teacher_eval/octo_tiny_pushcube
-  python -m rpd_jax.eval_teacher --teacher=scripted_maniskill --noise=0.75 \
+  python -m rpd_jax.pipeline.eval_teacher --teacher=scripted_maniskill --noise=0.75 \
       --tasks=PushCube-v1,PullCube-v1 --episodes=100 --out=runs/teacher_eval/scripted
 
 Writes ``<out>/teacher_table.md`` and ``teacher_table.json`` (one row per task: success rate
@@ -23,21 +23,23 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
-import ml_collections
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
+
+from rpd_jax import cli, rollout
+from rpd_jax.envs import tasks
+from rpd_jax.errors import ConfigError
 
 EXECUTIONS = ("first", "receding", "ensemble")
 
 _TEACHER = flags.DEFINE_enum("teacher", "octo", ["octo", "scripted_maniskill"], "which teacher")
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", "octo-tiny-pushcube", "Octo: a checkpoint folder, a shipped teacher's name or a "
-    "released checkpoint's name (rpd_jax.teachers.octo.resolve_checkpoint)")
+    "released checkpoint's name (rpd_jax.octo.resolve_checkpoint)")
 _TOKENIZER = flags.DEFINE_string("tokenizer_dir", None, "Octo with language: t5-base tokenizer")
 _WINDOW = flags.DEFINE_integer("window", 1, "Octo: frames per query")
 _NOISE = flags.DEFINE_float("noise", None, "scripted teacher: action noise std")
@@ -51,19 +53,21 @@ _OUT = flags.DEFINE_string("out", None, "output folder", required=True)
 _SIM_BACKEND = flags.DEFINE_string("sim_backend", "auto", "physx_cpu, physx_cuda or auto")
 
 
-def chunk_executor(chunks_fn: Callable, params, execution: str, horizon: int):
-  """An act(obs, prev_obs, is_first, key) -> action [B, A] that executes Octo's chunks.
+def chunk_executor(chunks_fn: Callable, params, execution: str,
+                   horizon: int) -> rollout.Policy:
+  """A policy that executes Octo's action chunks as ``execution`` says.
 
   ``chunks_fn(params, obs, prev_obs, is_first, key)`` -> [1, B, horizon, A] (OctoApply.chunks).
   """
   from rpd_jax.teachers.octo import TemporalEnsemble  # pylint: disable=g-import-not-at-top
   chunks = jax.jit(lambda p, o, po, f, k: chunks_fn(p, o, po, f, k)[0])
   if execution == "first":
-    return lambda obs, prev_obs, is_first, key: chunks(params, obs, prev_obs, is_first, key)[:, 0]
+    return lambda obs, prev_obs, is_first, key: (
+        chunks(params, obs, prev_obs, is_first, key)[:, 0], {})
   if execution == "ensemble":
     ensemble = TemporalEnsemble(horizon)
-    return lambda obs, prev_obs, is_first, key: ensemble(
-        chunks(params, obs, prev_obs, is_first, key), is_first)
+    return lambda obs, prev_obs, is_first, key: (
+        ensemble(chunks(params, obs, prev_obs, is_first, key), is_first), {})
   state = {"chunk": None, "index": None}
 
   def receding(obs, prev_obs, is_first, key):
@@ -78,46 +82,38 @@ def chunk_executor(chunks_fn: Callable, params, execution: str, horizon: int):
       state["index"][need] = 0
     action = state["chunk"][np.arange(is_first.shape[0]), state["index"]]
     state["index"] += 1
-    return action
+    return action, {}
 
   return receding
 
 
-def make_act(teacher_name: str, env_config: ml_collections.ConfigDict, execution: str):
-  """(act, image_size or None, teacher label) for one task."""
-  from rpd_jax import teachers  # pylint: disable=g-import-not-at-top
-  if teacher_name == "scripted_maniskill":
+def make_policy(env_id: str, execution: str) -> tuple[rollout.Policy, Optional[int], str]:
+  """(policy, the teacher's image size or None, teacher label) for one task, from the flags."""
+  from rpd_jax.teachers import maniskill_scripted, octo  # pylint: disable=g-import-not-at-top
+  if _TEACHER.value == "scripted_maniskill":
     if execution != "first":
-      raise app.UsageError(f"--execution={execution}: scripted teachers output single actions; "
-                           "use --execution=first")
-    kwargs = {} if _NOISE.value is None else {"noise": _NOISE.value}
-    cfg = ml_collections.ConfigDict({"name": teacher_name, "kwargs": kwargs, "chunk_size": 4096})
-    teacher = teachers.make_teacher(cfg, env_config)
-    act = jax.jit(lambda o, po, f, k: teacher.apply_fn(teacher.params, o, po, f, k, 0).action)
-    return act, None, teacher.name
-  cfg = ml_collections.ConfigDict({
-      "name": "octo", "chunk_size": 4096,
-      "kwargs": {"checkpoint": _CHECKPOINT.value, "window": _WINDOW.value,
-                 "tokenizer_dir": _TOKENIZER.value}})
-  teacher = teachers.make_teacher(cfg, env_config)
-  model = teacher.params["model"]
-  horizon = dict(model.spec.heads)["action"].action_horizon
-  act = chunk_executor(teacher.apply_fn.chunks, teacher.params, execution, horizon)
-  return act, teacher.apply_fn.size[0], teacher.name
+      raise ConfigError(f"--execution={execution}: scripted teachers output single actions; "
+                        "use --execution=first")
+    teacher = maniskill_scripted.make_teacher(task=env_id, noise=_NOISE.value)
+    return rollout.teacher_policy(teacher), None, teacher.name
+  teacher = octo.make_teacher(_CHECKPOINT.value, instruction=tasks.task_info(env_id).instruction,
+                              window=_WINDOW.value, tokenizer_dir=_TOKENIZER.value)
+  horizon = dict(teacher.params["model"].spec.heads)["action"].action_horizon
+  policy = chunk_executor(teacher.apply_fn.chunks, teacher.params, execution, horizon)
+  return policy, teacher.apply_fn.size[0], teacher.name
 
 
 def evaluate_task(env_id: str, out: str) -> dict:
   from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
   from rpd_jax.envs import maniskill  # pylint: disable=g-import-not-at-top
-  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": env_id}})
-  act, image_size, label = make_act(_TEACHER.value, env_config, _EXECUTION.value)
+  policy, image_size, label = make_policy(env_id, _EXECUTION.value)
   obs_mode = "state" if image_size is None else "rgb"
   env = maniskill.ManiSkillVecEnv(
       num_envs=_NUM_ENVS.value, seed=_SEED.value, reward_mode="normalized_dense", env_id=env_id,
       obs_mode=obs_mode, image_size=image_size or 128, sim_backend=_SIM_BACKEND.value)
   started = time.perf_counter()
   try:
-    result = evaluate.evaluate(env, act, _EPISODES.value, seed=_SEED.value,
+    result = evaluate.evaluate(env, policy, _EPISODES.value, seed=_SEED.value,
                                key=jax.random.key(_SEED.value),
                                video_dir=os.path.join(out, "videos"), num_videos=_VIDEOS.value,
                                video_prefix=env_id, progress=True)
@@ -141,22 +137,17 @@ def markdown(rows: list[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
-def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+def main() -> None:
   if _EPISODES.value % _NUM_ENVS.value:
-    raise app.UsageError(f"--episodes={_EPISODES.value} must be a multiple of "
-                         f"--num_envs={_NUM_ENVS.value}")
+    raise ConfigError(f"--episodes={_EPISODES.value} must be a multiple of "
+                      f"--num_envs={_NUM_ENVS.value}")
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   out = _OUT.value
   os.makedirs(out, exist_ok=True)
   rows = []
   for env_id in _TASKS.value:
-    try:
-      rows.append(evaluate_task(env_id, out))
-    except (FileNotFoundError, ValueError, KeyError) as e:  # bad checkpoint, task or teacher
-      print(f"error: {e}", file=sys.stderr)
-      sys.exit(2)
+    tasks.task_info(env_id)  # an unknown task stops here, before anything is loaded
+    rows.append(evaluate_task(env_id, out))
     print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     with open(os.path.join(out, "teacher_table.json"), "w") as f:
       json.dump(rows, f, indent=2)
@@ -166,4 +157,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

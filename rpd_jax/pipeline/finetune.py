@@ -1,6 +1,6 @@
 """Fine-tune Octo (or train a small Octo from scratch) on recorded demonstrations.
 
-  python -m rpd_jax.finetune --config=experiments/finetune_octo.py[:variant,...] \
+  python -m rpd_jax.pipeline.finetune --config=experiments/finetune_octo.py[:variant,...] \
       [--workdir=runs/finetune/pushcube] [--config.num_steps=...]
 
 The workdir IS an Octo checkpoint in the official layout (``config.json``,
@@ -47,18 +47,18 @@ import tqdm
 
 from rpd_jax import checkpoint as checkpoint_lib
 from rpd_jax import config as config_lib
-from rpd_jax import demos as demos_lib
 from rpd_jax import octo
-from rpd_jax.octo import heads as heads_lib
+from rpd_jax.errors import ConfigError
+from rpd_jax.octo import sizes, text
 from rpd_jax.octo.model import freeze_config
-from rpd_jax.octo import sizes
 from rpd_jax.octo.module import OctoModule
 from rpd_jax.octo.transfer import transfer_params
+from rpd_jax.pipeline import demos as demos_lib
 
 MODES = ("full", "head_only", "head_mlp")
 
 
-class FinetuneError(ValueError):
+class FinetuneError(ConfigError):
   """A bad fine-tuning config or input; the message names the value and the fix."""
 
 
@@ -79,12 +79,6 @@ def dataset_statistics(actions: np.ndarray, num_trajectories: int) -> dict[str, 
   stats = demos_lib.action_statistics(actions, mask)
   return {"action": stats, "num_transitions": int(actions.shape[0]),
           "num_trajectories": int(num_trajectories)}
-
-
-def normalize(actions: jax.Array, stats: dict[str, jax.Array], max_action: float) -> jax.Array:
-  """Octo's normalisation: (a - mean) / std where ``mask``, clipped to +-max_action."""
-  normed = (actions - stats["mean"]) / (stats["std"] + 1e-8)
-  return jnp.clip(jnp.where(stats["mask"], normed, actions), -max_action, max_action)
 
 
 def trainable_label(path: tuple[str, ...], mode: str) -> str:
@@ -135,34 +129,6 @@ def augment(images: jax.Array, key: jax.Array, shift: int, color: float) -> jax.
   return jnp.clip(jnp.round(x), 0, 255).astype(jnp.uint8)
 
 
-def diffusion_loss(module: OctoModule, params: Any, batch: dict[str, jax.Array], tasks: Any,
-                   stats: dict[str, jax.Array], key: jax.Array) -> jax.Array:
-  """Octo's diffusion head loss: MSE of the predicted noise on normalised action chunks.
-
-  batch: image [B, W, S, S, 3], timestep_pad_mask [B, W], action [B, W, H, A] (Octo gripper
-  convention), action_pad_mask [B, W, H]. tasks: the task dict of batch B.
-  """
-  head = dict(module.spec.heads)["action"]
-  observations = {"image_primary": batch["image"], "timestep_pad_mask": batch["timestep_pad_mask"]}
-  outputs = module.apply({"params": params}, observations, tasks, batch["timestep_pad_mask"],
-                         True, method=OctoModule.transformer)
-  embedding = outputs[head.readout_key].tokens.astype(jnp.float32).mean(axis=-2)  # [B, W, D]
-  actions = normalize(batch["action"], stats, head.max_action)
-  b, w, h, a = actions.shape
-  x0 = actions.reshape((b, w, h * a))
-  k_time, k_noise = jax.random.split(key)
-  _, _, alpha_hats = heads_lib.schedule(head.diffusion_steps)
-  t = jax.random.randint(k_time, (b, w, 1), 0, head.diffusion_steps)
-  noise = jax.random.normal(k_noise, x0.shape)
-  alpha_hat = alpha_hats[t]
-  noisy = jnp.sqrt(alpha_hat) * x0 + jnp.sqrt(1 - alpha_hat) * noise
-  eps = module.apply({"params": params}, "action", embedding, noisy, t,
-                     method=OctoModule.head_eps)
-  mask = batch["timestep_pad_mask"][:, :, None, None] & batch["action_pad_mask"][..., None]
-  mask = jnp.broadcast_to(mask, (b, w, h, a)).reshape((b, w, h * a)).astype(jnp.float32)
-  return jnp.sum(jnp.square(eps - noise) * mask) / jnp.maximum(mask.sum(), 1.0)
-
-
 class TrainState(NamedTuple):
   params: Any
   opt_state: Any
@@ -180,8 +146,11 @@ def make_train_step(module: OctoModule, optimizer: optax.GradientTransformation,
     if aug.enabled:
       batch = dict(batch, image=augment(batch["image"], k_aug, aug.shift, aug.color))
     tasks = jax.tree.map(lambda x: x[batch["task"]], tasks_table)
+    observations = {"image_primary": batch["image"],
+                    "timestep_pad_mask": batch["timestep_pad_mask"]}
     loss, grads = jax.value_and_grad(
-        lambda p: diffusion_loss(module, p, batch, tasks, stats, k_loss))(state.params)
+        lambda p: octo.diffusion_loss(module, p, observations, tasks, batch["action"],
+                                      batch["action_pad_mask"], stats, k_loss))(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
@@ -195,9 +164,7 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, action_dim: 
   """(the model to train with fresh parameters, the pretrained model or None)."""
   window, horizon = config.data.window, config.data.action_horizon
   if config.pretrained:
-    from rpd_jax.teachers.octo import resolve_checkpoint  # pylint: disable=g-import-not-at-top
-    pretrained = octo.load_pretrained(resolve_checkpoint(config.pretrained),
-                                      step=config.pretrained_step)
+    pretrained = octo.load_pretrained(config.pretrained, step=config.pretrained_step)
     model_config = flax.core.unfreeze(pretrained.config)["model"]
     head = model_config["heads"]["action"]["kwargs"]
     head.pop("pred_horizon", None)  # Octo 1.0's name; written back as 1.5's
@@ -246,17 +213,14 @@ def task_table(model: octo.OctoModel, instructions: tuple[str, ...],
           f"{len(instructions)} tasks ({'; '.join(instructions)}) but the model has no language "
           "input: set config.model.language=True (or fine-tune a pretrained Octo)")
     return jax.tree.map(jnp.asarray, model.create_tasks())
-  from rpd_jax.octo import text  # pylint: disable=g-import-not-at-top
-  from rpd_jax.teachers.octo import embed_instruction  # pylint: disable=g-import-not-at-top
-  tokenizer = text.T5Tokenizer.find(tokenizer_dir)
-  embeddings = jnp.stack([embed_instruction(model, t, tokenizer) for t in instructions])
+  embeddings = model.embed_instructions(instructions, text.T5Tokenizer.find(tokenizer_dir))
   return jax.tree.map(jnp.asarray, model.create_tasks(language_embeddings=embeddings))
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
   if not config.data.folders:
     raise FinetuneError("config.data.folders is empty; record demonstrations with "
-                        "`python -m rpd_jax.demos` and list their folders")
+                        "`python -m rpd_jax.pipeline.demos` and list their folders")
   if config.data.window not in (1, 2):
     raise FinetuneError(f"config.data.window={config.data.window}; Octo uses 1 or 2")
   if config.mode not in MODES:
@@ -358,28 +322,19 @@ def plot_loss(metrics_path: str, out: str) -> None:
   plt.close(fig)
 
 
-def main(argv):
-  from absl import app, flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  config = flags.FLAGS.config
+def main(config: ml_collections.ConfigDict, spec: str) -> None:
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top,g-multiple-import
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   workdir = flags.FLAGS.workdir or config_lib.default_workdir(
-      flags.FLAGS["config"].config_filename, root=os.path.join("runs", "finetune"))
-  try:
-    last = finetune(config, workdir)
-  except (FinetuneError, FileNotFoundError) as e:
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+      spec, root=os.path.join("runs", "finetune"))
+  last = finetune(config, workdir)
   print(f"checkpoint: {workdir} (loss {last.get('loss', float('nan')):.4f}, curve in "
         f"{workdir}/loss.png); use it with --config.teacher.kwargs.checkpoint={workdir}")
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import,reimported
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
-  config_flags.DEFINE_config_file("config", None, "experiments/finetune_octo.py[:variants]")
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from rpd_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("workdir", None, "output checkpoint folder (default "
                       "runs/finetune/<config name>)")
-  flags.mark_flag_as_required("config")
-  app.run(main)
+  cli.run_with_config(main)

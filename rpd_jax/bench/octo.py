@@ -1,6 +1,7 @@
-r"""Time jitted ``sample_actions`` of a random Octo on this machine.
+r"""Time jitted ``sample_actions`` of a random Octo on this machine (the model alone, without
+the teacher adapter that ``rpd_jax.bench.teacher`` times).
 
-    python -m rpd_jax.octo.speed --size small --batch 1,8 --window 1,2 --dtype float32,bfloat16
+    python -m rpd_jax.bench.octo --size=small --batch=1,8 --window=1,2 --dtype=float32,bfloat16
 
 Per (dtype, window, batch): build ``init_random(size, window)`` (primary camera only, 256x256),
 embed an instruction once (language precomputed, as a teacher does), compile ``sample_actions``
@@ -12,7 +13,6 @@ the printed load average shows).
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import statistics
@@ -21,7 +21,9 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
+from rpd_jax import cli
 from rpd_jax.octo.sizes import init_random
 
 
@@ -56,28 +58,26 @@ def time_sample_actions(size: str, batch: int, window: int, dtype, repeats: int,
   return {"compile_s": compile_s, "wall_ms": statistics.median(walls) * 1e3, "cpu_ms": cpu_ms}
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--size", default="small")
-  parser.add_argument("--batch", default="1,8")
-  parser.add_argument("--window", default="1,2")
-  parser.add_argument("--dtype", default="float32,bfloat16")
-  parser.add_argument("--repeats", type=int, default=5)
-  parser.add_argument("--image-size", type=int, default=256)
-  args = parser.parse_args()
-  ints = lambda s: [int(x) for x in s.split(",")]
+def main() -> None:
+  f = flags.FLAGS
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
-        f"size {args.size}, 20 diffusion steps, language precomputed")
+        f"size {f.size}, 20 diffusion steps, language precomputed")
   print("dtype     W  batch  compile_s  wall_ms  cpu_ms  samples/s  load_avg")
-  for dtype in args.dtype.split(","):
-    for window in ints(args.window):
-      for batch in ints(args.batch):
-        r = time_sample_actions(args.size, batch, window, jnp.dtype(dtype), args.repeats,
-                                args.image_size)
+  for dtype in f.dtype:
+    for window in map(int, f.window):
+      for batch in map(int, f.batch):
+        r = time_sample_actions(f.size, batch, window, jnp.dtype(dtype), f.repeats,
+                                f.image_size)
         print(f"{dtype:9s} {window:2d} {batch:6d} {r['compile_s']:10.1f} {r['wall_ms']:8.0f} "
               f"{r['cpu_ms']:7.0f} {batch / r['wall_ms'] * 1e3:10.1f}  "
               f"{os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":
-  main()
+  flags.DEFINE_string("size", "small", "model size: tiny, small or base")
+  flags.DEFINE_list("batch", ["1", "8"], "batch sizes")
+  flags.DEFINE_list("window", ["1", "2"], "observation windows")
+  flags.DEFINE_list("dtype", ["float32", "bfloat16"], "compute dtypes")
+  flags.DEFINE_integer("repeats", 5, "timed calls per row")
+  flags.DEFINE_integer("image_size", 256, "camera resolution")
+  cli.run(main)

@@ -1,6 +1,7 @@
 """Demonstrations for fine-tuning Octo teachers: record them, store them, stream them into JAX.
 
-Recording (``python -m rpd_jax.demos --env_id=PushCube-v1 --episodes=200 --out=demos/pushcube``)
+Recording (``python -m rpd_jax.pipeline.demos --env_id=PushCube-v1 --episodes=200
+--out=demos/pushcube``)
 runs a scripted controller (``rpd_jax.teachers.maniskill_scripted``, which reads the privileged
 state) on ManiSkill's CPU simulation and keeps the successful episodes no longer than
 ``--max_length`` steps. Episode ``k`` of a folder is the env reset with seed ``seed + k``, so
@@ -33,13 +34,14 @@ import glob
 import json
 import os
 import queue
-import sys
 import threading
 import time
 from typing import Iterator, Optional, Sequence
 
 import jax
 import numpy as np
+
+from rpd_jax.errors import ConfigError
 
 FORMAT_VERSION = 1
 
@@ -78,12 +80,12 @@ def read_metadata(folder: str) -> dict:
   path = os.path.join(folder, "metadata.json")
   if not os.path.isfile(path):
     raise FileNotFoundError(f"{path} is missing: {folder!r} is not a demonstration folder "
-                            "(record one with `python -m rpd_jax.demos`)")
+                            "(record one with `python -m rpd_jax.pipeline.demos`)")
   with open(path) as f:
     meta = json.load(f)
   if meta.get("format_version") != FORMAT_VERSION:
-    raise ValueError(f"{path}: format_version {meta.get('format_version')!r}, this rpd_jax "
-                     f"reads {FORMAT_VERSION}; record the demonstrations again")
+    raise ConfigError(f"{path}: format_version {meta.get('format_version')!r}, this rpd_jax "
+                      f"reads {FORMAT_VERSION}; record the demonstrations again")
   return meta
 
 
@@ -100,8 +102,8 @@ def load(folders: str | Sequence[str], max_episodes: Optional[int] = None) -> De
   for task_index, folder in enumerate(folders):
     meta = read_metadata(folder)
     if size is not None and meta["image_size"] != size:
-      raise ValueError(f"{folder}: image_size {meta['image_size']} differs from the other "
-                       f"folders' {size}; record all tasks at the teacher's resolution")
+      raise ConfigError(f"{folder}: image_size {meta['image_size']} differs from the other "
+                        f"folders' {size}; record all tasks at the teacher's resolution")
     size = meta["image_size"]
     instructions.append(meta["instruction"])
     files = episode_files(folder)[:max_episodes]
@@ -220,16 +222,15 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   Returns:
     The metadata written to ``out/metadata.json``.
   """
-  import ml_collections  # pylint: disable=g-import-not-at-top
   import tqdm  # pylint: disable=g-import-not-at-top
+  from rpd_jax import rollout  # pylint: disable=g-import-not-at-top
   from rpd_jax.envs import maniskill, tasks  # pylint: disable=g-import-not-at-top
   from rpd_jax.teachers import maniskill_scripted  # pylint: disable=g-import-not-at-top
 
   info = tasks.task_info(env_id)
   max_length = max_length or info.max_episode_steps
-  env_config = ml_collections.ConfigDict({"name": "maniskill", "kwargs": {"env_id": env_id}})
-  teacher = maniskill_scripted.make_teacher(env_config, noise=noise)
-  act = jax.jit(lambda obs, key: teacher.apply_fn(teacher.params, obs, obs, None, key, 0).action)
+  teacher = maniskill_scripted.make_teacher(task=env_id, noise=noise)
+  policy = rollout.teacher_policy(teacher)
   os.makedirs(out, exist_ok=True)
   kept = len(episode_files(out))
   meta_path = os.path.join(out, "metadata.json")
@@ -239,8 +240,8 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
     for key, value in (("env_id", env_id), ("image_size", image_size), ("camera", camera),
                        ("camera_variant", camera_variant), ("noise", noise)):
       if meta[key] != value:
-        raise ValueError(f"{out} holds demonstrations with {key}={meta[key]!r}, not {value!r}; "
-                         "use another folder")
+        raise ConfigError(f"{out} holds demonstrations with {key}={meta[key]!r}, not "
+                          f"{value!r}; use another folder")
   attempts, seconds = meta.get("attempts", 0), meta.get("seconds", 0.0)
   env = maniskill.ManiSkillVecEnv(num_envs=num_envs, seed=seed + attempts,
                                   reward_mode="normalized_dense", env_id=env_id,
@@ -264,36 +265,25 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   try:
     while kept < episodes:
       if attempts >= 4 * episodes + 4 * num_envs:
-        raise RuntimeError(f"{env_id}: only {kept} of {attempts} attempts succeeded within "
-                           f"{max_length} steps; the controller (noise={noise}) is too weak")
+        raise ConfigError(f"{env_id}: only {kept} of {attempts} attempts succeeded within "
+                          f"{max_length} steps; the controller is too weak at noise={noise}: "
+                          "lower --noise or raise --max_length")
       started = time.perf_counter()
       seeds = [seed + attempts + i for i in range(num_envs)]
-      obs = env.reset(seed=seeds[0])
-      steps = [dict(image=[], action=[], state=[], reward=[]) for _ in range(num_envs)]
-      done = np.zeros(num_envs, bool)
-      success = np.zeros(num_envs, bool)
-      for t in range(env.max_episode_steps):
-        action = act(obs, jax.random.fold_in(key, attempts * 1000 + t))
-        res = env.step(action)
-        image, state = np.asarray(obs["rgb"]), np.asarray(obs["privileged"])
-        action, reward = np.asarray(action), np.asarray(res.reward)
-        for i in np.flatnonzero(~done):
-          for name, value in (("image", image), ("action", action), ("state", state),
-                              ("reward", reward)):
-            steps[i][name].append(value[i])
-        success |= np.asarray(res.success) & ~done
-        done |= np.asarray(res.terminated) | np.asarray(res.truncated)
-        obs = res.obs
-        if done.all():
-          break
-      for i, ep in enumerate(steps):
-        if kept < episodes and success[i] and len(ep["action"]) <= max_length:
+      steps, alive = rollout.first_episodes(
+          env, policy, seeds[0], jax.random.fold_in(key, attempts),
+          keep=lambda t: (t.obs["rgb"], t.obs["privileged"], t.action, t.reward, t.success))
+      image, state, action, reward, success = jax.device_get(steps)
+      success = np.any(success & alive, axis=0)
+      for i in range(num_envs):
+        length = int(alive[:, i].sum())
+        if kept < episodes and success[i] and length <= max_length:
           path = os.path.join(out, f"episode_{seeds[i]:07d}.npz")
           np.savez_compressed(
-              path + ".tmp.npz", image=np.stack(ep["image"]).astype(np.uint8),
-              action=np.stack(ep["action"]).astype(np.float32),
-              state=np.stack(ep["state"]).astype(np.float32),
-              reward=np.asarray(ep["reward"], np.float32), seed=np.int64(seeds[i]),
+              path + ".tmp.npz", image=image[:length, i].astype(np.uint8),
+              action=action[:length, i].astype(np.float32),
+              state=state[:length, i].astype(np.float32),
+              reward=reward[:length, i].astype(np.float32), seed=np.int64(seeds[i]),
               env_id=np.str_(env_id), instruction=np.str_(info.instruction))
           os.replace(path + ".tmp.npz", path)
           kept += 1
@@ -310,23 +300,19 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   return meta
 
 
-def main(argv):
-  del argv
+def main() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  try:
-    meta = record(f.env_id, f.episodes, f.out, image_size=f.image_size, camera=f.camera,
-                  camera_variant=f.camera_variant, noise=f.noise, max_length=f.max_length,
-                  num_envs=f.num_envs, seed=f.seed)
-  except (ValueError, KeyError) as e:  # no controller for the task, a mismatched folder, ...
-    print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+  meta = record(f.env_id, f.episodes, f.out, image_size=f.image_size, camera=f.camera,
+                camera_variant=f.camera_variant, noise=f.noise, max_length=f.max_length,
+                num_envs=f.num_envs, seed=f.seed)
   print(f"{meta['env_id']}: {meta['kept']} episodes in {f.out} ({meta['attempts']} attempts, "
         f"success {meta['success_rate']:.2f}, {meta['episodes_per_minute']} episodes/min)")
 
 
 if __name__ == "__main__":
-  from absl import app, flags  # pylint: disable=g-import-not-at-top,g-multiple-import
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from rpd_jax import cli  # pylint: disable=g-import-not-at-top
   flags.DEFINE_string("env_id", "PushCube-v1", "task with a scripted controller")
   flags.DEFINE_integer("episodes", 200, "successful episodes to keep")
   flags.DEFINE_string("out", None, "output folder", required=True)
@@ -338,4 +324,4 @@ if __name__ == "__main__":
                        "task's time limit)")
   flags.DEFINE_integer("num_envs", 2, "parallel CPU envs")
   flags.DEFINE_integer("seed", 0, "seed of the first attempt")
-  app.run(main)
+  cli.run(main)

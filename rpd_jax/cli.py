@@ -1,0 +1,82 @@
+"""One command-line pattern for every command: absl flags, and bad input as one ``error:`` line.
+
+  cli.run(main)               main(): flags only (``positional=True``: main(args))
+  cli.run_with_config(main)   main(config, spec): ``--config=<file>.py[:variants]`` loaded by
+                              ``rpd_jax.config.load``, then ``--config.x.y=value`` overrides
+                              (ml_collections); ``spec`` is the ``--config`` text
+
+A bad flag, config file, variant or override, and any ConfigError or FileNotFoundError that
+``main`` raises (an unknown teacher, a missing checkpoint), print ``error: <message>`` on stderr
+and exit with status 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Callable, NoReturn
+
+import ml_collections
+from absl import app, flags
+from ml_collections import config_flags
+
+from rpd_jax import config as config_lib
+from rpd_jax.errors import ConfigError
+
+USER_ERRORS = (ConfigError, FileNotFoundError)
+
+
+def fail(message: str) -> NoReturn:
+  print(f"error: {message}", file=sys.stderr)
+  sys.exit(2)
+
+
+def _parse(argv: list[str], config_spec: list[str] | None, positional: bool = False) -> list[str]:
+  """absl's parser; with ``config_spec`` (a list to fill), first loads ``--config=``."""
+  try:
+    if config_spec is not None:
+      specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+      if not specs:
+        fail("--config is required, e.g. --config=experiments/jax_push.py")
+      config = config_lib.load(specs[-1])
+      argv = [a for a in argv if not a.startswith("--config=")]
+      # The override flags (--config.x.y) are defined from sys_argv as the flag is made.
+      config_flags.DEFINE_config_dict("config", config, "the experiment config",
+                                      lock_config=True, sys_argv=argv)
+      config_spec.append(specs[-1])
+    rest = flags.FLAGS(argv)
+  except ConfigError as e:
+    fail(str(e))
+  except (flags.Error, KeyError, AttributeError, TypeError, ValueError) as e:
+    if isinstance(e, (KeyError, AttributeError)):  # an override naming no config field
+      field = str(e).strip("\"'")
+      bad = [a for a in argv[1:] if a.startswith("--config.") and field in a]
+      fail(f"{bad[0] if bad else field}: the config has no field {field!r}; see the "
+           f"experiment file for the fields it sets")
+    # config_flags wraps a config's own exception, traceback and all: keep its last line.
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    fail(re.sub(r"^\w+(Error|Exception): ", "", lines[-1] if lines else repr(e)))
+  if len(rest) > 1 and not positional:
+    fail(f"unexpected arguments: {' '.join(rest[1:])}")
+  return rest
+
+
+def _guarded(call: Callable[[], None]) -> None:
+  try:
+    call()
+  except USER_ERRORS as e:
+    fail(str(e))
+
+
+def run(main: Callable[..., None], positional: bool = False) -> None:
+  """Runs ``main()`` after parsing the flags; ``main(args)`` with the positional arguments if
+  ``positional`` (else they are an error)."""
+  app.run(lambda argv: _guarded(lambda: main(argv[1:]) if positional else main()),
+          flags_parser=lambda argv: _parse(argv, None, positional))
+
+
+def run_with_config(main: Callable[[ml_collections.ConfigDict, str], None]) -> None:
+  """Runs ``main(config, spec)`` with the ``--config`` file loaded and overridden."""
+  spec: list[str] = []
+  app.run(lambda argv: _guarded(lambda: main(flags.FLAGS.config, spec[0])),
+          flags_parser=lambda argv: _parse(argv, spec))

@@ -1,0 +1,1 @@
+"""Tools around training runs: ``sweep`` (variants x seeds, then curves) and ``plot``."""
