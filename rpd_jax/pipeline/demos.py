@@ -195,6 +195,17 @@ def action_statistics(actions: np.ndarray, mask: Optional[np.ndarray] = None) ->
           "p99": np.percentile(actions, 99, axis=0), "mask": np.asarray(mask, bool)}
 
 
+def _save_episode(out: str, seed: int, env_id: str, instruction: str, image: np.ndarray,
+                  action: np.ndarray, state: np.ndarray, reward: np.ndarray) -> None:
+  """One kept episode [T, ...] as ``out/episode_<seed>.npz``, written whole or not at all."""
+  path = os.path.join(out, f"episode_{seed:07d}.npz")
+  np.savez_compressed(path + ".tmp.npz", image=image.astype(np.uint8),
+                      action=action.astype(np.float32), state=state.astype(np.float32),
+                      reward=reward.astype(np.float32), seed=np.int64(seed),
+                      env_id=np.str_(env_id), instruction=np.str_(instruction))
+  os.replace(path + ".tmp.npz", path)
+
+
 def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
            camera: str = "human", camera_variant: Optional[str] = None,
            noise: float = 0.0, max_length: Optional[int] = None, num_envs: int = 2,
@@ -278,14 +289,8 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
       for i in range(num_envs):
         length = int(alive[:, i].sum())
         if kept < episodes and success[i] and length <= max_length:
-          path = os.path.join(out, f"episode_{seeds[i]:07d}.npz")
-          np.savez_compressed(
-              path + ".tmp.npz", image=image[:length, i].astype(np.uint8),
-              action=action[:length, i].astype(np.float32),
-              state=state[:length, i].astype(np.float32),
-              reward=reward[:length, i].astype(np.float32), seed=np.int64(seeds[i]),
-              env_id=np.str_(env_id), instruction=np.str_(info.instruction))
-          os.replace(path + ".tmp.npz", path)
+          _save_episode(out, seeds[i], env_id, info.instruction, image[:length, i],
+                        action[:length, i], state[:length, i], reward[:length, i])
           kept += 1
           bar.update(1)
       attempts += num_envs
