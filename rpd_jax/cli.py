@@ -7,28 +7,52 @@
 
 A bad flag, config file, variant or override, and any ConfigError or FileNotFoundError that
 ``main`` raises (an unknown teacher, a missing checkpoint), print ``error: <message>`` on stderr
-and exit with status 2, without a traceback.
+and exit with status 2, without a traceback; a RunError (a simulator worker died, a full disk)
+does the same with status 1.
 """
 
 from __future__ import annotations
 
 import re
+import shlex
 import sys
-from typing import Callable, NoReturn
+from typing import Callable, NoReturn, Optional
 
 import ml_collections
 from absl import app, flags
 from ml_collections import config_flags
 
 from rpd_jax import config as config_lib
-from rpd_jax.errors import ConfigError
+from rpd_jax import preemption
+from rpd_jax.errors import ConfigError, RunError
 
 USER_ERRORS = (ConfigError, FileNotFoundError)
 
 
-def fail(message: str) -> NoReturn:
+def fail(message: str, status: int = 2) -> NoReturn:
   print(f"error: {message}", file=sys.stderr)
-  sys.exit(2)
+  sys.exit(status)
+
+
+def stopped(stop: preemption.Stopped, module: str, workdir: Optional[str] = None) -> NoReturn:
+  """The one line a command stopped by a signal prints (what it saved, how to resume), then
+  the conventional exit status. ``workdir``: added to the command when it was a default."""
+  if stop.checkpoint is None:
+    print(f"{stop}: nothing saved", file=sys.stderr)
+  else:
+    command = " ".join([f"python -m {module}"] + [shlex.quote(a) for a in sys.argv[1:]])
+    if workdir is not None:
+      command += f" --workdir={shlex.quote(workdir)}"
+    print(f"{stop}: saved {stop.checkpoint}; resume with: {command}", file=sys.stderr)
+  sys.exit(preemption.exit_status(stop.signum))
+
+
+def integers(values: list[str], flag: str) -> tuple[int, ...]:
+  """A list flag's values as integers; ConfigError naming ``--flag`` for one that is not."""
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise ConfigError(f"--{flag}={','.join(values)}: give integers, e.g. --{flag}=1,32") from None
 
 
 def _parse(argv: list[str], config_spec: list[str] | None, positional: bool = False) -> list[str]:
@@ -66,6 +90,8 @@ def _guarded(call: Callable[[], None]) -> None:
     call()
   except USER_ERRORS as e:
     fail(str(e))
+  except RunError as e:
+    fail(str(e), status=1)
 
 
 def run(main: Callable[..., None], positional: bool = False) -> None:

@@ -90,6 +90,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.network.hidden = (256, 256, 256)  # MLP widths of the actor and critic heads
   c.network.cnn_features = 256
   c.network.log_std_init = -0.5
+  # Bounds on the log-std the policy uses (None: unbounded, the default). RPD-BC maximises the
+  # teacher's likelihood, which drives the std down without bound; a floor keeps exploring.
+  c.network.log_std_min = ml_collections.config_dict.placeholder(float)
+  c.network.log_std_max = ml_collections.config_dict.placeholder(float)
 
   # Logging, evaluation and checkpoints, in PPO iterations.
   c.log_every = 1
@@ -159,6 +163,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.network.encoder in ENCODERS,
         f"config.network.encoder={c.network.encoder!r} is unknown; use one of "
         f"{', '.join(ENCODERS)}")
+  lo, hi = c.network.log_std_min, c.network.log_std_max
+  check((lo is None or lo <= c.network.log_std_init) and
+        (hi is None or c.network.log_std_init <= hi),
+        f"config.network.log_std_init={c.network.log_std_init} is outside [log_std_min, "
+        f"log_std_max] = [{lo}, {hi}]; move the bounds or the initial value")
   check(c.network.encoder != "cnn" or "rgb" in c.network.obs_keys,
         f"config.network.encoder='cnn' encodes images, but config.network.obs_keys="
         f"{tuple(c.network.obs_keys)} has no 'rgb'; add it or use the 'mlp' encoder")

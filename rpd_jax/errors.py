@@ -1,4 +1,9 @@
-"""The project's one error type for bad input, which every command prints as one ``error:`` line."""
+"""The project's error types, which every command prints as one ``error:`` line.
+
+``ConfigError``: bad input (a config value, a flag, a missing or mismatched file); exit status 2.
+``RunError``: a run stopped by a fault outside the code's control (a simulator worker died, the
+disk filled, a teacher server stopped answering); exit status 1. Both say what to do next.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,10 @@ from typing import Any, Callable, Iterable, Mapping
 
 class ConfigError(ValueError):
   """A config value, flag or input that cannot work; the message names the value and the fix."""
+
+
+class RunError(RuntimeError):
+  """A run failed for a reason outside the code; the message says what was kept and what next."""
 
 
 def check_options(factory: Callable[..., Any], kwargs: Mapping[str, Any], section: str,

@@ -6,7 +6,7 @@ sampled unbounded and clipped to [-1, 1] by the environment.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -58,6 +58,8 @@ class ActorCritic(nn.Module):
   hidden: Sequence[int]
   cnn_features: int
   log_std_init: float
+  log_std_min: Optional[float] = None  # floor on the log-std the policy uses (None: none)
+  log_std_max: Optional[float] = None  # ceiling (None: none)
 
   @nn.compact
   def __call__(self, obs: Observation):
@@ -71,6 +73,8 @@ class ActorCritic(nn.Module):
     value = MLP(self.hidden, 1, 1.0, name="critic")(x)[:, 0]
     log_std = self.param("log_std", nn.initializers.constant(self.log_std_init),
                          (self.action_dim,))
+    if self.log_std_min is not None or self.log_std_max is not None:
+      log_std = jnp.clip(log_std, self.log_std_min, self.log_std_max)
     return mean, log_std, value
 
 
@@ -78,4 +82,5 @@ def make_network(network: ml_collections.ConfigDict, action_dim: int) -> ActorCr
   """The actor-critic of ``config.network`` for an action space of ``action_dim``."""
   return ActorCritic(action_dim=action_dim, encoder=network.encoder,
                      obs_keys=tuple(network.obs_keys), hidden=tuple(network.hidden),
-                     cnn_features=network.cnn_features, log_std_init=network.log_std_init)
+                     cnn_features=network.cnn_features, log_std_init=network.log_std_init,
+                     log_std_min=network.log_std_min, log_std_max=network.log_std_max)

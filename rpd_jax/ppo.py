@@ -150,7 +150,8 @@ def make_update(network: ActorCritic, optimizer, ppo: ml_collections.ConfigDict,
     metrics.update({f"loss/{k}": jnp.sum(v * weight) for k, v in mb_metrics.items()})
     metrics["loss/update_fraction"] = applied.mean()
     metrics["loss/distill_coef"] = coef
-    metrics["train/log_std"] = params["params"]["log_std"].mean()
+    metrics["train/log_std"] = jnp.clip(params["params"]["log_std"], network.log_std_min,
+                                        network.log_std_max).mean()  # as the policy uses it
     metrics["train/value_mean"] = rollout.values.mean()
     metrics["train/finite"] = jnp.all(jnp.array(
         [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(params)]))
@@ -158,4 +159,6 @@ def make_update(network: ActorCritic, optimizer, ppo: ml_collections.ConfigDict,
                        env_steps=state.env_steps + batch_size)
     return state, metrics
 
-  return jax.jit(update, donate_argnums=(0,))
+  # The state is not donated: the trainer keeps the last completed iteration's state while the
+  # next update runs, so that a signal can drop the iteration in flight and save that one.
+  return jax.jit(update)

@@ -8,6 +8,7 @@ from absl import flags, logging
 
 from rpd_jax import cli
 from rpd_jax import config as config_lib
+from rpd_jax import preemption
 
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints, metrics.jsonl, TensorBoard logs and videos go. "
@@ -21,7 +22,10 @@ def main(config, spec: str) -> None:
   workdir = _WORKDIR.value or config_lib.default_workdir(spec)
   logging.info("workdir: %s", workdir)
   from rpd_jax import trainer  # after validation: nothing heavy is imported for a bad config
-  final = trainer.train_and_evaluate(config, workdir)
+  try:
+    final = trainer.train_and_evaluate(config, workdir)
+  except preemption.Stopped as e:
+    cli.stopped(e, "rpd_jax.train", workdir if not _WORKDIR.value else None)
   if not final:  # the checkpoint was already at the last iteration
     print(f"nothing to do: {workdir} holds a finished run; its results are in "
           f"{workdir}/metrics.jsonl (use another --workdir for a new run)")

@@ -1,9 +1,13 @@
 """The host loop: rollout -> update -> log -> evaluate -> checkpoint, resumable.
 
-``train_and_evaluate(config, workdir)`` is the whole of training. A run killed at any point
+``train_and_evaluate(config, workdir)`` is the whole of training. A run stopped at any point
 resumes from ``workdir`` with the same continuation: every key derives from (seed, iteration),
 and the checkpoint holds the train state, the rollout carry and, where the env can give it, the
 env's own state (the pure-JAX env can; ManiSkill is re-seeded on resume instead).
+
+SIGINT (Ctrl-C) and SIGTERM (a cluster's preemption) drop the iteration in flight, save the
+last completed one if it is not saved yet, close the envs and raise ``preemption.Stopped``; a second
+Ctrl-C quits at once. SIGKILL loses the iterations since the last periodic checkpoint.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import json
 import os
 import time
+from typing import Any, NamedTuple, Optional
 
 import jax
 import ml_collections
@@ -22,16 +27,37 @@ from tensorboardX import SummaryWriter
 
 from rpd_jax import config as config_lib
 from rpd_jax import evaluate as evaluate_lib
-from rpd_jax import ppo, rollout
+from rpd_jax import ppo, preemption, rollout
 from rpd_jax.checkpoint import Checkpointer
 from rpd_jax.envs import make_env
-from rpd_jax.envs.base import VecEnv, describe
+from rpd_jax.envs.base import EnvWorkerError, VecEnv, describe
+from rpd_jax.errors import RunError
 from rpd_jax.networks import make_network
 from rpd_jax.teachers import make_teacher
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(RunError):
   """Training produced NaN/inf; the last good checkpoint is kept."""
+
+
+class _Completed(NamedTuple):
+  """The last iteration that finished (logged and, when due, saved): what a stop saves."""
+  iteration: int
+  state: ppo.TrainState
+  carry: rollout.Carry
+  env_state: Any
+
+  def save(self, ckpt: Checkpointer) -> None:
+    ckpt.save(self.iteration, {"state": self.state, "carry": self.carry, "env": self.env_state})
+
+
+def _check_finite(summary: dict[str, float], iteration: int, workdir: str) -> None:
+  if not summary.pop("train/finite"):
+    raise NonFiniteError(
+        f"non-finite parameters or loss at iteration {iteration} (loss/total="
+        f"{summary.get('loss/total')}); stopped before saving, so the last good checkpoint "
+        f"in {workdir}/checkpoints is kept. Lower config.ppo.learning_rate or "
+        "config.distill.coef and resume.")
 
 
 def _env_state(env: VecEnv):
@@ -39,11 +65,15 @@ def _env_state(env: VecEnv):
   return env.get_state() if hasattr(env, "get_state") else ()
 
 
-def _restore(ckpt: Checkpointer, iteration: int, env: VecEnv, state: ppo.TrainState,
-             carry: rollout.Carry, seed: int) -> tuple[ppo.TrainState, rollout.Carry]:
-  """The train state and carry of ``iteration``; the env continues from its saved state where
-  it can hand one out, else from fresh episodes seeded apart from every earlier start."""
-  restored = ckpt.restore(iteration, {"state": state, "carry": carry, "env": _env_state(env)})
+def _restore(ckpt: Checkpointer, env: VecEnv, state: ppo.TrainState, carry: rollout.Carry,
+             seed: int) -> tuple[int, ppo.TrainState, rollout.Carry]:
+  """(iteration, train state, carry) of the newest checkpoint that restores, or (0, the given
+  state and carry). The env continues from its saved state where it can hand one out, else from
+  fresh episodes seeded apart from every earlier start."""
+  iteration, restored = ckpt.restore_latest(
+      {"state": state, "carry": carry, "env": _env_state(env)})
+  if not iteration:
+    return 0, state, carry
   state, carry = restored["state"], restored["carry"]
   if hasattr(env, "set_state"):
     env.set_state(restored["env"])
@@ -52,7 +82,7 @@ def _restore(ckpt: Checkpointer, iteration: int, env: VecEnv, state: ppo.TrainSt
     carry = fresh._replace(episode_return=carry.episode_return,
                            episode_length=carry.episode_length,
                            episode_success=carry.episode_success)
-  return state, carry
+  return iteration, state, carry
 
 
 class Logger:
@@ -65,13 +95,16 @@ class Logger:
 
   def __init__(self, workdir: str, start: int, num_iterations: int, batch: int):
     self.path = os.path.join(workdir, "metrics.jsonl")
-    # Drop what a killed run logged after its last checkpoint: it will be logged again.
+    # Drop what a stopped run logged after its last checkpoint (it will be logged again), and a
+    # last line cut short by a kill.
     if os.path.exists(self.path):
       with open(self.path) as f:
-        lines = [l for l in f if l.strip() and json.loads(l)["iteration"] <= start]
+        rows = [_parse(l) for l in f]
       with open(self.path, "w") as f:
-        f.writelines(lines)
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        f.writelines(json.dumps(r) + "\n" for r in rows if r and r["iteration"] <= start)
+    # TensorBoard hides the events a stopped run wrote after its checkpoint, likewise.
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
+                             purge_step=(start + 1) * batch if start else None)
     self._bar = tqdm.tqdm(total=num_iterations * batch, initial=start * batch, unit="step",
                           unit_scale=True, dynamic_ncols=True, desc="train")
     self._batch = batch
@@ -122,6 +155,13 @@ class Logger:
     self._tb.close()
 
 
+def _parse(line: str) -> Optional[dict]:
+  try:
+    return json.loads(line)
+  except json.JSONDecodeError:
+    return None
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains a student per ``config`` in ``workdir``, resuming if a checkpoint is there.
 
@@ -140,65 +180,86 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   # The teacher first (big_vision habit): it is the slowest part to load and the likeliest to
   # fail, and it never enters the student's checkpoint.
   teacher = make_teacher(c.teacher) if c.distill.loss != "none" else None
-  env = make_env(c.env, c.env.num_envs, seed=c.seed)
-  eval_env, ckpt, log = None, None, None
+  env, eval_env, ckpt, log, stopped, done = None, None, None, None, None, None
+  with preemption.Guard() as guard:
+    try:
+      env = make_env(c.env, c.env.num_envs, seed=c.seed)
+      carry = rollout.reset(env, seed=c.seed)
+      logging.info("env %s x%d: %s", c.env.name, c.env.num_envs, describe(env.observation_spec))
+      network = make_network(c.network, env.action_dim)
+      optimizer = ppo.make_optimizer(c.ppo, num_iterations)
+      state = ppo.init_train_state(network, optimizer, carry.obs, k_init)
+      update = ppo.make_update(network, optimizer, c.ppo, c.distill, c.teacher.chunk_size)
+
+      ckpt = Checkpointer(workdir, c.keep_checkpoints)
+      start, state, carry = _restore(ckpt, env, state, carry, c.seed)
+      if start:
+        logging.info("resumed from iteration %d (%d env steps)", start, int(state.env_steps))
+      done = _Completed(start, state, carry, _env_state(env))
+      log = Logger(workdir, start, num_iterations, batch)
+      last_eval: dict[str, float] = {}
+      for iteration in range(start + 1, num_iterations + 1):
+        k_rollout, k_update = jax.random.split(jax.random.fold_in(k_loop, iteration))
+        t0 = time.perf_counter()
+        data, carry, stats = rollout.collect(env, network, state.params, carry, k_rollout,
+                                             c.ppo.num_steps)
+        jax.block_until_ready(data.rewards)
+        t1 = time.perf_counter()
+        state, metrics = update(state, teacher, data, k_update)
+        jax.block_until_ready(metrics)
+        metrics["time/rollout_s"], metrics["time/update_s"] = t1 - t0, time.perf_counter() - t1
+        log.add(metrics, stats)
+
+        last = iteration == num_iterations
+        save = last or iteration % c.checkpoint_every == 0
+        summary = None
+        if last or save or iteration % c.log_every == 0:
+          summary = log.summary(iteration)
+          _check_finite(summary, iteration, workdir)
+          if last or iteration % c.eval_every == 0:
+            if eval_env is None:
+              eval_env = make_env(c.env, c.eval_envs, seed=c.seed + 1)
+            with log.evaluation():
+              last_eval = evaluate_lib.evaluate(
+                  eval_env, rollout.student_policy(network, state.params, deterministic=True),
+                  c.eval_episodes, seed=10_000 + iteration,
+                  key=jax.random.fold_in(k_eval, iteration),
+                  video_dir=os.path.join(workdir, "videos"), num_videos=c.eval_videos,
+                  video_prefix=f"step{iteration * batch:09d}")
+            summary.update(last_eval)
+        with guard.deferred():  # the iteration completes: a signal now waits for the save
+          if summary is not None:
+            log.write(iteration, summary)
+          done = _Completed(iteration, state, carry, _env_state(env))
+          if save:
+            done.save(ckpt)
+      return last_eval
+    except (preemption.Interrupt, EnvWorkerError) as e:
+      if isinstance(e, EnvWorkerError) and guard.received is None:
+        raise
+      # A signal, or a worker that the same signal (a cluster's SIGTERM to every process of the
+      # job) stopped first.
+      guard.acknowledge()
+      stopped = guard.received
+      if done is None or done.iteration == 0:  # nothing finished yet: nothing to save
+        raise preemption.Stopped(stopped, 0, None) from None
+      if done.iteration != ckpt.latest():
+        done.save(ckpt)
+      raise preemption.Stopped(stopped, done.iteration,
+                               os.path.join(ckpt.directory, str(done.iteration))) from None
+    finally:
+      _close(ckpt, log, (env, eval_env), terminate=stopped is not None)
+
+
+def _close(ckpt: Optional[Checkpointer], log: Optional[Logger], envs, terminate: bool) -> None:
+  """Waits for a save in flight (a stop never loses a finished save), then closes the rest,
+  even when that save failed."""
   try:
-    carry = rollout.reset(env, seed=c.seed)
-    logging.info("env %s x%d: %s", c.env.name, c.env.num_envs, describe(env.observation_spec))
-    network = make_network(c.network, env.action_dim)
-    optimizer = ppo.make_optimizer(c.ppo, num_iterations)
-    state = ppo.init_train_state(network, optimizer, carry.obs, k_init)
-    update = ppo.make_update(network, optimizer, c.ppo, c.distill, c.teacher.chunk_size)
-
-    ckpt = Checkpointer(workdir, c.keep_checkpoints)
-    start = ckpt.latest() or 0
-    if start:
-      state, carry = _restore(ckpt, start, env, state, carry, c.seed)
-      logging.info("resumed from iteration %d (%d env steps)", start, int(state.env_steps))
-    log = Logger(workdir, start, num_iterations, batch)
-    last_eval: dict[str, float] = {}
-    for iteration in range(start + 1, num_iterations + 1):
-      k_rollout, k_update = jax.random.split(jax.random.fold_in(k_loop, iteration))
-      t0 = time.perf_counter()
-      data, carry, stats = rollout.collect(env, network, state.params, carry, k_rollout,
-                                           c.ppo.num_steps)
-      jax.block_until_ready(data.rewards)
-      t1 = time.perf_counter()
-      state, metrics = update(state, teacher, data, k_update)
-      jax.block_until_ready(metrics)
-      metrics["time/rollout_s"], metrics["time/update_s"] = t1 - t0, time.perf_counter() - t1
-      log.add(metrics, stats)
-
-      last = iteration == num_iterations
-      save = last or iteration % c.checkpoint_every == 0
-      if not (last or save or iteration % c.log_every == 0):
-        continue
-      summary = log.summary(iteration)
-      if not summary.pop("train/finite"):
-        raise NonFiniteError(
-            f"non-finite parameters or loss at iteration {iteration} (loss/total="
-            f"{summary.get('loss/total')}); stopped before saving, so the last good "
-            f"checkpoint in {workdir}/checkpoints is kept. Lower config.ppo.learning_rate "
-            f"or config.distill.coef and resume.")
-      if last or iteration % c.eval_every == 0:
-        if eval_env is None:
-          eval_env = make_env(c.env, c.eval_envs, seed=c.seed + 1)
-        with log.evaluation():
-          last_eval = evaluate_lib.evaluate(
-              eval_env, rollout.student_policy(network, state.params, deterministic=True),
-              c.eval_episodes, seed=10_000 + iteration, key=jax.random.fold_in(k_eval, iteration),
-              video_dir=os.path.join(workdir, "videos"), num_videos=c.eval_videos,
-              video_prefix=f"step{iteration * batch:09d}")
-        summary.update(last_eval)
-      log.write(iteration, summary)
-      if save:
-        ckpt.save(iteration, {"state": state, "carry": carry, "env": _env_state(env)})
-    return last_eval
-  finally:
     if ckpt is not None:
-      ckpt.close()  # waits for a save in flight: a crash never loses a finished iteration's save
+      ckpt.close()
+  finally:
     if log is not None:
       log.close()
-    env.close()
-    if eval_env is not None:
-      eval_env.close()
+    for env in envs:
+      if env is not None:
+        env.close(terminate=terminate)

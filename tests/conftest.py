@@ -11,9 +11,13 @@ from rpd_jax.octo import text
 
 # Tests compile the same small graphs many times over (each trainer run builds its jitted
 # functions afresh): a persistent cache makes the repeats cheap.
-jax.config.update("jax_compilation_cache_dir",
-                  os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+# Commands the tests start as subprocesses inherit the setting through the environment.
+CACHE = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax"))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", CACHE)
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 
 @pytest.fixture

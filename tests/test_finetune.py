@@ -219,3 +219,34 @@ def test_skip_first_step_starts_one_step_later():
   full = heads.sample_chunks(eps_fn, (3, 1, 2), rng, head)
   assert not np.allclose(full, skipped)
   assert not octo.init_random("tiny", primary_size=32).skip_first_step  # official sampler
+
+
+def test_sigterm_saves_the_last_step_and_the_run_resumes(repo_root, tmp_path):
+  import signal  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  folder = write_fake_demos(str(tmp_path / "d"), [6, 9])
+  workdir = tmp_path / "ckpt"
+  cmd = [sys.executable, "-m", "rpd_jax.pipeline.finetune",
+         "--config=experiments/finetune_octo.py:smoke", f"--config.data.folders=('{folder}',)",
+         "--config.num_steps=400", "--config.save_every=1000", "--config.log_every=1",
+         f"--workdir={workdir}"]
+  proc = subprocess.Popen(cmd, cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True)
+  try:
+    metrics = workdir / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+      assert proc.poll() is None, proc.communicate()
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 143, err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("stopped by SIGTERM after step ") and "resume with:" in last
+  step = int(last.split("after step ")[1].split(":")[0])
+  assert str(step) in os.listdir(workdir)  # the Octo checkpoint of that step, loadable
+  assert octo.load_pretrained(str(workdir)).params

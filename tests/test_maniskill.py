@@ -5,6 +5,10 @@ tests skip, saying why, where there is none. The GPU backend (physx_cuda) needs 
 """
 
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import chex
 import jax
@@ -16,6 +20,7 @@ import torch
 from rpd_jax import config as config_lib
 from rpd_jax import envs, rollout
 from rpd_jax.envs import maniskill, tasks, vulkan
+from rpd_jax.envs.base import EnvWorkerError
 from rpd_jax.errors import ConfigError
 from rpd_jax.teachers import base as teacher_base
 from rpd_jax.teachers import maniskill_scripted
@@ -264,3 +269,62 @@ def test_experiment_configs(repo_root, name):
   assert octo.teacher.name == "octo" and octo.distill.loss == "mse"
   assert octo.network.encoder == "cnn" and octo.env.kwargs.obs_mode == "rgb"
   assert _load(repo_root, name, "octo,ppo").distill.loss == "none"
+
+
+def test_a_dead_worker_is_named_and_the_env_still_closes():
+  env = _env(num_envs=2)
+  try:
+    env.step(jnp.zeros((2, 7)))
+    os.kill(env._cpu.processes[1].pid, signal.SIGKILL)  # pylint: disable=protected-access
+    env._cpu.processes[1].join(timeout=10)  # pylint: disable=protected-access
+    with pytest.raises(EnvWorkerError, match=r"ManiSkill PushCube-v1: worker 1 \(pid \d+, killed "
+                       r"by signal 9\) of 2 stopped answering"):
+      env.step(jnp.zeros((2, 7)))
+  finally:
+    started = time.time()
+    env.close()
+    assert time.time() - started < 10
+
+
+def test_a_worker_dying_mid_run_stops_training_and_keeps_the_checkpoint(repo_root, tmp_path,
+                                                                        monkeypatch):
+  from rpd_jax import rollout, trainer  # pylint: disable=g-import-not-at-top
+  config = _load(repo_root, "pushcube", "scripted,ppo,smoke")
+  config.total_env_steps = 6 * 8  # 6 iterations of 8 steps, checkpoints at 2 and 4
+  collect = rollout.collect
+
+  def killing_collect(env, *args):
+    if args[-2] is not None and len(os.listdir(tmp_path / "checkpoints")) == 2:
+      os.kill(env._cpu.processes[0].pid, signal.SIGKILL)  # pylint: disable=protected-access
+      env._cpu.processes[0].join(timeout=10)  # pylint: disable=protected-access
+    return collect(env, *args)
+
+  monkeypatch.setattr(rollout, "collect", killing_collect)
+  with pytest.raises(EnvWorkerError, match="worker 0"):
+    trainer.train_and_evaluate(config, str(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
+
+
+def test_ctrl_c_stops_a_maniskill_run_without_worker_tracebacks(repo_root, tmp_path):
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "rpd_jax.train", "--config=experiments/pushcube.py:scripted,ppo",
+       "--config.env.num_envs=2", "--config.ppo.num_steps=10", "--config.checkpoint_every=1000",
+       f"--workdir={tmp_path}"], cwd=repo_root, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True, start_new_session=True)
+  try:
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.time() + 300
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+      assert time.time() < deadline and proc.poll() is None, proc.communicate()
+      time.sleep(0.05)
+    sent = time.time()
+    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the trainer and its workers
+    _, err = proc.communicate(timeout=120)
+  finally:
+    if proc.poll() is None:
+      os.killpg(proc.pid, signal.SIGKILL)
+  assert proc.returncode == 130, err
+  assert time.time() - sent < 20
+  assert "Traceback" not in err and "SystemError" not in err
+  last = err.strip().splitlines()[-1]
+  assert last.startswith("stopped by SIGINT after iteration ") and "resume with:" in last

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import re
 import time
 
 import gymnasium as gym
@@ -27,7 +28,8 @@ from absl import flags
 from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
 
 from rpd_jax import cli
-from rpd_jax.envs import maniskill
+from rpd_jax.envs import maniskill, tasks
+from rpd_jax.errors import ConfigError
 
 _ENV_ID = flags.DEFINE_string("env_id", "PushCube-v1", "ManiSkill3 task")
 _NUM_ENVS = flags.DEFINE_list("num_envs", ["1", "2", "4"], "env counts (CPU worker processes)")
@@ -93,13 +95,20 @@ def bench(env_id: str, num_envs: int, obs_mode: str, image_size: int,
 
 
 def main() -> None:
+  tasks.task_info(_ENV_ID.value)
+  counts = cli.integers(_NUM_ENVS.value, "num_envs")
+  bad = [o for o in _OBS.value if o != "state" and not re.fullmatch(r"rgb\d+", o)]
+  if bad or min(counts) < 1 or _STEPS.value < 25:
+    raise ConfigError(f"--obs={','.join(_OBS.value)} --num_envs={','.join(_NUM_ENVS.value)} "
+                      f"--steps={_STEPS.value}: observations are state or rgb<size> (e.g. "
+                      "rgb128), env counts >= 1, steps >= 25")
   print(f"{_ENV_ID.value}, {_STEPS.value} steps per setting, CPU simulation\n")
   print("| envs | obs | raw steps/s | bridge steps/s | overhead |")
   print("|---|---|---|---|---|")
   for obs in _OBS.value:
     size = int(obs[3:]) if obs.startswith("rgb") else 64
     mode = "rgb" if obs.startswith("rgb") else "state"
-    for n in map(int, _NUM_ENVS.value):
+    for n in counts:
       raw, bridge = bench(_ENV_ID.value, n, mode, size, _STEPS.value)
       print(f"| {n} | {obs} | {raw:.0f} | {bridge:.0f} | {1 - bridge / raw:+.1%} |", flush=True)
 

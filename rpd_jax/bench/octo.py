@@ -24,7 +24,8 @@ import numpy as np
 from absl import flags
 
 from rpd_jax import cli
-from rpd_jax.octo.sizes import init_random
+from rpd_jax.errors import ConfigError
+from rpd_jax.octo.sizes import SIZES, init_random
 
 
 def _cpu_seconds() -> float:
@@ -60,12 +61,18 @@ def time_sample_actions(size: str, batch: int, window: int, dtype, repeats: int,
 
 def main() -> None:
   f = flags.FLAGS
+  if f.size not in SIZES:
+    raise ConfigError(f"--size={f.size!r} is unknown; use one of {', '.join(SIZES)}")
+  bad = [d for d in f.dtype if d not in ("float32", "bfloat16")]
+  if bad:
+    raise ConfigError(f"--dtype has {bad[0]!r}; use float32 and/or bfloat16")
+  batches, windows = cli.integers(f.batch, "batch"), cli.integers(f.window, "window")
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
         f"size {f.size}, 20 diffusion steps, language precomputed")
   print("dtype     W  batch  compile_s  wall_ms  cpu_ms  samples/s  load_avg")
   for dtype in f.dtype:
-    for window in map(int, f.window):
-      for batch in map(int, f.batch):
+    for window in windows:
+      for batch in batches:
         r = time_sample_actions(f.size, batch, window, jnp.dtype(dtype), f.repeats,
                                 f.image_size)
         print(f"{dtype:9s} {window:2d} {batch:6d} {r['compile_s']:10.1f} {r['wall_ms']:8.0f} "

@@ -29,7 +29,9 @@ from multiprocessing import shared_memory
 from typing import Any, Mapping, Optional
 
 import numpy as np
+from absl import logging
 
+from rpd_jax.errors import RunError
 from rpd_jax.teachers.base import TeacherOutput
 
 _LEN = struct_lib.Struct("<Q")  # header length prefix
@@ -122,7 +124,8 @@ def _serve(conn, builder: str, builder_kwargs: dict[str, Any]):
       reply = {"action": np.asarray(out.action)}
       if out.samples is not None:
         reply["samples"] = np.asarray(out.samples)
-      conn.send_bytes(pack(reply, extra={"cpu_s": time.process_time() - cpu_start}))
+      conn.send_bytes(pack(reply, extra={"cpu_s": time.process_time() - cpu_start,
+                                         "id": extra.get("id")}))
     except Exception:  # pylint: disable=broad-except
       conn.send_bytes(_ERROR + traceback.format_exc().encode())
   for segment in attached.values():
@@ -140,6 +143,10 @@ class RemoteTeacher:
       them into the message.
     start_method: multiprocessing start method; "spawn" (a fresh interpreter: JAX is not
       fork-safe).
+    timeout: seconds to wait for one answer before asking again.
+    retries: how many times a request is sent again before the server is given up on: a call
+      fails with a RunError after ``(1 + retries) * timeout`` seconds without an answer, or at
+      once when the server process has died.
 
   ``teacher(obs, prev_obs, is_first, seed, num_samples=0)`` takes dicts of arrays [B, ...] (JAX or
   numpy) and returns a ``TeacherOutput`` of numpy arrays. ``last_server_cpu_s`` is the CPU time
@@ -148,7 +155,7 @@ class RemoteTeacher:
 
   def __init__(self, builder: str, builder_kwargs: Optional[Mapping[str, Any]] = None, *,
                use_shared_memory: bool = True, start_method: str = "spawn",
-               startup_timeout: float = 600.0):
+               startup_timeout: float = 600.0, timeout: float = 120.0, retries: int = 2):
     ctx = mp.get_context(start_method)
     self._conn, child = ctx.Pipe()
     self._process = ctx.Process(target=_serve, args=(child, builder, dict(builder_kwargs or {})),
@@ -156,6 +163,7 @@ class RemoteTeacher:
     self._process.start()
     child.close()
     self._shm: Optional[dict[str, Any]] = {} if use_shared_memory else None
+    self._timeout, self._retries, self._requests = timeout, retries, 0
     self.last_server_cpu_s = 0.0
     if not self._conn.poll(startup_timeout):
       self.close()
@@ -172,14 +180,38 @@ class RemoteTeacher:
                seed: int, num_samples: int = 0) -> TeacherOutput:
     arrays = {**_flatten("obs", obs), **_flatten("prev_obs", prev_obs),
               "is_first": np.asarray(is_first, bool)}
-    self._conn.send_bytes(pack(arrays, self._shm, {"seed": int(seed),
-                                                   "num_samples": int(num_samples)}))
-    reply, extra = unpack(self._check(self._conn.recv_bytes()))
-    self.last_server_cpu_s = extra["cpu_s"]
-    return TeacherOutput(action=reply["action"], samples=reply.get("samples"))
+    self._requests += 1
+    request = pack(arrays, self._shm, {"seed": int(seed), "num_samples": int(num_samples),
+                                       "id": self._requests})
+    for attempt in range(1 + self._retries):
+      if attempt:
+        logging.warning("teacher server: no answer to request %d in %.0f s; asking again "
+                        "(%d of %d)", self._requests, self._timeout, attempt, self._retries)
+      try:
+        self._conn.send_bytes(request)
+        while self._conn.poll(self._timeout):
+          reply, extra = unpack(self._check(self._conn.recv_bytes()))
+          if extra.get("id") == self._requests:  # else a late answer to an earlier ask
+            self.last_server_cpu_s = extra["cpu_s"]
+            return TeacherOutput(action=reply["action"], samples=reply.get("samples"))
+      except (EOFError, OSError):  # the server's end of the pipe closed: it died
+        self._process.join(timeout=10)
+      if not self._process.is_alive():
+        break
+    alive = self._process.is_alive()
+    self.close(terminate=True)
+    raise RunError(
+        f"the teacher server (pid {self._process.pid}) "
+        + (f"did not answer in {1 + self._retries} tries of {self._timeout:g} s; it was "
+           "stopped" if alive else f"died (exit code {self._process.exitcode})")
+        + "; check its log, or raise timeout= for a slow teacher")
 
-  def close(self):
-    """Stops the server and frees the shared memory."""
+  def close(self, terminate: bool = False):
+    """Stops the server (``terminate``: at once, for a server that does not answer) and frees
+    the shared memory."""
+    if terminate and self._process.is_alive():
+      self._process.terminate()
+      self._process.join(timeout=10)
     if self._process.is_alive():
       try:
         self._conn.send_bytes(_CLOSE)

@@ -239,6 +239,15 @@ class Settings:
   repeats: int = 5
 
   def __post_init__(self):
+    if self.size is not None and self.size not in octo.SIZES:
+      raise ConfigError(f"--size={self.size!r} is unknown; use one of {', '.join(octo.SIZES)}")
+    for name in ("batch", "server_batch"):
+      if any(b < 1 for b in getattr(self, name)):
+        raise ConfigError(f"--{name}={','.join(map(str, getattr(self, name)))}: batch sizes "
+                          "must be >= 1")
+    for dtype in self.dtype:
+      if dtype not in ("float32", "bfloat16"):
+        raise ConfigError(f"--dtype={dtype!r}: use float32 and/or bfloat16")
     if (self.size is None) == (self.checkpoint is None):
       raise ConfigError("pass exactly one of --size and --checkpoint (--size= for none)")
     if not set(self.window) <= {1, 2}:
@@ -252,9 +261,9 @@ def main() -> None:
   f = flags.FLAGS
   settings = Settings(
       size=f.size or None, checkpoint=f.checkpoint, dataset_name=f.dataset_name,
-      batch=tuple(map(int, f.batch)), window=tuple(map(int, f.window)), dtype=tuple(f.dtype),
-      server_batch=tuple(map(int, f.server_batch)), shared_memory=f.shared_memory,
-      image_size=f.image_size, repeats=f.repeats)
+      batch=cli.integers(f.batch, "batch"), window=cli.integers(f.window, "window"),
+      dtype=tuple(f.dtype), server_batch=cli.integers(f.server_batch, "server_batch"),
+      shared_memory=f.shared_memory, image_size=f.image_size, repeats=f.repeats)
   rows = run(settings)
   print(markdown(rows))
   if f.json:

@@ -22,7 +22,13 @@ from typing import Any, NamedTuple, Protocol
 
 import jax
 
+from rpd_jax.errors import RunError
+
 Observation = dict[str, jax.Array]
+
+
+class EnvWorkerError(RunError):
+  """A simulator process of a VecEnv died; the message names the env and the worker."""
 
 
 class StepResult(NamedTuple):
@@ -55,7 +61,8 @@ class VecEnv(Protocol):
     """uint8 [B, H, W, 3] frames of the current state, for videos."""
     ...
 
-  def close(self) -> None:
+  def close(self, terminate: bool = False) -> None:
+    """Releases the simulator; ``terminate`` stops it at once (after an interrupt)."""
     ...
 
 

@@ -262,5 +262,5 @@ class JaxPushVecEnv:
     """Continues from a state that ``get_state`` gave: resumed runs step on identically."""
     self.state = state.replace(key=jax.random.wrap_key_data(jnp.asarray(state.key)))
 
-  def close(self) -> None:
+  def close(self, terminate: bool = False) -> None:
     """Nothing to release: the whole simulator is the JAX arrays in ``self.state``."""

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import signal
 from typing import Any, Optional
 
 import gymnasium as gym
@@ -188,6 +189,12 @@ def _make_worker(**kwargs) -> _Worker:
   # Each worker is one process on a small machine: torch's intra-op threads would only compete
   # with the other workers.
   torch.set_num_threads(1)
+  # Ctrl-C reaches the whole process group: the trainer handles it and closes the workers,
+  # which would otherwise raise KeyboardInterrupt mid-step and print tracebacks of their own.
+  # (SIGTERM stays fatal and quiet: it is how the trainer stops them. Only in a worker:
+  # AsyncVectorEnv also calls this in the trainer's process, for the spaces.)
+  if multiprocessing.parent_process() is not None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
   return _Worker(_make_maniskill(num_envs=1, sim_backend="physx_cpu", **kwargs))
 
 
@@ -285,7 +292,10 @@ class ManiSkillVecEnv:
 
   def _step_cpu(self, action: jax.Array) -> base.StepResult:
     act = to_torch(jnp.asarray(action, jnp.float32), self._device).numpy()
-    obs, reward, terminated, truncated, info = self._cpu.step(act)
+    try:
+      obs, reward, terminated, truncated, info = self._cpu.step(act)
+    except (BrokenPipeError, EOFError, ConnectionError) as e:
+      raise self._worker_error() from e
     obs = self._own(obs)
     no = np.zeros(self.num_envs, bool)
     success = info.get("success", no) & info.get("_success", no)
@@ -323,10 +333,29 @@ class ManiSkillVecEnv:
     """uint8 [B, H, W, 3] frames of the current state from the human camera, for videos."""
     if self._gpu is not None:
       return to_jax(self._gpu.render())
-    return to_jax(np.stack(self._cpu.render()))
+    try:
+      return to_jax(np.stack(self._cpu.render()))
+    except (BrokenPipeError, EOFError, ConnectionError) as e:
+      raise self._worker_error() from e
 
-  def close(self) -> None:
+  def _worker_error(self) -> base.EnvWorkerError:
+    """The error for a CPU worker process that is gone, naming it and how it ended."""
+    dead = [(i, p) for i, p in enumerate(self._cpu.processes) if not p.is_alive()]
+    how = lambda code: (f"killed by signal {-code}" if code is not None and code < 0
+                        else f"exit code {code}")
+    names = "; ".join(f"worker {i} (pid {p.pid}, {how(p.exitcode)})" for i, p in dead)
+    return base.EnvWorkerError(
+        f"ManiSkill {self.env_id}: {names or 'a worker'} of {self.num_envs} stopped answering "
+        "(out of memory, or killed); the simulation cannot go on")
+
+  def close(self, terminate: bool = False) -> None:
+    """Closes the simulation; ``terminate`` (or a dead worker) stops CPU workers at once,
+    without waiting for a step in flight."""
     if self._gpu is not None:
       self._gpu.close()
-    else:
-      self._cpu.close()
+      return
+    terminate = terminate or not all(p.is_alive() for p in self._cpu.processes)
+    try:
+      self._cpu.close(terminate=terminate)
+    except (BrokenPipeError, EOFError, ConnectionError):
+      self._cpu.close(terminate=True)

@@ -235,10 +235,19 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   """
   import tqdm  # pylint: disable=g-import-not-at-top
   from rpd_jax import rollout  # pylint: disable=g-import-not-at-top
-  from rpd_jax.envs import maniskill, tasks  # pylint: disable=g-import-not-at-top
+  from rpd_jax.envs import tasks  # pylint: disable=g-import-not-at-top
   from rpd_jax.teachers import maniskill_scripted  # pylint: disable=g-import-not-at-top
 
   info = tasks.task_info(env_id)
+  if env_id not in maniskill_scripted.CONTROLLERS:
+    raise ConfigError(f"--env_id={env_id!r} has no scripted controller to record; use one of "
+                      f"{', '.join(maniskill_scripted.CONTROLLERS)}")
+  for name, value, least in (("episodes", episodes, 1), ("image_size", image_size, 16),
+                             ("num_envs", num_envs, 1), ("max_length", max_length or 1, 1)):
+    if value < least:
+      raise ConfigError(f"--{name}={value} must be >= {least}")
+  if noise < 0:
+    raise ConfigError(f"--noise={noise} is a standard deviation; use >= 0")
   max_length = max_length or info.max_episode_steps
   teacher = maniskill_scripted.make_teacher(task=env_id, noise=noise)
   policy = rollout.teacher_policy(teacher)
@@ -254,6 +263,7 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
         raise ConfigError(f"{out} holds demonstrations with {key}={meta[key]!r}, not "
                           f"{value!r}; use another folder")
   attempts, seconds = meta.get("attempts", 0), meta.get("seconds", 0.0)
+  from rpd_jax.envs import maniskill  # pylint: disable=g-import-not-at-top  (after the checks)
   env = maniskill.ManiSkillVecEnv(num_envs=num_envs, seed=seed + attempts,
                                   reward_mode="normalized_dense", env_id=env_id,
                                   obs_mode="state_rgb", image_size=image_size, camera=camera,

@@ -138,6 +138,11 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main() -> None:
+  for flag, least in ((_NUM_ENVS, 1), (_EPISODES, 1), (_VIDEOS, 0)):
+    if flag.value < least:
+      raise ConfigError(f"--{flag.name}={flag.value} must be >= {least}")
+  if not _TASKS.value:
+    raise ConfigError("--tasks is empty; name at least one task, e.g. --tasks=PushCube-v1")
   if _EPISODES.value % _NUM_ENVS.value:
     raise ConfigError(f"--episodes={_EPISODES.value} must be a multiple of "
                       f"--num_envs={_NUM_ENVS.value}")

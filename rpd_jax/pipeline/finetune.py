@@ -46,8 +46,9 @@ import optax
 import tqdm
 
 from rpd_jax import checkpoint as checkpoint_lib
+from rpd_jax import cli
 from rpd_jax import config as config_lib
-from rpd_jax import octo
+from rpd_jax import octo, preemption
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo import sizes, text
 from rpd_jax.octo.model import freeze_config
@@ -255,9 +256,9 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, progress: bool = T
   ckpt = checkpoint_lib.Checkpointer(os.path.join(workdir, "train_state"), max_to_keep=2)
   # orbax keeps its checkpoints under <dir>/checkpoints; the folder name keeps them apart from
   # the Octo layout's numbered step folders.
-  start = ckpt.latest() or 0
+  start, restored = ckpt.restore_latest(state)
   if start:
-    state = ckpt.restore(start, state)
+    state = restored
     print(f"resuming from step {start}")
   train_step = make_train_step(module=model.module, optimizer=optimizer, config=config)
   stats_jax = {k: jnp.asarray(v) for k, v in stats["action"].items()
@@ -273,34 +274,49 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, progress: bool = T
   key = jax.random.key(config.seed)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, unit="step", disable=not progress,
                   desc="finetune", file=sys.stdout)
-  window_loss, t_start, step = [], time.perf_counter(), start
-  try:
-    with open(metrics_path, "a") as metrics_file:
-      for step in range(start + 1, config.num_steps + 1):
-        state, metrics = train_step(state, next(data), tasks, stats_jax,
-                                    jax.random.fold_in(key, step))
-        window_loss.append(metrics["loss"])
-        bar.update(1)
-        if step % config.log_every == 0 or step == config.num_steps:
-          loss = float(np.mean(jax.device_get(window_loss)))
-          if not np.isfinite(loss):
-            raise FloatingPointError(f"fine-tuning loss is {loss} at step {step}; lower "
-                                     f"config.optim.lr (now {config.optim.lr})")
-          last = {"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
-                  "lr": float(schedule(step)),
-                  "steps_per_second": len(window_loss) / (time.perf_counter() - t_start)}
-          metrics_file.write(json.dumps(last) + "\n")
-          metrics_file.flush()
-          bar.set_postfix(loss=f"{loss:.4f}")
-          window_loss, t_start = [], time.perf_counter()
-        if step % config.save_every == 0 or step == config.num_steps:
-          ckpt.save(step, state)
-          octo.save_pretrained(model.replace(params=state.params), workdir, step)
-  finally:
-    bar.close()
-    ckpt.close()
+  window_loss, t_start = [], time.perf_counter()
+  done, done_state = start, state  # the last finished step: what a signal saves
+  with preemption.Guard() as guard:
+    try:
+      with open(metrics_path, "a") as metrics_file:
+        for step in range(start + 1, config.num_steps + 1):
+          state, metrics = train_step(state, next(data), tasks, stats_jax,
+                                      jax.random.fold_in(key, step))
+          window_loss.append(metrics["loss"])
+          bar.update(1)
+          if step % config.log_every == 0 or step == config.num_steps:
+            loss = float(np.mean(jax.device_get(window_loss)))
+            if not np.isfinite(loss):
+              raise FloatingPointError(f"fine-tuning loss is {loss} at step {step}; lower "
+                                       f"config.optim.lr (now {config.optim.lr})")
+            last = {"step": step, "loss": loss, "grad_norm": float(metrics["grad_norm"]),
+                    "lr": float(schedule(step)),
+                    "steps_per_second": len(window_loss) / (time.perf_counter() - t_start)}
+            metrics_file.write(json.dumps(last) + "\n")
+            metrics_file.flush()
+            bar.set_postfix(loss=f"{loss:.4f}")
+            window_loss, t_start = [], time.perf_counter()
+          with guard.deferred():
+            done, done_state = step, state
+            if step % config.save_every == 0 or step == config.num_steps:
+              _save(ckpt, model, done_state, workdir, step)
+    except preemption.Interrupt as e:
+      guard.acknowledge()
+      if done > (ckpt.latest() or 0):
+        _save(ckpt, model, done_state, workdir, done)
+      raise preemption.Stopped(e.signum, done, workdir if done else None, unit="step") from None
+    finally:
+      bar.close()
+      ckpt.close()
   plot_loss(metrics_path, os.path.join(workdir, "loss.png"))
   return last
+
+
+def _save(ckpt: checkpoint_lib.Checkpointer, model: octo.OctoModel, state: TrainState,
+          workdir: str, step: int) -> None:
+  """The train state (for resuming) and the Octo checkpoint of ``step``."""
+  ckpt.save(step, state)
+  octo.save_pretrained(model.replace(params=state.params), workdir, step)
 
 
 def plot_loss(metrics_path: str, out: str) -> None:
@@ -327,14 +343,16 @@ def main(config: ml_collections.ConfigDict, spec: str) -> None:
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   workdir = flags.FLAGS.workdir or config_lib.default_workdir(
       spec, root=os.path.join("runs", "finetune"))
-  last = finetune(config, workdir)
+  try:
+    last = finetune(config, workdir)
+  except preemption.Stopped as e:
+    cli.stopped(e, "rpd_jax.pipeline.finetune", workdir if not flags.FLAGS.workdir else None)
   print(f"checkpoint: {workdir} (loss {last.get('loss', float('nan')):.4f}, curve in "
         f"{workdir}/loss.png); use it with --config.teacher.kwargs.checkpoint={workdir}")
 
 
 if __name__ == "__main__":
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from rpd_jax import cli  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top,reimported
   flags.DEFINE_string("workdir", None, "output checkpoint folder (default "
                       "runs/finetune/<config name>)")
   cli.run_with_config(main)

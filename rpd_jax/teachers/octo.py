@@ -250,7 +250,15 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
   folder = octo.hub.resolve_checkpoint(checkpoint)
   # Loaded in float32: the instruction is embedded once, at full precision, whatever the
   # teacher's compute dtype.
-  model = octo.load_pretrained(folder, step=step)
+  try:
+    model = octo.load_pretrained(folder, step=step)
+  except FileNotFoundError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except  (any damage: truncated, not Octo's)
+    raise ConfigError(
+        f"the Octo checkpoint {folder} cannot be loaded ({type(e).__name__}: "
+        f"{str(e).splitlines()[0][:200] if str(e) else ''}); it is damaged or not an Octo "
+        "checkpoint: download it again, or set config.teacher.kwargs.checkpoint to another") from e
   embedding = None
   if model.spec.task_tokenizers:  # a language-conditioned model
     if not instruction:

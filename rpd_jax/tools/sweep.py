@@ -20,6 +20,7 @@ from absl import flags
 
 from rpd_jax import cli
 from rpd_jax import config as config_lib
+from rpd_jax.errors import ConfigError
 from rpd_jax.tools import plot
 
 _CONFIG = flags.DEFINE_string("config", None, "Config file with its base variants, e.g. "
@@ -48,6 +49,11 @@ def _finished(workdir: str) -> bool:
 
 
 def main() -> None:
+  if _PARALLEL.value < 1:
+    raise ConfigError(f"--parallel={_PARALLEL.value} must be >= 1")
+  bad = [s for s in _SEEDS.value if not s.lstrip("-").isdigit()]
+  if bad:
+    raise ConfigError(f"--seeds has {bad[0]!r}, not an integer; e.g. --seeds=0,1,2")
   # Every variant must load before any run starts (one error line for a typo, not N failures).
   path, _, base = _CONFIG.value.partition(":")
   for variant in _VARIANTS.value:
