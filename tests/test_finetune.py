@@ -250,3 +250,8 @@ def test_sigterm_saves_the_last_step_and_the_run_resumes(repo_root, tmp_path):
   step = int(last.split("after step ")[1].split(":")[0])
   assert str(step) in os.listdir(workdir)  # the Octo checkpoint of that step, loadable
   assert octo.load_pretrained(str(workdir)).params
+  # Resuming logs each step once, from the step after the stop.
+  subprocess.run([*cmd[:-4], "--config.num_steps=" + str(step + 2), *cmd[-3:]], cwd=repo_root,
+                 check=True, capture_output=True)
+  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+  assert steps == list(range(1, step + 3))

@@ -270,6 +270,7 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, progress: bool = T
         f"model {n_params / 1e6:.2f}M parameters; {config.num_steps} steps of batch "
         f"{config.batch_size}")
   metrics_path = os.path.join(workdir, "metrics.jsonl")
+  _drop_rows_after(metrics_path, start)
   last: dict[str, float] = {}
   key = jax.random.key(config.seed)
   bar = tqdm.tqdm(total=config.num_steps, initial=start, unit="step", disable=not progress,
@@ -310,6 +311,21 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, progress: bool = T
       ckpt.close()
   plot_loss(metrics_path, os.path.join(workdir, "loss.png"))
   return last
+
+
+def _drop_rows_after(metrics_path: str, step: int) -> None:
+  """Keeps the logged rows up to the step resumed from (a stopped run logs them again), and
+  drops a last line that a kill cut short."""
+  if not os.path.exists(metrics_path):
+    return
+  rows = []
+  for line in open(metrics_path):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      continue
+  with open(metrics_path, "w") as f:
+    f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= step)
 
 
 def _save(ckpt: checkpoint_lib.Checkpointer, model: octo.OctoModel, state: TrainState,
