@@ -305,7 +305,10 @@ def test_a_worker_dying_mid_run_stops_training_and_keeps_the_checkpoint(repo_roo
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
-def test_ctrl_c_stops_a_maniskill_run_without_worker_tracebacks(repo_root, tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_to_the_process_group_stops_a_maniskill_run_without_tracebacks(
+    repo_root, tmp_path, signum):
+  """Ctrl-C in a terminal, and a cluster's SIGTERM, reach the trainer and its workers alike."""
   proc = subprocess.Popen(
       [sys.executable, "-m", "rpd_jax.train", "--config=experiments/pushcube.py:scripted,ppo",
        "--config.env.num_envs=2", "--config.ppo.num_steps=10", "--config.checkpoint_every=1000",
@@ -318,13 +321,14 @@ def test_ctrl_c_stops_a_maniskill_run_without_worker_tracebacks(repo_root, tmp_p
       assert time.time() < deadline and proc.poll() is None, proc.communicate()
       time.sleep(0.05)
     sent = time.time()
-    os.killpg(proc.pid, signal.SIGINT)  # as Ctrl-C: the trainer and its workers
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=120)
   finally:
     if proc.poll() is None:
       os.killpg(proc.pid, signal.SIGKILL)
-  assert proc.returncode == 130, err
+  assert proc.returncode == 128 + signum, err
   assert time.time() - sent < 20
   assert "Traceback" not in err and "SystemError" not in err
   last = err.strip().splitlines()[-1]
-  assert last.startswith("stopped by SIGINT after iteration ") and "resume with:" in last
+  assert last.startswith(f"stopped by {signal.Signals(signum).name} after iteration ")
+  assert "resume with:" in last

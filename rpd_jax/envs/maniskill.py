@@ -38,6 +38,7 @@ import numpy as np
 import torch
 from mani_skill.utils import sapien_utils
 from mani_skill.utils.registration import REGISTERED_ENVS
+from gymnasium.vector.async_vector_env import AsyncState
 from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
 from rpd_jax.envs import base
@@ -355,7 +356,8 @@ class ManiSkillVecEnv:
       self._gpu.close()
       return
     terminate = terminate or not all(p.is_alive() for p in self._cpu.processes)
-    try:
-      self._cpu.close(terminate=terminate)
-    except (BrokenPipeError, EOFError, ConnectionError):
-      self._cpu.close(terminate=True)
+    if terminate:
+      # A step in flight is abandoned: without this, gymnasium's close first waits for it,
+      # reading pipes of workers that may already be gone.
+      self._cpu._state = AsyncState.DEFAULT  # pylint: disable=protected-access
+    self._cpu.close(terminate=terminate)
