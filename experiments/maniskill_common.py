@@ -44,7 +44,6 @@ def _octo(c: ml_collections.ConfigDict) -> None:
   _rgb(c)
   c.teacher.name = "octo"
   c.teacher.kwargs = _octo_kwargs(c, "Juelg/octo-base-1.5-finetuned-maniskill")
-  c.teacher.chunk_size = 50  # images per teacher call inside the update: bounds memory
   if c.distill.loss == "none":
     c.distill.loss = "mse"
 
@@ -142,7 +141,6 @@ def get_config(env_id: str, arg: str | None,
   c.total_env_steps = 1_000_000
   c.ppo.num_steps = info.max_episode_steps
   c.ppo.num_minibatches = 4
-  c.teacher.chunk_size = 4 * info.max_episode_steps  # one call per rollout: the batch is small
   c.eval_every = 10
   c.eval_envs = 2
   c.eval_episodes = 16

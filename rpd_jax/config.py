@@ -43,7 +43,10 @@ def base_config() -> ml_collections.ConfigDict:
   # Which teacher, by name (rpd_jax.teachers.make_teacher); "none" for plain PPO.
   c.teacher = ml_collections.ConfigDict()
   c.teacher.name = "none"
-  c.teacher.chunk_size = 4096  # observations per teacher call inside the update, bounds memory
+  # Observations per teacher call inside the update, which bounds its memory; 0: the most that
+  # fit in a quarter of the device's memory (2 GiB on a CPU), from XLA's memory analysis of the
+  # teacher (rpd_jax.teachers.base.auto_chunk_size).
+  c.teacher.chunk_size = 0
   c.teacher.kwargs = ml_collections.ConfigDict()
 
   # The distillation term added to the PPO loss.
@@ -212,9 +215,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       ("ppo.num_minibatches", c.ppo.num_minibatches),
                       ("total_env_steps", c.total_env_steps), ("eval_envs", c.eval_envs),
                       ("log_every", c.log_every), ("eval_every", c.eval_every),
-                      ("checkpoint_every", c.checkpoint_every),
-                      ("teacher.chunk_size", c.teacher.chunk_size)):
+                      ("checkpoint_every", c.checkpoint_every)):
     check(value > 0, f"config.{name}={value} must be a positive integer")
+  check(c.teacher.chunk_size >= 0,
+        f"config.teacher.chunk_size={c.teacher.chunk_size} must be >= 0 (0: chosen from the "
+        "device's memory)")
   batch = c.env.num_envs * c.ppo.num_steps
   check(batch % c.ppo.num_minibatches == 0,
         f"config.ppo.num_minibatches={c.ppo.num_minibatches} does not divide the batch of "

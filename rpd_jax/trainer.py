@@ -34,6 +34,7 @@ from rpd_jax.envs.base import EnvWorkerError, VecEnv, describe
 from rpd_jax.errors import RunError
 from rpd_jax.networks import make_network
 from rpd_jax.teachers import make_teacher
+from rpd_jax.teachers.base import auto_chunk_size
 
 
 class NonFiniteError(RunError):
@@ -189,7 +190,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       network = make_network(c.network, env.action_dim)
       optimizer = ppo.make_optimizer(c.ppo, num_iterations)
       state = ppo.init_train_state(network, optimizer, carry.obs, k_init)
-      update = ppo.make_update(network, optimizer, c.ppo, c.distill, c.teacher.chunk_size)
+      chunk = c.teacher.chunk_size
+      if teacher is not None and not chunk:
+        chunk = auto_chunk_size(teacher, env.observation_spec, batch,
+                                c.distill.ppd_samples if c.distill.loss == "ppd" else 0)
+        logging.info("teacher: %d observations per call inside the update", chunk)
+      update = ppo.make_update(network, optimizer, c.ppo, c.distill, chunk or batch)
 
       ckpt = Checkpointer(workdir, c.keep_checkpoints)
       start, state, carry = _restore(ckpt, env, state, carry, c.seed)

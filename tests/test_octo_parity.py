@@ -144,6 +144,40 @@ def test_sampled_actions(version):
                                err_msg=case)
 
 
+@pytest.mark.parametrize("version", VERSIONS)
+def test_sampled_actions_with_the_transformer_in_slices(version):
+  """Slices of 2 of the 3 examples (the last slice padded) give the official samples too."""
+  g, m = goldens(version), model(version)
+  obs, task = subtree(g, "a/obs/"), subtree(g, "a/task/")
+  key = jnp.asarray(g["a/in/rng_key"])
+  sliced = m.sample_actions(obs, task, key, transformer_batch=2)
+  np.testing.assert_allclose(sliced, g["a/out/actions_normalized"], atol=ACTION_ATOL, rtol=0)
+  whole = m.sample_actions(obs, task, key, transformer_batch=0)
+  np.testing.assert_allclose(sliced, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_the_fused_attention_path_matches_the_official_outputs(version):
+  """jax.nn.dot_product_attention (XLA here; cuDNN on a GPU) instead of Flax's attention:
+  every transformer output and the samples of every case within the fixture's tolerances,
+  padded rows (no valid key) included."""
+  g, base = goldens(version), model(version)
+  m = base.replace(module=base.module.clone(attention="xla"))
+  compared = 0
+  for case in CASES:
+    obs, task = subtree(g, f"{case}/obs/"), subtree(g, f"{case}/task/")
+    outputs = jax.device_get(jax.jit(lambda m, o, t: m.run_transformer(o, t))(m, obs, task))
+    for part in compared_parts(version, case):
+      if part.startswith("out/") and part[4:] in outputs:
+        np.testing.assert_allclose(outputs[part[4:]][0], g[f"{case}/{part}"], atol=ATOL,
+                                   rtol=0, err_msg=f"{case}/{part}")
+        compared += 1
+    actions = m.sample_actions(obs, task, jnp.asarray(g[f"{case}/in/rng_key"]))
+    np.testing.assert_allclose(actions, g[f"{case}/out/actions_normalized"], atol=ACTION_ATOL,
+                               rtol=0, err_msg=case)
+  assert compared >= 3 * len(CASES)  # every case's token groups, not just the samples
+
+
 def head_fn(version):
   m = model(version)
 

@@ -60,7 +60,7 @@ def setup(config):
   state = ppo.init_train_state(network, optimizer, {"state": jnp.zeros((B, D))},
                                jax.random.key(0))
   update = ppo.make_update(network, optimizer, config.ppo, config.distill,
-                           config.teacher.chunk_size)
+                           config.teacher.chunk_size or T * B)
   return state, update
 
 

@@ -17,6 +17,7 @@ import os
 import resource
 import statistics
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +35,8 @@ def _cpu_seconds() -> float:
 
 
 def time_sample_actions(size: str, batch: int, window: int, dtype, repeats: int,
-                        image_size: int = 256) -> dict[str, float]:
+                        image_size: int = 256,
+                        transformer_batch: Optional[int] = None) -> dict[str, float]:
   """Compile seconds, median wall ms and mean CPU ms of one jitted sample_actions call."""
   model = init_random(size, window=window, primary_size=image_size, dtype=dtype)
   ids = np.zeros((batch, 16), np.int32)
@@ -45,7 +47,8 @@ def time_sample_actions(size: str, batch: int, window: int, dtype, repeats: int,
   obs = {"image_primary": jnp.asarray(
       rng.integers(0, 256, (batch, window, image_size, image_size, 3), np.uint8)),
          "timestep_pad_mask": jnp.ones((batch, window), bool)}
-  fn = jax.jit(lambda m, o, t, k: m.sample_actions(o, t, k))
+  fn = jax.jit(lambda m, o, t, k: m.sample_actions(o, t, k,
+                                                  transformer_batch=transformer_batch))
   start = time.perf_counter()
   compiled = fn.lower(model, obs, tasks, jax.random.key(0)).compile()
   compile_s = time.perf_counter() - start
@@ -69,15 +72,17 @@ def main() -> None:
   batches, windows = cli.integers(f.batch, "batch"), cli.integers(f.window, "window")
   print(f"jax {jax.__version__}, {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs, "
         f"size {f.size}, 20 diffusion steps, language precomputed")
-  print("dtype     W  batch  compile_s  wall_ms  cpu_ms  samples/s  load_avg")
+  slices = [None if s == "auto" else int(s) for s in f.transformer_batch]
+  print("dtype     W  slices  batch  compile_s  wall_ms  cpu_ms  samples/s  load_avg")
   for dtype in f.dtype:
     for window in windows:
       for batch in batches:
-        r = time_sample_actions(f.size, batch, window, jnp.dtype(dtype), f.repeats,
-                                f.image_size)
-        print(f"{dtype:9s} {window:2d} {batch:6d} {r['compile_s']:10.1f} {r['wall_ms']:8.0f} "
-              f"{r['cpu_ms']:7.0f} {batch / r['wall_ms'] * 1e3:10.1f}  "
-              f"{os.getloadavg()[0]:.1f}", flush=True)
+        for size in slices:
+          r = time_sample_actions(f.size, batch, window, jnp.dtype(dtype), f.repeats,
+                                  f.image_size, size)
+          print(f"{dtype:9s} {window:2d} {str(size):>6s} {batch:6d} {r['compile_s']:10.1f} "
+                f"{r['wall_ms']:8.0f} {r['cpu_ms']:7.0f} {batch / r['wall_ms'] * 1e3:10.1f}  "
+                f"{os.getloadavg()[0]:.1f}", flush=True)
 
 
 if __name__ == "__main__":
@@ -87,4 +92,6 @@ if __name__ == "__main__":
   flags.DEFINE_list("dtype", ["float32", "bfloat16"], "compute dtypes")
   flags.DEFINE_integer("repeats", 5, "timed calls per row")
   flags.DEFINE_integer("image_size", 256, "camera resolution")
+  flags.DEFINE_list("transformer_batch", ["auto"], "examples per transformer slice: auto (8 on "
+                    "a CPU, else the whole batch), 0 (the whole batch) or a number")
   cli.run(main)

@@ -30,6 +30,10 @@ Flags:
   --image_size=N            camera resolution fed to the teacher (default 64 for tiny, else
                             256, ManiSkill's human camera in RPD); random models are built at
                             this resolution, checkpoints resize to theirs on device;
+  --attention=flax          attention kernels: flax (the parity reference), xla, cudnn, auto
+                            (``jax.nn.dot_product_attention``; auto: cuDNN where it applies);
+  --transformer_batch=auto  examples per transformer slice: auto (8 on a CPU, else the whole
+                            batch), 0 (the whole batch) or N;
   --repeats=5               timed calls per row (after one untimed warm-up call);
   --json=FILE               also write the rows (and the setup) as JSON.
 
@@ -40,6 +44,7 @@ call does not depend on the text.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import platform
@@ -54,6 +59,7 @@ from absl import flags
 
 from rpd_jax import cli, octo
 from rpd_jax.errors import ConfigError
+from rpd_jax.octo.transformer import ATTENTIONS
 from rpd_jax.teachers import octo as octo_teacher
 from rpd_jax.teachers.base import Teacher
 from rpd_jax.bench.remote import RemoteTeacher
@@ -82,7 +88,7 @@ def empty_instruction_embedding(model) -> jax.Array:
 def build_teacher(size: Optional[str] = None, checkpoint: Optional[str] = None,
                   dataset_name: Optional[str] = None, window: int = 1,
                   max_window: Optional[int] = None, dtype: str = "float32",
-                  image_size: int = 256, seed: int = 0) -> Teacher:
+                  image_size: int = 256, seed: int = 0, attention: str = "flax") -> Teacher:
   """The benchmarked teacher; also the server's builder (JSON-able arguments).
 
   ``max_window`` is the window random models are built for (default ``window``), so that W=1
@@ -91,20 +97,7 @@ def build_teacher(size: Optional[str] = None, checkpoint: Optional[str] = None,
   model = load_model(size, checkpoint, max(window, max_window or window), image_size, seed)
   return octo_teacher.teacher_from_model(
       model, empty_instruction_embedding(model), window=window, dataset_name=dataset_name,
-      dtype=dtype, gripper="raw", name=f"octo-{size or checkpoint}")
-
-
-def _median_ms(call: Callable[[int], Any], repeats: int) -> tuple[float, float]:
-  """Median wall and process CPU time in ms of ``call(i)``, i = 1..repeats, after an untimed
-  ``call(0)``."""
-  call(0)
-  wall, cpu = [], []
-  for i in range(1, repeats + 1):
-    start, cpu_start = time.perf_counter(), time.process_time()
-    call(i)
-    wall.append(time.perf_counter() - start)
-    cpu.append(time.process_time() - cpu_start)
-  return 1e3 * statistics.median(wall), 1e3 * statistics.median(cpu)
+      dtype=dtype, gripper="raw", attention=attention, name=f"octo-{size or checkpoint}")
 
 
 def _inputs(batch: int, image_size: int, seed: int = 0):
@@ -113,23 +106,64 @@ def _inputs(batch: int, image_size: int, seed: int = 0):
   return {"rgb": frames()}, {"rgb": frames()}, np.arange(batch) % 50 == 0
 
 
-def bench_in_process(teacher: Teacher, batch: int, image_size: int,
-                     repeats: int) -> tuple[dict[str, float], Callable[[int], np.ndarray]]:
-  """compile_s, ms per call and samples/s of the jitted teacher at ``batch``; and the compiled
-  teacher as a function of a seed (on the benchmark's inputs), to check the server against."""
-  obs, prev, is_first = jax.device_put(_inputs(batch, image_size))
-  key = jax.random.key(0)
-  fn = jax.jit(lambda p, o, q, f, k: teacher.apply_fn(p, o, q, f, k, 0).action)
-  start = time.perf_counter()
-  compiled = fn.lower(teacher.params, obs, prev, is_first, key).compile()
-  compile_s = time.perf_counter() - start
-  keys = [jax.random.fold_in(key, i) for i in range(repeats + 1)]
-  call = lambda i: jax.block_until_ready(compiled(teacher.params, obs, prev, is_first, keys[i]))
-  ms, cpu_ms = _median_ms(call, repeats)
-  answer = lambda seed: np.asarray(
-      compiled(teacher.params, obs, prev, is_first, jax.random.key(seed)))
-  return {"compile_s": compile_s, "ms_per_call": ms, "samples_per_s": batch / ms * 1e3,
-          "cpu_ms": cpu_ms}, answer
+# Dense peak FLOP/s by device (the vendors' sheets), for MFU; devices not listed get none.
+PEAK_FLOPS = {"H100": {"bfloat16": 989e12, "float32": 67e12},
+              "H200": {"bfloat16": 989e12, "float32": 67e12},
+              "A100": {"bfloat16": 312e12, "float32": 19.5e12}}
+
+
+def peak_flops(dtype: str) -> Optional[float]:
+  kind = jax.devices()[0].device_kind
+  return next((p[dtype] for name, p in PEAK_FLOPS.items() if name in kind), None)
+
+
+class InProcess:
+  """The jitted teacher at one batch size: compiled (timed), with XLA's FLOPs and memory."""
+
+  def __init__(self, teacher: Teacher, batch: int, image_size: int):
+    self.batch = batch
+    self._inputs = jax.device_put(_inputs(batch, image_size))
+    fn = jax.jit(lambda p, o, q, f, k: teacher.apply_fn(p, o, q, f, k, 0).action)
+    self._params = teacher.params
+    start = time.perf_counter()
+    self._compiled = fn.lower(teacher.params, *self._inputs, jax.random.key(0)).compile()
+    self.compile_s = time.perf_counter() - start
+    memory = self._compiled.memory_analysis()
+    self.peak_mb = None if memory is None else (
+        memory.temp_size_in_bytes + memory.argument_size_in_bytes +
+        memory.output_size_in_bytes) / 2**20
+
+  def __call__(self, seed: int) -> np.ndarray:
+    return np.asarray(jax.block_until_ready(
+        self._compiled(self._params, *self._inputs, jax.random.key(seed))))
+
+
+def flops_per_sample(teacher: Teacher, image_size: int, batch: int = 8) -> Optional[float]:
+  """XLA's FLOP count of one call at ``batch`` with the whole batch through the transformer,
+  per sample. (XLA counts a loop's body once: the diffusion head's 20 steps, well under 1% of
+  the work, are counted as one.)"""
+  whole = teacher.replace(apply_fn=dataclasses.replace(teacher.apply_fn, transformer_batch=0))
+  fn = jax.jit(lambda p, o, q, f, k: whole.apply_fn(p, o, q, f, k, 0).action)
+  inputs = jax.device_put(_inputs(batch, image_size))
+  cost = fn.lower(whole.params, *inputs, jax.random.key(0)).compile().cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return cost["flops"] / batch if cost and "flops" in cost else None
+
+
+def interleaved_ms(calls: list[Callable[[int], Any]], repeats: int
+                   ) -> list[tuple[float, float]]:
+  """(median wall ms, median process CPU ms) per call, the calls taking turns round by round
+  (after one untimed round), so that a drifting machine load slows every one alike."""
+  wall = [[] for _ in calls]
+  cpu = [[] for _ in calls]
+  for round_ in range(repeats + 1):
+    for i, call in enumerate(calls):
+      start, cpu_start = time.perf_counter(), time.process_time()
+      call(round_)
+      if round_:
+        wall[i].append(time.perf_counter() - start)
+        cpu[i].append(time.process_time() - cpu_start)
+  return [(1e3 * statistics.median(w), 1e3 * statistics.median(c)) for w, c in zip(wall, cpu)]
 
 
 def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: int,
@@ -137,7 +171,7 @@ def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: in
   """First-call seconds (compile in the server), ms per call and samples/s through ``server``.
 
   With ``local`` (the in-process teacher on the same inputs, as a function of a seed; see
-  ``bench_in_process``) its calls alternate with the server's, so that the hop, the difference
+  ``InProcess``) its calls alternate with the server's, so that the hop, the difference
   of the two medians, is measured under the same machine load; the answers, computed from the
   same weights, inputs and key, are compared too (max_abs_diff).
   """
@@ -171,18 +205,30 @@ def run(args: Settings) -> list[dict[str, Any]]:
                 "dataset_name": args.dataset_name, "max_window": max(args.window),
                 "image_size": args.image_size}
   label = args.size or args.checkpoint
-  rows, answers = [], {}
-  for dtype in args.dtype:
-    for window in args.window:
-      teacher = build_teacher(window=window, dtype=dtype, **model_args)
+  rows, cases, answers = [], [], {}
+  for dtype, window, attention in itertools.product(args.dtype, args.window, args.attention):
+    teacher = build_teacher(window=window, dtype=dtype, attention=attention, **model_args)
+    flops = flops_per_sample(teacher, args.image_size)
+    peak = peak_flops(dtype)
+    for slices in args.transformer_batch:
+      sliced = teacher.replace(apply_fn=dataclasses.replace(teacher.apply_fn,
+                                                            transformer_batch=slices))
       for batch in args.batch:
-        row = {"mode": "in-process", "model": label, "dtype": dtype, "window": window,
-               "batch": batch}
-        timing, answers[dtype, window, batch] = bench_in_process(teacher, batch, args.image_size,
-                                                                 args.repeats)
-        row.update(timing)
-        rows.append(row)
-        print(_format_row(row), file=sys.stderr, flush=True)
+        case = InProcess(sliced, batch, args.image_size)
+        cases.append(case)
+        rows.append({"mode": "in-process", "model": label, "dtype": dtype, "window": window,
+                     "attention": attention, "slices": "auto" if slices is None else slices,
+                     "batch": batch, "compile_s": case.compile_s, "peak_mb": case.peak_mb,
+                     "gflop_per_sample": None if flops is None else flops / 1e9,
+                     "_peak_flops": peak})
+        if slices is None and attention == "flax":  # what the server runs
+          answers[(dtype, window, batch)] = case
+  for row, (ms, cpu_ms) in zip(rows, interleaved_ms(cases, args.repeats)):
+    row.update(ms_per_call=ms, samples_per_s=row["batch"] / ms * 1e3, cpu_ms=cpu_ms)
+    peak = row.pop("_peak_flops")
+    if peak and row["gflop_per_sample"]:
+      row["mfu"] = row["gflop_per_sample"] * 1e9 * row["samples_per_s"] / peak
+    print(_format_row(row), file=sys.stderr, flush=True)
   if args.server_batch:
     window = args.window[0]
     start = time.perf_counter()
@@ -200,10 +246,13 @@ def run(args: Settings) -> list[dict[str, Any]]:
   return rows
 
 
-COLUMNS = ("mode", "model", "dtype", "window", "batch", "compile_s", "ms_per_call",
-           "samples_per_s", "cpu_ms", "in_process_ms", "hop_ms")
-HEADERS = ("mode", "model", "dtype", "W", "batch", "compile / first call s", "ms/call (median)",
-           "samples/s", "CPU ms/call", "in-process ms/call, interleaved", "hop ms/call")
+COLUMNS = ("mode", "model", "dtype", "window", "attention", "slices", "batch", "compile_s",
+           "ms_per_call", "samples_per_s", "cpu_ms", "gflop_per_sample", "mfu", "peak_mb",
+           "in_process_ms", "hop_ms")
+HEADERS = ("mode", "model", "dtype", "W", "attention", "transformer slices", "batch",
+           "compile / first call s", "ms/call (median)", "samples/s", "CPU ms/call",
+           "GFLOP/sample (XLA)", "MFU", "peak MB (XLA)", "in-process ms/call, interleaved",
+           "hop ms/call")
 
 
 def _format_row(row: dict[str, Any]) -> str:
@@ -213,7 +262,8 @@ def _format_row(row: dict[str, Any]) -> str:
     if value is None:
       cells.append("")
     elif isinstance(value, float):
-      cells.append(f"{value:.1f}" if column != "samples_per_s" else f"{value:.2f}")
+      cells.append(f"{value:.2f}" if column in ("samples_per_s", "gflop_per_sample")
+                   else f"{value:.1%}" if column == "mfu" else f"{value:.1f}")
     else:
       cells.append(str(value))
   return "| " + " | ".join(cells) + " |"
@@ -237,6 +287,8 @@ class Settings:
   shared_memory: bool = True
   image_size: Optional[int] = None  # None: 64 for size tiny, else 256
   repeats: int = 5
+  transformer_batch: tuple[Optional[int], ...] = (None,)  # None: the default (8 on CPUs)
+  attention: tuple[str, ...] = ("flax",)  # rpd_jax.octo.transformer.ATTENTIONS
 
   def __post_init__(self):
     if self.size is not None and self.size not in octo.SIZES:
@@ -253,8 +305,18 @@ class Settings:
     if not set(self.window) <= {1, 2}:
       raise ConfigError(f"--window={','.join(map(str, self.window))}: Octo takes windows of 1 "
                         "or 2")
+    bad = [a for a in self.attention if a not in ATTENTIONS]
+    if bad:
+      raise ConfigError(f"--attention={','.join(self.attention)}: use some of "
+                        f"{', '.join(ATTENTIONS)}")
     if self.image_size is None:
       object.__setattr__(self, "image_size", 64 if self.size == "tiny" else 256)
+
+
+def _slices(values: list[str]) -> tuple[Optional[int], ...]:
+  """--transformer_batch's values: "auto" -> None, numbers -> int."""
+  return tuple(None if v == "auto" else cli.integers([v], "transformer_batch")[0]
+               for v in values)
 
 
 def main() -> None:
@@ -263,7 +325,8 @@ def main() -> None:
       size=f.size or None, checkpoint=f.checkpoint, dataset_name=f.dataset_name,
       batch=cli.integers(f.batch, "batch"), window=cli.integers(f.window, "window"),
       dtype=tuple(f.dtype), server_batch=cli.integers(f.server_batch, "server_batch"),
-      shared_memory=f.shared_memory, image_size=f.image_size, repeats=f.repeats)
+      shared_memory=f.shared_memory, image_size=f.image_size, repeats=f.repeats,
+      transformer_batch=_slices(f.transformer_batch), attention=tuple(f.attention))
   rows = run(settings)
   print(markdown(rows))
   if f.json:
@@ -293,5 +356,10 @@ if __name__ == "__main__":
                     "the message)")
   flags.DEFINE_integer("image_size", None, "camera resolution (default: 64 for tiny, else 256)")
   flags.DEFINE_integer("repeats", 5, "timed calls per row")
+  flags.DEFINE_list("transformer_batch", ["auto"], "examples per transformer slice inside a "
+                    "call: auto (8 on a CPU, else the whole batch), 0 (the whole batch) or N")
+  flags.DEFINE_list("attention", ["flax"], "attention kernels: flax (the parity reference), "
+                    "xla, cudnn or auto (jax.nn.dot_product_attention; auto: cuDNN where it "
+                    "applies)")
   flags.DEFINE_string("json", None, "also write the rows (and the setup) to this JSON file")
   cli.run(main)

@@ -124,6 +124,7 @@ class OctoTransformer(nn.Module):
 
   spec: OctoSpec
   dtype: Any = jnp.float32
+  attention: str = "flax"
 
   def _pos_embedding(self, name: str, tokens: jax.Array) -> jax.Array:
     if tokens.ndim == 3:
@@ -210,12 +211,12 @@ class OctoTransformer(nn.Module):
     step_valid = jnp.concatenate([g.mask.astype(bool) for _, g in steps], axis=2)
     valid = jnp.concatenate([g.mask.astype(bool) for _, g in prefix]
                             + [step_valid.reshape((batch, -1))], axis=1)
-    # Padding masks keys only: rule[i, j] AND valid[b, j].
-    attention_mask = jnp.logical_and(rules[None, None], valid[:, None, None, :])
+    # Padding masks keys only: rule[i, j] AND valid[b, j]. The blocks take the two parts.
     self.sow("intermediates", "transformer_input", x)
-    self.sow("intermediates", "attention_mask", attention_mask)
+    self.sow("intermediates", "attention_mask",
+             jnp.logical_and(rules[None, None], valid[:, None, None, :]))
 
-    block = _BlockTransformer(spec, self.dtype, name="BlockTransformer_0")
+    block = _BlockTransformer(spec, self.dtype, self.attention, name="BlockTransformer_0")
     n_prefix = sum(layout.num_tokens for layout, _ in prefix)
     if readouts_only:
       # Nothing reads a readout but later readouts, so the last layer only needs their rows.
@@ -228,9 +229,9 @@ class OctoTransformer(nn.Module):
       per_step = np.concatenate(rows)
       rows = np.concatenate([n_prefix + t * offset + per_step for t in range(horizon)])
       prefix, steps = [], readouts
-      y_steps = block(x, attention_mask, rows).reshape((batch, horizon, per_step.size, -1))
+      y_steps = block(x, rules, valid, rows).reshape((batch, horizon, per_step.size, -1))
     else:
-      y = block(x, attention_mask)
+      y = block(x, rules, valid)
       y_steps = y[:, n_prefix:].reshape((batch, horizon, -1, y.shape[-1]))
 
     outputs = {}
@@ -251,25 +252,29 @@ class _BlockTransformer(nn.Module):
 
   spec: OctoSpec
   dtype: Any = jnp.float32
+  attention: str = "flax"
 
   @nn.compact
-  def __call__(self, x, attention_mask, output_rows=None):
+  def __call__(self, x, rule, valid, output_rows=None):
     return Transformer(self.spec.num_layers, self.spec.mlp_dim, self.spec.num_attention_heads,
-                       self.dtype, name="Transformer_0")(x, attention_mask, output_rows)
+                       self.dtype, self.attention, name="Transformer_0")(
+                           x, rule, valid, output_rows)
 
 
 class OctoModule(nn.Module):
   """``octo_transformer`` plus the heads (``heads_<name>``).
 
   ``dtype`` is the compute dtype of the transformer, tokenizers and T5 (parameters stay
-  float32); the diffusion head always runs in float32.
+  float32); the diffusion head always runs in float32. ``attention``: the transformer's
+  attention kernel (``transformer.ATTENTIONS``; "flax", the parity reference, by default).
   """
 
   spec: OctoSpec
   dtype: Any = jnp.float32
+  attention: str = "flax"
 
   def setup(self):
-    self.octo_transformer = OctoTransformer(self.spec, self.dtype)
+    self.octo_transformer = OctoTransformer(self.spec, self.dtype, self.attention)
     self.heads = {name: DiffusionActionHead(h) for name, h in self.spec.heads}
 
   def __call__(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
 from typing import Any, Optional, Sequence
 
 import flax.linen as nn
@@ -74,27 +75,56 @@ class MlpBlock(nn.Module):
     return nn.Dense(x.shape[-1], dtype=self.dtype, name="Dense_1")(y)
 
 
+ATTENTIONS = ("flax", "xla", "cudnn", "auto")
+
+
+def fused_attention(query, key, value, mask=None, *, rule: np.ndarray, implementation: str):
+  """``jax.nn.dot_product_attention`` with Octo's masking, for Flax's ``attention_fn``.
+
+  query [B, T, H, D], key / value [B, S, H, D]; ``mask`` [B, 1, 1, S] bool, the keys' validity;
+  ``rule`` [T, S] bool, the batch-independent attention rules, passed as one [1, 1, T, S]
+  additive bias. Logits a rule forbids get -0.7 x float32's maximum, as masked ones do inside
+  jax, so a query row with no valid key averages all values (the official model's behaviour,
+  where Flax uses float32's minimum) and never turns NaN. ``implementation``: "xla", "cudnn",
+  or "auto" (cuDNN where it applies, else XLA). Softmax runs in float32.
+  """
+  bias = np.where(rule, 0.0, -0.7 * np.finfo(np.float32).max)[None, None]
+  return jax.nn.dot_product_attention(
+      query, key, value, bias=jnp.asarray(bias, query.dtype), mask=mask,
+      implementation=None if implementation == "auto" else implementation)
+
+
 class EncoderBlock(nn.Module):
   """x + MHA(LN(x)), then x + MLP(LN(x))."""
 
   mlp_dim: int
   num_heads: int
   dtype: Any = jnp.float32
+  attention: str = "flax"  # one of ATTENTIONS (see Transformer)
 
   @nn.compact
-  def __call__(self, x, mask, rows: Optional[np.ndarray] = None):
-    """x [B, N, D], mask [B, 1, N, N]; ``rows`` (static) computes only those query tokens.
+  def __call__(self, x, rule: np.ndarray, valid: jax.Array, rows: Optional[np.ndarray] = None):
+    """x [B, N, D]; rule [N, N] bool (static), valid [B, N] bool (which keys are real);
+    ``rows`` (static) computes only those query tokens.
 
     Returns [B, N, D], or [B, len(rows), D] when rows are given.
     """
     y = nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="LayerNorm_0")(x)
     queries = y
     if rows is not None:
-      x, queries, mask = x[:, rows], y[:, rows], mask[:, :, rows]
-    # Masked logits become float32's minimum inside Flax attention (not -inf), so a query row
-    # with no valid key averages all values instead of turning NaN, as in the official model.
+      x, queries, rule = x[:, rows], y[:, rows], rule[rows]
+    keys_valid = valid[:, None, None, :]
+    if self.attention == "flax":
+      # Masked logits become float32's minimum inside Flax attention (not -inf), so a query row
+      # with no valid key averages all values instead of turning NaN, as in the official model.
+      mask, attention_fn = jnp.logical_and(rule[None, None], keys_valid), nn.dot_product_attention
+    else:
+      mask = keys_valid
+      attention_fn = functools.partial(fused_attention, rule=rule,
+                                       implementation=self.attention)
     y = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, dtype=self.dtype,
-                                        deterministic=True,
+                                        deterministic=True, force_fp32_for_softmax=True,
+                                        attention_fn=attention_fn,
                                         name="MultiHeadDotProductAttention_0")(
                                             queries, y, mask=mask)
     x = x + y
@@ -103,23 +133,32 @@ class EncoderBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-  """``num_layers`` encoder blocks and a final LayerNorm; no position embedding of its own."""
+  """``num_layers`` encoder blocks and a final LayerNorm; no position embedding of its own.
+
+  ``attention`` picks the attention kernel: "flax" (Flax's, the parity reference), or
+  ``jax.nn.dot_product_attention`` with "xla", "cudnn" or "auto" (cuDNN where it applies: a
+  fused kernel that never writes the [B, H, N, N] logits). All compute softmax in float32.
+  """
 
   num_layers: int
   mlp_dim: int
   num_attention_heads: int
   dtype: Any = jnp.float32
+  attention: str = "flax"
 
   @nn.compact
-  def __call__(self, x: jax.Array, mask: jax.Array,
+  def __call__(self, x: jax.Array, rule: np.ndarray, valid: jax.Array,
                output_rows: Optional[np.ndarray] = None) -> jax.Array:
-    """x [B, N, D], mask [B, 1, N, N] bool (True: query may attend key) -> [B, N, D].
+    """x [B, N, D], rule [N, N] bool (static: query may attend key), valid [B, N] bool (the
+    keys that are not padding) -> [B, N, D].
 
     With ``output_rows`` (static token indices) the last block computes only those queries and
     [B, len(output_rows), D] is returned: the same values for a fraction of the last layer.
     """
+    if self.attention not in ATTENTIONS:
+      raise ValueError(f"attention={self.attention!r}; use one of {', '.join(ATTENTIONS)}")
     for i in range(self.num_layers):
       rows = output_rows if i == self.num_layers - 1 else None
-      x = EncoderBlock(self.mlp_dim, self.num_attention_heads, self.dtype,
-                       name=f"encoderblock_{i}")(x, mask, rows)
+      x = EncoderBlock(self.mlp_dim, self.num_attention_heads, self.dtype, self.attention,
+                       name=f"encoderblock_{i}")(x, rule, valid, rows)
     return nn.LayerNorm(epsilon=1e-6, dtype=self.dtype, name="encoder_norm")(x)

@@ -92,3 +92,42 @@ def query(teacher: Teacher, obs: Observation, prev_obs: Observation, is_first: j
     samples = samples[:, :batch]
   chex.assert_shape(action, (batch, None))
   return TeacherOutput(action, samples)
+
+
+def memory_budget(fraction: float = 0.25) -> int:
+  """Bytes a teacher call inside the update may use: ``fraction`` of the device's memory where
+  the device reports it (a GPU, shared with the simulator, the renderer and the student), else
+  2 GiB (a CPU, where large calls are slow anyway)."""
+  stats = jax.devices()[0].memory_stats() or {}
+  return int(fraction * stats["bytes_limit"]) if "bytes_limit" in stats else 2 << 30
+
+
+def auto_chunk_size(teacher: Teacher, observation_spec: dict[str, jax.ShapeDtypeStruct],
+                    batch: int, num_samples: int = 0, budget: Optional[int] = None,
+                    probes: tuple[int, int] = (8, 16)) -> int:
+  """The largest chunk, at most ``batch``, whose teacher call fits in ``budget`` bytes
+  (``memory_budget()`` by default).
+
+  The memory of one call is modelled as fixed + per-sample bytes from XLA's memory analysis of
+  the compiled call at two probe sizes; nothing runs. A large GPU thus queries octo-base in
+  chunks of hundreds to thousands, a CPU in small ones, a scripted teacher all at once.
+  """
+  budget = memory_budget() if budget is None else budget
+  fn = jax.jit(lambda p, o, q, f, k: teacher.apply_fn(p, o, q, f, k, num_samples))
+
+  def bytes_at(size: int) -> int:
+    obs = {k: jax.ShapeDtypeStruct((size,) + v.shape, v.dtype)
+           for k, v in observation_spec.items()}
+    first = jax.ShapeDtypeStruct((size,), jnp.bool_)
+    memory = fn.lower(teacher.params, obs, obs, first, jax.random.key(0)).compile()
+    memory = memory.memory_analysis()
+    if memory is None:  # the backend does not say: fall back to one chunk per call
+      return 0
+    return memory.temp_size_in_bytes + memory.output_size_in_bytes
+
+  small, large = probes
+  per_sample = max(bytes_at(large) - bytes_at(small), 0) / (large - small)
+  if per_sample == 0:
+    return batch
+  fixed = max(bytes_at(small) - small * per_sample, 0)
+  return int(min(batch, max(1, (budget - fixed) // per_sample)))

@@ -36,6 +36,7 @@ from rpd_jax import octo
 from rpd_jax.envs.base import Observation
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo import text
+from rpd_jax.octo.transformer import ATTENTIONS
 from rpd_jax.teachers.base import Teacher, TeacherOutput
 
 GRIPPER_MODES = ("maniskill", "raw")
@@ -134,6 +135,8 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
                        gripper: str = "maniskill",
                        image_key: str = "rgb",
                        dtype: Optional[str] = None,
+                       transformer_batch: Optional[int] = None,
+                       attention: str = "flax",
                        name: str = "octo") -> Teacher:
   """An Octo teacher from a loaded model and its instruction's embedding.
 
@@ -153,6 +156,11 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
     image_key: the observation key holding the teacher's camera, uint8 [B, H, W, 3].
     dtype: compute dtype of the transformer and tokenizers, e.g. "bfloat16" for accelerators
       (the diffusion head and the parameters stay float32); None keeps the model's.
+    transformer_batch: examples per transformer slice inside a call (``OctoModel.
+      readout_embedding``); None: 8 on a CPU, the whole batch on accelerators; 0: whole.
+    attention: the transformer's attention kernel: "flax" (the parity reference), or
+      ``jax.nn.dot_product_attention`` with "xla", "cudnn" or "auto" (cuDNN where it applies,
+      fused: no [B, H, N, N] logits in memory; ``rpd_jax.octo.transformer.fused_attention``).
 
   Returns:
     A ``Teacher`` whose apply_fn gives the first action of each sampled chunk, [B, 7], and N
@@ -166,8 +174,13 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
   if not 1 <= window <= trained_window:
     raise ConfigError(f"config.teacher.kwargs.window={window}: this checkpoint was trained with "
                       f"a window of {trained_window}; use 1..{trained_window}")
+  if attention not in ATTENTIONS:
+    raise ConfigError(f"config.teacher.kwargs.attention={attention!r}; use one of "
+                      f"{', '.join(ATTENTIONS)}")
   if dtype is not None:
     model = model.replace(module=model.module.clone(dtype=jnp.dtype(dtype)))
+  if attention != "flax":
+    model = model.replace(module=model.module.clone(attention=attention))
   # The task (zero goal images padded out, the instruction's embedding) is built once for a
   # batch of one, concretely, and broadcast to the batch inside the call.
   if language_embedding is None:
@@ -183,7 +196,7 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
       "task": jax.tree.map(jnp.asarray, task),
       "action_stats": action_statistics(model.dataset_statistics, dataset_name),
   }
-  apply_fn = OctoApply(size, window, center_crop, gripper, image_key)
+  apply_fn = OctoApply(size, window, center_crop, gripper, image_key, transformer_batch)
   return Teacher(params=params, apply_fn=apply_fn, name=name)
 
 
@@ -202,6 +215,7 @@ class OctoApply:
   center_crop: Optional[float]
   gripper: str
   image_key: str = "rgb"
+  transformer_batch: Optional[int] = None
 
   def chunks(self, params, obs: Observation, prev_obs: Observation, is_first: jax.Array,
              key: jax.Array, num_samples: int = 1) -> jax.Array:
@@ -217,7 +231,8 @@ class OctoApply:
     tasks = jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:]), params["task"])
     chunks = model.sample_actions(observations, tasks, key,
                                   unnormalization_statistics=params["action_stats"],
-                                  num_samples=num_samples).astype(jnp.float32)
+                                  num_samples=num_samples,
+                                  transformer_batch=self.transformer_batch).astype(jnp.float32)
     if self.gripper == "maniskill":
       chunks = jnp.clip(gripper_to_maniskill(chunks), -1.0, 1.0)
     return chunks
@@ -234,7 +249,8 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
                  step: Optional[int] = None, tokenizer_dir: Optional[str] = None,
                  window: int = 1, dataset_name: Optional[str] = None,
                  center_crop: Optional[float] = None, gripper: str = "maniskill",
-                 image_key: str = "rgb", dtype: Optional[str] = None) -> Teacher:
+                 image_key: str = "rgb", dtype: Optional[str] = None,
+                 transformer_batch: Optional[int] = None, attention: str = "flax") -> Teacher:
   """The Octo teacher of ``config.teacher.kwargs``: load, embed the instruction, adapt.
 
   Args:
@@ -245,7 +261,8 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
       by models without language input.
     step: the checkpoint step to load (None: the latest).
     tokenizer_dir: folder with the t5-base ``spiece.model`` (None: ``T5Tokenizer.find()``).
-    window, dataset_name, center_crop, gripper, image_key, dtype: ``teacher_from_model``'s.
+    window, dataset_name, center_crop, gripper, image_key, dtype, transformer_batch,
+      attention: ``teacher_from_model``'s.
   """
   folder = octo.hub.resolve_checkpoint(checkpoint)
   # Loaded in float32: the instruction is embedded once, at full precision, whatever the
@@ -269,7 +286,8 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
     embedding = model.embed_instructions([instruction], tokenizer)[0]
   return teacher_from_model(model, embedding, window=window, dataset_name=dataset_name,
                             center_crop=center_crop, gripper=gripper, image_key=image_key,
-                            dtype=dtype, name=f"octo:{pathlib.Path(folder).name}")
+                            dtype=dtype, transformer_batch=transformer_batch,
+                            attention=attention, name=f"octo:{pathlib.Path(folder).name}")
 
 
 class TemporalEnsemble:
