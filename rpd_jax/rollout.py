@@ -19,6 +19,7 @@ Shapes: T = steps, B = envs, A = action dim.
 from __future__ import annotations
 
 import functools
+import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -138,12 +139,15 @@ _stack = jax.jit(lambda steps: jax.tree.map(lambda *x: jnp.stack(x), *steps))
 
 def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: int, *,
         keep: Callable[[Transition], Any] = without_observations, render: bool = False,
-        until_done: bool = False) -> tuple[Carry, Any, EpisodeStats]:
+        until_done: bool = False,
+        timings: Optional[dict[str, float]] = None) -> tuple[Carry, Any, EpisodeStats]:
   """THE step loop: ``num_steps`` steps of ``policy`` in ``env`` from ``carry``.
 
   Step t's policy key is ``fold_in(key, t)``. ``keep`` maps each step's ``Transition`` to what is
   recorded (jit it if it computes); ``render`` fills ``Transition.frame``; ``until_done`` stops
-  early once every env has ended an episode since the start.
+  early once every env has ended an episode since the start. ``timings``, where given, gets the
+  seconds spent acting (the policy, waited for) and simulating (``env.step`` and ``render``)
+  added to its ``"act_s"`` and ``"simulate_s"``.
 
   Returns the carry after the last step, what ``keep`` kept of every step stacked along a
   leading time axis [T, ...] (T <= num_steps), and the stats of the episodes that ended.
@@ -151,10 +155,18 @@ def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: in
   kept, outcomes = [], []
   ended = np.zeros(env.num_envs, bool)
   obs, prev_obs, is_first = carry.obs, carry.prev_obs, carry.is_first
+  clock = {"act_s": 0.0, "simulate_s": 0.0}
   for t in range(num_steps):
+    start = time.perf_counter()
     frame = env.render() if render else None
+    acting = time.perf_counter()
     action, extras = policy(obs, prev_obs, is_first, jax.random.fold_in(key, t))
+    if timings is not None:
+      jax.block_until_ready(action)  # the step waits for it anyway
+    stepping = time.perf_counter()
     res = env.step(action)
+    clock["act_s"] += stepping - acting
+    clock["simulate_s"] += time.perf_counter() - stepping + acting - start
     kept.append(keep(Transition(obs, prev_obs, is_first, action, extras, res.reward,
                                 res.terminated, res.truncated, res.success, res.final_obs,
                                 frame)))
@@ -165,6 +177,9 @@ def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: in
       ended |= np.asarray(done)
       if ended.all():
         break
+  if timings is not None:
+    for name, seconds in clock.items():
+      timings[name] = timings.get(name, 0.0) + seconds
   carry = carry._replace(obs=obs, prev_obs=prev_obs, is_first=is_first)
   carry, stats = _track_episodes(carry, *_stack(outcomes))
   return carry, _stack(kept), stats
@@ -216,10 +231,13 @@ def _value(network: ActorCritic, params, obs: Observation) -> jax.Array:
 
 
 def collect(env: VecEnv, network: ActorCritic, params, carry: Carry, key: jax.Array,
-            num_steps: int) -> tuple[Rollout, Carry, EpisodeStats]:
-  """One iteration's rollout: ``num_steps`` steps of the student sampling its actions."""
+            num_steps: int, timings: Optional[dict[str, float]] = None
+            ) -> tuple[Rollout, Carry, EpisodeStats]:
+  """One iteration's rollout: ``num_steps`` steps of the student sampling its actions
+  (``timings``: see ``run``)."""
   carry_out, steps, stats = run(env, student_policy(network, params), carry, key, num_steps,
-                                keep=functools.partial(_training_record, network, params))
+                                keep=functools.partial(_training_record, network, params),
+                                timings=timings)
   rollout = Rollout(obs=steps.obs, prev_obs0=carry.prev_obs, is_first=steps.is_first,
                     actions=steps.action, log_probs=steps.extras["log_prob"],
                     values=steps.extras["value"], rewards=steps.reward,

@@ -111,6 +111,7 @@ class Logger:
     self._batch = batch
     self._pending: list[tuple[dict, rollout.EpisodeStats]] = []
     self._since, self._steps_since = time.perf_counter(), start * batch
+    self._start = self._since
     self._eval: dict[str, float] = {}
 
   def add(self, metrics: dict, stats: rollout.EpisodeStats) -> None:
@@ -129,6 +130,7 @@ class Logger:
       out["train/success_rate"] = sum(float(s.success_sum) for s in stats) / count
     now, steps = time.perf_counter(), iteration * self._batch
     out["time/env_steps_per_s"] = (steps - self._steps_since) / (now - self._since)
+    out["time/elapsed_s"] = now - self._start  # wall time of this process's run, evaluations too
     self._since, self._steps_since = now, steps
     return out
 
@@ -199,6 +201,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       ckpt = Checkpointer(workdir, c.keep_checkpoints)
       start, state, carry = _restore(ckpt, env, state, carry, c.seed)
+      # Committed to the device, as the update's outputs are (and DLPack observations): else
+      # the second iteration's arguments differ in commitment and act and update compile again.
+      state = jax.device_put(state, jax.devices()[0])
       if start:
         logging.info("resumed from iteration %d (%d env steps)", start, int(state.env_steps))
       done = _Completed(start, state, carry, _env_state(env))
@@ -206,14 +211,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       last_eval: dict[str, float] = {}
       for iteration in range(start + 1, num_iterations + 1):
         k_rollout, k_update = jax.random.split(jax.random.fold_in(k_loop, iteration))
-        t0 = time.perf_counter()
+        t0, timings = time.perf_counter(), {}
         data, carry, stats = rollout.collect(env, network, state.params, carry, k_rollout,
-                                             c.ppo.num_steps)
+                                             c.ppo.num_steps, timings)
         jax.block_until_ready(data.rewards)
         t1 = time.perf_counter()
         state, metrics = update(state, teacher, data, k_update)
         jax.block_until_ready(metrics)
         metrics["time/rollout_s"], metrics["time/update_s"] = t1 - t0, time.perf_counter() - t1
+        metrics.update({f"time/{name}": seconds for name, seconds in timings.items()})
         log.add(metrics, stats)
 
         last = iteration == num_iterations

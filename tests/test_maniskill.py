@@ -28,9 +28,19 @@ from rpd_jax.teachers import maniskill_scripted
 pytestmark = [pytest.mark.maniskill, pytest.mark.usefixtures("vulkan_device")]
 
 
-def _env(env_id="PushCube-v1", **kwargs):
+# The semantics tests run against every simulation backend this machine has: the GPU one
+# (physx_cuda: one batched simulator, tensors on the GPU) where torch sees a GPU.
+BACKENDS = ["physx_cpu"] + (["physx_cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+  return request.param
+
+
+def _env(env_id="PushCube-v1", backend="physx_cpu", **kwargs):
   return maniskill.ManiSkillVecEnv(num_envs=kwargs.pop("num_envs", 1), seed=0, env_id=env_id,
-                                   sim_backend="physx_cpu", **kwargs)
+                                   sim_backend=backend, **kwargs)
 
 
 def _check_step(env, keys):
@@ -44,6 +54,8 @@ def _check_step(env, keys):
   assert res.reward.dtype == jnp.float32
   assert res.terminated.dtype == res.truncated.dtype == res.success.dtype == jnp.bool_
   assert np.isfinite(np.asarray(res.reward)).all()
+  platform = "gpu" if env.sim_backend == "physx_cuda" else "cpu"
+  assert {x.devices().pop().platform for x in jax.tree.leaves(res)} == {platform}
   return res
 
 
@@ -99,8 +111,8 @@ def test_every_task_steps_with_rgb(env_id, _renderer):
     env.close()
 
 
-def test_state_rgb_and_render():
-  env = _env(obs_mode="state_rgb", image_size=64)
+def test_state_rgb_and_render(backend):
+  env = _env(obs_mode="state_rgb", image_size=64, backend=backend)
   try:
     res = _check_step(env, set(envs.OBSERVATION_KEYS["maniskill"]["state_rgb"]))
     # The student's state in state_rgb is the robot's proprioception: qpos and qvel of the
@@ -114,8 +126,8 @@ def test_state_rgb_and_render():
     env.close()
 
 
-def test_truncation_auto_reset_and_final_obs():
-  env = _env(num_envs=2, max_episode_steps=3, reward_mode="sparse")
+def test_truncation_auto_reset_and_final_obs(backend):
+  env = _env(num_envs=2, max_episode_steps=3, reward_mode="sparse", backend=backend)
   try:
     obs = env.reset(seed=5)
     for t in range(3):
@@ -142,8 +154,8 @@ def test_truncation_auto_reset_and_final_obs():
     env.close()
 
 
-def test_success_terminates_with_final_obs_at_the_goal():
-  env = _env(num_envs=2, reward_mode="normalized_dense")
+def test_success_terminates_with_final_obs_at_the_goal(backend):
+  env = _env(num_envs=2, reward_mode="normalized_dense", backend=backend)
   teacher = maniskill_scripted.make_teacher("PushCube-v1", noise=0.0)
   act = jax.jit(lambda obs: teacher.apply_fn(teacher.params, obs, obs, None,
                                              jax.random.key(0), 0).action)
@@ -169,13 +181,24 @@ def test_success_terminates_with_final_obs_at_the_goal():
     env.close()
 
 
-def test_dlpack_is_zero_copy_both_ways_on_cpu():
-  t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dlpack_is_zero_copy_both_ways(device):
+  t = torch.arange(12, dtype=torch.float32, device=device).reshape(3, 4)
   j = maniskill.to_jax(t)
   assert j.unsafe_buffer_pointer() == t.data_ptr()
-  np.testing.assert_array_equal(j, t.numpy())
-  back = maniskill.to_torch(j, torch.device("cpu"))
-  assert back.data_ptr() == j.unsafe_buffer_pointer()
+  assert j.devices() == {jax.devices("gpu" if device == "cuda" else "cpu")[0]}
+  np.testing.assert_array_equal(j, t.cpu().numpy())
+  back = maniskill.to_torch(j, t.device)
+  assert back.data_ptr() == j.unsafe_buffer_pointer() and back.device == t.device
+  if device == "cpu":
+    _check_cpu_backend_copies_once()
+
+
+def _check_cpu_backend_copies_once():
+  t = torch.arange(12, dtype=torch.float32).reshape(3, 4)
   # The CPU backend copies AsyncVectorEnv's shared-memory views once, into torch memory that
   # JAX then aliases; a uint8 image batch goes the same way.
   views = {"privileged": np.ones((2, 35), np.float32), "rgb": np.ones((2, 8, 8, 3), np.uint8)}

@@ -1,16 +1,18 @@
-r"""Steps/s of the ManiSkill3 bridge against raw ManiSkill on the same settings (CPU simulation).
+r"""Steps/s of the ManiSkill3 bridge against raw ManiSkill on the same settings.
 
   python -m rpd_jax.bench.env [--env_id=PushCube-v1] [--num_envs=1,2,4] \
-      [--obs=state,rgb64,rgb128,rgb256] [--steps=300]
+      [--obs=state,rgb64,rgb128,rgb256] [--steps=300] [--sim_backend=auto]
 
-raw: gymnasium's AsyncVectorEnv (forkserver, SAME_STEP auto-reset) over ManiSkill's own
-CPUGymWrapper, numpy actions in, numpy observations out: what one writes without the bridge.
-bridge: ``ManiSkillVecEnv`` (the same worker setup), JAX actions in, a dict of JAX arrays out
-(DLPack), plus ``final_obs`` and ``privileged``. Images come from ManiSkill's sensor camera in
-both (``camera="sensor"``, obs_mode "rgb" raw); the bridge's default human camera renders the
-same amount. Raw and bridge run side by side in alternating blocks (a drifting machine load
-slows both alike). Random actions; episodes auto-reset at the time limit or on success. Prints
-a markdown table; the overhead column is 1 - bridge/raw.
+raw: what one writes without the bridge. On the CPU (``physx_cpu``), gymnasium's AsyncVectorEnv
+(forkserver, SAME_STEP auto-reset) over ManiSkill's own CPUGymWrapper, numpy actions in, numpy
+observations out; on the GPU (``physx_cuda``), ManiSkill's ManiSkillVectorEnv over one batched
+env, CUDA torch actions in, CUDA torch observations out. bridge: ``ManiSkillVecEnv`` on the same
+backend, JAX actions in, a dict of JAX arrays out (DLPack), plus ``final_obs`` and
+``privileged``. Images come from ManiSkill's sensor camera in both (``camera="sensor"``,
+obs_mode "rgb" raw); the bridge's default human camera renders the same amount. Raw and bridge
+run side by side in alternating blocks (a drifting machine load slows both alike). Random
+actions; episodes auto-reset at the time limit or on success. Prints a markdown table; the
+overhead column is 1 - bridge/raw.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 from absl import flags
 from mani_skill.utils.wrappers.gymnasium import CPUGymWrapper
+from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
 from rpd_jax import cli
 from rpd_jax.envs import maniskill, tasks
@@ -36,6 +39,8 @@ _NUM_ENVS = flags.DEFINE_list("num_envs", ["1", "2", "4"], "env counts (CPU work
 _OBS = flags.DEFINE_list("obs", ["state", "rgb64", "rgb128", "rgb256"],
                          "observations: state, or rgb<size> (uint8 images of size x size)")
 _STEPS = flags.DEFINE_integer("steps", 300, "timed steps per setting and side (raw, bridge)")
+_SIM_BACKEND = flags.DEFINE_enum("sim_backend", "auto", list(maniskill.SIM_BACKENDS),
+                                 "auto: physx_cuda where torch sees a GPU, else physx_cpu")
 
 
 def _raw_worker(env_id: str, obs_mode: str, image_size: int) -> gym.Env:
@@ -48,7 +53,7 @@ def _raw_worker(env_id: str, obs_mode: str, image_size: int) -> gym.Env:
 
 
 def _raw(env_id: str, num_envs: int, obs_mode: str, image_size: int):
-  """Raw ManiSkill workers and their step function on numpy actions [B, A]."""
+  """Raw ManiSkill CPU workers and their step function on numpy actions [B, A]."""
   fns = [functools.partial(_raw_worker, env_id, obs_mode, image_size)] * num_envs
   envs = gym.vector.AsyncVectorEnv(fns, context="forkserver",
                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
@@ -57,27 +62,51 @@ def _raw(env_id: str, num_envs: int, obs_mode: str, image_size: int):
   return envs, lambda: envs.step(rng.uniform(-1, 1, (num_envs, 7)).astype(np.float32))
 
 
-def _bridge(env_id: str, num_envs: int, obs_mode: str, image_size: int):
+def _raw_gpu(env_id: str, num_envs: int, obs_mode: str, image_size: int):
+  """Raw batched ManiSkill on the GPU and its step function on CUDA torch actions [B, A]."""
+  size = dict(width=image_size, height=image_size)
+  env = ManiSkillVectorEnv(
+      gym.make(env_id, num_envs=num_envs, sim_backend="physx_cuda", obs_mode=obs_mode,
+               control_mode="pd_ee_delta_pose", reward_mode="normalized_dense",
+               sensor_configs=size, human_render_camera_configs=size),
+      num_envs, auto_reset=True, ignore_terminations=False, record_metrics=False)
+  env.reset(seed=0)
+  generator = torch.Generator(device=env.device).manual_seed(0)
+
+  def step():
+    action = torch.rand((num_envs, 7), device=env.device, generator=generator) * 2 - 1
+    out = env.step(action)
+    torch.cuda.synchronize(env.device)
+    return out
+
+  return env, step
+
+
+def _bridge(env_id: str, num_envs: int, obs_mode: str, image_size: int, sim_backend: str):
   """The bridge and its step function on JAX actions [B, A], waited for."""
   env = maniskill.ManiSkillVecEnv(num_envs=num_envs, seed=0, env_id=env_id, obs_mode=obs_mode,
                                   image_size=image_size, camera="sensor",
-                                  sim_backend="physx_cpu")
+                                  sim_backend=sim_backend)
   keys = iter(jax.random.split(jax.random.key(0), 100_000))
   sample = jax.jit(lambda k: jax.random.uniform(k, (num_envs, env.action_dim), minval=-1,
                                                 maxval=1))
   return env, lambda: jax.block_until_ready(env.step(sample(next(keys))))
 
 
-def bench(env_id: str, num_envs: int, obs_mode: str, image_size: int,
-          steps: int) -> tuple[float, float]:
+def bench(env_id: str, num_envs: int, obs_mode: str, image_size: int, steps: int,
+          sim_backend: str = "physx_cpu") -> tuple[float, float]:
   """Steps/s (summed over envs) of raw ManiSkill and of the bridge on one setting.
 
   Both run at the same time, alternating blocks of 25 steps, so that a machine whose load
   drifts (other jobs) slows both alike; 25 warm-up steps each are not timed.
   """
-  multiprocessing.set_forkserver_preload(["rpd_jax.envs.maniskill", "mani_skill.envs"])
-  raw_env, raw_step = _raw(env_id, num_envs, obs_mode, image_size)
-  bridge_env, bridge_step = _bridge(env_id, num_envs, obs_mode, image_size)
+  sim_backend = maniskill.resolve_backend(sim_backend)
+  if sim_backend == "physx_cuda":
+    raw_env, raw_step = _raw_gpu(env_id, num_envs, obs_mode, image_size)
+  else:
+    multiprocessing.set_forkserver_preload(["rpd_jax.envs.maniskill", "mani_skill.envs"])
+    raw_env, raw_step = _raw(env_id, num_envs, obs_mode, image_size)
+  bridge_env, bridge_step = _bridge(env_id, num_envs, obs_mode, image_size, sim_backend)
   try:
     times = {"raw": 0.0, "bridge": 0.0}
     for block in range(steps // 25 + 1):
@@ -102,14 +131,15 @@ def main() -> None:
     raise ConfigError(f"--obs={','.join(_OBS.value)} --num_envs={','.join(_NUM_ENVS.value)} "
                       f"--steps={_STEPS.value}: observations are state or rgb<size> (e.g. "
                       "rgb128), env counts >= 1, steps >= 25")
-  print(f"{_ENV_ID.value}, {_STEPS.value} steps per setting, CPU simulation\n")
+  backend = maniskill.resolve_backend(_SIM_BACKEND.value)
+  print(f"{_ENV_ID.value}, {_STEPS.value} steps per setting, {backend}\n")
   print("| envs | obs | raw steps/s | bridge steps/s | overhead |")
   print("|---|---|---|---|---|")
   for obs in _OBS.value:
     size = int(obs[3:]) if obs.startswith("rgb") else 64
     mode = "rgb" if obs.startswith("rgb") else "state"
     for n in counts:
-      raw, bridge = bench(_ENV_ID.value, n, mode, size, _STEPS.value)
+      raw, bridge = bench(_ENV_ID.value, n, mode, size, _STEPS.value, backend)
       print(f"| {n} | {obs} | {raw:.0f} | {bridge:.0f} | {1 - bridge / raw:+.1%} |", flush=True)
 
 

@@ -4,7 +4,9 @@
 
 Runs each listed variant (default: ppo and rpd_mse) for ``--iterations`` PPO iterations in a
 temporary workdir, in one process one after the other, and reports the steady-state env steps
-per second (the first iteration, which compiles, is excluded) with the rollout/update split.
+per second (the first iteration, which compiles, is excluded) with the split of an iteration into
+simulating (``env.step``), acting (the student's forward pass), the rest of the rollout, and the
+update (which holds the teacher query).
 Target-KL early stopping is off, so every variant does the same number of minibatch steps.
 """
 
@@ -34,6 +36,7 @@ def measure(config, iterations: int) -> dict[str, float]:
   batch = c.env.num_envs * c.ppo.num_steps
   c.total_env_steps = iterations * batch
   c.eval_every = c.checkpoint_every = iterations + 1
+  c.log_every = 1  # one metrics row per iteration (a row averages the iterations since the last)
   # Target-KL early stopping skips the rest of an update once the policy moved far enough, and
   # how often that happens depends on the loss: compare the same work, every minibatch step.
   c.ppo.target_kl = 0.0
@@ -41,10 +44,11 @@ def measure(config, iterations: int) -> dict[str, float]:
     trainer.train_and_evaluate(c, workdir)
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
       rows = [json.loads(l) for l in f][1:]  # drop the compiling iteration
-  rollout = np.median([r["time/rollout_s"] for r in rows])
-  update = np.median([r["time/update_s"] for r in rows])
+  median = lambda name: float(np.median([r[f"time/{name}"] for r in rows]))
+  rollout, update = median("rollout_s"), median("update_s")
   return {"env_steps_per_s": batch / (rollout + update), "rollout_s": rollout,
-          "update_s": update, "transitions_per_iteration": batch}
+          "simulate_s": median("simulate_s"), "act_s": median("act_s"), "update_s": update,
+          "transitions_per_iteration": batch}
 
 
 def main(base_config, spec: str) -> None:
@@ -54,15 +58,17 @@ def main(base_config, spec: str) -> None:
   unknown = [v for v in _VARIANTS.value if v not in _LOSS_VARIANTS]
   if unknown:
     raise ConfigError(f"unknown variants {unknown}; use some of {', '.join(_LOSS_VARIANTS)}")
-  print("| variant | env steps/s | rollout s/iter | update s/iter | transitions/iter |")
-  print("|---|---|---|---|---|")
+  print("| variant | env steps/s | rollout s/iter | simulate s | act s | update s/iter | "
+        "transitions/iter |")
+  print("|---|---|---|---|---|---|---|")
   for variant in _VARIANTS.value:
     config = base_config.copy_and_resolve_references()
     config_lib.COMMON_VARIANTS[variant](config)
     config.eval_episodes = config.eval_envs
     r = measure(config, _ITERATIONS.value)
     print(f"| {variant} | {r['env_steps_per_s']:.0f} | {r['rollout_s']:.3f} | "
-          f"{r['update_s']:.3f} | {r['transitions_per_iteration']} |", flush=True)
+          f"{r['simulate_s']:.3f} | {r['act_s']:.3f} | {r['update_s']:.3f} | "
+          f"{r['transitions_per_iteration']} |", flush=True)
 
 
 if __name__ == "__main__":

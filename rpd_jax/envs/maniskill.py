@@ -74,7 +74,8 @@ def to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
   return torch.from_dlpack(x).to(device)
 
 
-def _resolve_backend(sim_backend: str) -> str:
+def resolve_backend(sim_backend: str) -> str:
+  """"auto" -> "physx_cuda" where torch sees a GPU, else "physx_cpu"; checks the name."""
   if sim_backend not in SIM_BACKENDS:
     raise ValueError(
         f"sim_backend={sim_backend!r} is unknown; use one of {', '.join(SIM_BACKENDS)}")
@@ -234,7 +235,7 @@ class ManiSkillVecEnv:
     vulkan.require_vulkan()
     self.num_envs = num_envs
     self.env_id = env_id
-    self.sim_backend = _resolve_backend(sim_backend)
+    self.sim_backend = resolve_backend(sim_backend)
     make_kwargs = dict(env_id=env_id, obs_mode=obs_mode, reward_mode=reward_mode,
                        control_mode=control_mode, image_size=image_size, camera=camera,
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps)
@@ -266,6 +267,7 @@ class ManiSkillVecEnv:
     seeds = [seed + i for i in range(self.num_envs)]
     if self._gpu is not None:
       obs, _ = self._gpu.reset(seed=seeds)
+      self._settle()
     else:
       obs = self._own(self._cpu.reset(seed=seeds)[0])
     return {k: to_jax(v) for k, v in obs.items()}
@@ -289,7 +291,21 @@ class ManiSkillVecEnv:
       final_obs = {k: torch.where(done.reshape((-1,) + (1,) * (v.ndim - 1)),
                                   info["final_observation"][k], v)
                    for k, v in obs.items()}
+    self._settle()
     return self._result(obs, reward, terminated, truncated, success, final_obs)
+
+  def _settle(self) -> None:
+    """Waits for the GPU simulator's and renderer's writes before JAX reads their tensors.
+
+    DLPack orders torch's own stream before JAX's (``jax.dlpack.from_dlpack`` hands torch a
+    stream to wait on), but PhysX and SAPIEN's renderer write through streams of their own that
+    torch does not know; ManiSkill synchronises after sensor images, not after every state
+    fetch or human-camera render. One device synchronisation per step makes every buffer
+    complete; the step waited for the GPU anyway (its Python control flow reads results).
+    Torch cannot reuse a buffer JAX still reads: the DLPack capsule holds a reference to the
+    tensor until the JAX array is deleted.
+    """
+    torch.cuda.synchronize(self._device)
 
   def _step_cpu(self, action: jax.Array) -> base.StepResult:
     act = to_torch(jnp.asarray(action, jnp.float32), self._device).numpy()
@@ -333,7 +349,9 @@ class ManiSkillVecEnv:
   def render(self) -> jax.Array:
     """uint8 [B, H, W, 3] frames of the current state from the human camera, for videos."""
     if self._gpu is not None:
-      return to_jax(self._gpu.render())
+      frames = self._gpu.render()
+      self._settle()
+      return to_jax(frames)
     try:
       return to_jax(np.stack(self._cpu.render()))
     except (BrokenPipeError, EOFError, ConnectionError) as e:

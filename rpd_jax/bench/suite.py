@@ -1,0 +1,333 @@
+r"""The device suite: simulator, teacher, training and learning measured by one command.
+
+  python -m rpd_jax.bench.suite --out=DIR             # a GPU machine (sized for one H100/H200)
+  python -m rpd_jax.bench.suite --out=DIR --quick     # small sizes: minutes on a CPU (CI runs it)
+  python -m rpd_jax.bench.suite --out=DIR --sections=teacher,training
+
+Writes ``DIR/suite.md`` and ``DIR/suite.json`` after every section, so a run cut short keeps
+what it measured. A section that fails is reported with its error and the others still run;
+the exit status is 1 when any failed. Every table comes with the device, the versions and the
+command that made it. Sections:
+
+  simulator  raw ManiSkill against the bridge (``rpd_jax.bench.env``): env steps/s, overhead
+  teacher    Octo samples/s against batch (``rpd_jax.bench.teacher``; random weights of the
+             octo-small / octo-base architectures), compile time, peak memory, MFU
+  training   env steps/s of PPO and RPD-MSE on PushCube with the shipped teacher
+             (``rpd_jax.bench.train``), split into simulate / act / teacher / update; the
+             teacher's share is RPD-MSE's update minus PPO's on the same rollouts' size
+  learning   eval success against env steps, RPD-MSE against PPO, a fixed budget each (on a
+             GPU: PushCube from state; with ``--quick``: the pure-JAX push task, sparse reward)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from typing import Any, Callable, Optional
+
+import jax
+import numpy as np
+from absl import flags
+
+from rpd_jax import cli
+from rpd_jax import config as config_lib
+from rpd_jax import trainer
+from rpd_jax.bench import teacher as teacher_bench
+from rpd_jax.bench import train as train_bench
+from rpd_jax.errors import ConfigError
+
+SECTIONS = ("simulator", "teacher", "training", "learning")
+
+_OUT = flags.DEFINE_string("out", None, "folder for suite.md, suite.json and the run folders")
+_QUICK = flags.DEFINE_bool("quick", False, "small sizes (a CPU, CI)")
+_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), "sections to run, in this order")
+
+EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), "experiments")
+
+
+@dataclasses.dataclass(frozen=True)
+class Learning:
+  """A fixed-budget comparison: ``spec`` (a config file and variants) for each loss."""
+  spec: str
+  losses: tuple[str, ...]
+  env_steps: int
+  overrides: dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """What the suite measures, by section."""
+  simulator: tuple[tuple[str, int], ...]  # (obs: state | rgb<size>, num_envs)
+  simulator_steps: int
+  teacher: tuple[teacher_bench.Settings, ...]
+  training: tuple[tuple[str, str], ...]  # (label, config spec)
+  training_overrides: dict[str, Any]
+  training_iterations: int
+  learning: Learning
+
+
+def plan(quick: bool) -> Plan:
+  """The GPU plan (sized for an H100/H200) or the quick one (a 2-core CPU)."""
+  pushcube = os.path.join(EXPERIMENTS, "pushcube.py")
+  training = (("state student, PPO", f"{pushcube}:ppo"),
+              ("state student, RPD-MSE", f"{pushcube}:rpd_mse"),
+              ("rgb student, PPO", f"{pushcube}:rgb,ppo"),
+              ("rgb student, RPD-MSE", f"{pushcube}:rgb,rpd_mse"))
+  if quick:
+    tiny = teacher_bench.Settings(size="tiny", batch=(1, 8), server_batch=(), repeats=3)
+    small = teacher_bench.Settings(size="small", batch=(8,), server_batch=(), repeats=2)
+    return Plan(
+        simulator=(("state", 2), ("rgb128", 2)), simulator_steps=50,
+        teacher=(tiny, small),
+        training=training[:2],  # the state student (an rgb student's CPU update takes long)
+        training_overrides={"env.num_envs": 2, "ppo.num_steps": 8, "ppo.num_minibatches": 2,
+                            "ppo.update_epochs": 2, "network.cnn_features": 32,
+                            "eval_envs": 1, "eval_videos": 0},
+        training_iterations=3,
+        learning=Learning(os.path.join(EXPERIMENTS, "jax_push.py") + ":sparse",
+                          ("rpd_mse", "ppo"), 32_000,
+                          {"eval_every": 2, "eval_episodes": 64, "eval_videos": 0}))
+  small = teacher_bench.Settings(size="small", batch=(1, 64, 512, 2048),
+                                 dtype=("float32", "bfloat16"), attention=("auto",),
+                                 server_batch=(), repeats=3)
+  base = teacher_bench.Settings(size="base", batch=(1, 64, 512, 2048), dtype=("bfloat16",),
+                                attention=("flax", "auto"), server_batch=(), repeats=3)
+  base32 = teacher_bench.Settings(size="base", batch=(1, 512), dtype=("float32",),
+                                  attention=("auto",), server_batch=(), repeats=3)
+  return Plan(
+      simulator=(("state", 256), ("state", 1024), ("state", 4096), ("rgb128", 128),
+                 ("rgb128", 512), ("rgb256", 128), ("rgb256", 512)),
+      simulator_steps=100,
+      teacher=(small, base, base32),
+      training=training,
+      training_overrides={"env.num_envs": 512, "eval_envs": 64, "eval_videos": 0},
+      training_iterations=4,
+      learning=Learning(pushcube, ("rpd_mse", "ppo"), 1_024_000,
+                        {"env.num_envs": 512, "eval_every": 4, "eval_envs": 128,
+                         "eval_episodes": 128, "eval_videos": 0}))
+
+
+def _override(config, overrides: dict[str, Any]):
+  for dotted, value in overrides.items():
+    *path, leaf = dotted.split(".")
+    node = config
+    for name in path:
+      node = node[name]
+    node[leaf] = value
+  return config
+
+
+def simulator(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
+  from rpd_jax.bench import env as env_bench  # imports ManiSkill: only when asked for
+  from rpd_jax.envs import maniskill
+  backend = maniskill.resolve_backend("auto")
+  rows = []
+  for obs, num_envs in p.simulator:
+    size = int(obs[3:]) if obs.startswith("rgb") else 64
+    steps = p.simulator_steps if obs == "state" else max(25, p.simulator_steps // 2)
+    mode = "rgb" if obs.startswith("rgb") else "state"
+    raw, bridge = env_bench.bench("PushCube-v1", num_envs, mode, size, steps, backend)
+    rows.append({"env_id": "PushCube-v1", "sim_backend": backend, "obs": obs,
+                 "num_envs": num_envs, "steps": steps, "raw_steps_per_s": raw,
+                 "bridge_steps_per_s": bridge, "overhead": 1 - bridge / raw})
+    _progress(f"simulator {obs} x{num_envs}: raw {raw:.0f}, bridge {bridge:.0f} steps/s")
+  table = _table(("obs", "envs", "timed steps", "raw steps/s", "bridge steps/s", "overhead"),
+                 [(r["obs"], r["num_envs"], r["steps"], f"{r['raw_steps_per_s']:.0f}",
+                   f"{r['bridge_steps_per_s']:.0f}", f"{r['overhead']:+.1%}") for r in rows])
+  return f"PushCube-v1, {backend}, random actions, alternating blocks of 25 steps.\n\n" + table, rows
+
+
+def teacher(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
+  rows = []
+  for settings in p.teacher:
+    rows += teacher_bench.run(settings)
+  return teacher_bench.markdown(rows), rows
+
+
+def training(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
+  rows = []
+  for label, spec in p.training:
+    config = _override(config_lib.load(spec), p.training_overrides)
+    config.eval_episodes = config.eval_envs
+    r = train_bench.measure(config, p.training_iterations)
+    rows.append({"setting": label, "config": spec, "num_envs": config.env.num_envs,
+                 "loss": config.distill.loss, **r})
+    _progress(f"training {label}: {r['env_steps_per_s']:.0f} env steps/s")
+  ppo_update = {r["setting"].split(",")[0]: r["update_s"] for r in rows if r["loss"] == "none"}
+  lines = []
+  for r in rows:
+    student = r["setting"].split(",")[0]
+    base = ppo_update.get(student) if r["loss"] != "none" else None
+    r["teacher_s"] = None if base is None else r["update_s"] - base
+    ppo = next((q for q in rows if q["loss"] == "none" and q["setting"].startswith(student)),
+               None)
+    r["vs_ppo"] = None if ppo is None else r["env_steps_per_s"] / ppo["env_steps_per_s"]
+    other = r["rollout_s"] - r["simulate_s"] - r["act_s"]
+    lines.append((r["setting"], r["num_envs"], r["transitions_per_iteration"],
+                  f"{r['env_steps_per_s']:.0f}", "" if r["vs_ppo"] is None else
+                  f"{r['vs_ppo']:.2f}", f"{r['simulate_s']:.3f}", f"{r['act_s']:.3f}",
+                  f"{other:.3f}", "" if r["teacher_s"] is None else f"{r['teacher_s']:.3f}",
+                  f"{r['update_s']:.3f}"))
+  table = _table(("setting", "envs", "transitions/iter", "env steps/s", "x PPO",
+                  "simulate s", "act s", "rest of rollout s", "teacher s (update - PPO's)",
+                  "update s"), lines)
+  return ("PushCube-v1 (`experiments/pushcube.py`: the shipped octo-tiny-pushcube teacher on "
+          "the 128x128 human camera), seconds per iteration, medians after the compiling "
+          "one.\n\n" + table), rows
+
+
+def learning(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
+  plan_ = p.learning
+  rows, curves = [], {}
+  for loss in plan_.losses:
+    config = config_lib.load(f"{plan_.spec},{loss}")
+    config = _override(config, {**plan_.overrides, "total_env_steps": plan_.env_steps})
+    run_dir = os.path.join(workdir, "learning", loss)
+    start = time.perf_counter()
+    trainer.train_and_evaluate(config, run_dir)
+    wall = time.perf_counter() - start
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+      evals = [r for r in map(json.loads, f) if "eval/success_rate" in r]
+    curve = [(r["env_steps"], r["eval/success_rate"], r["time/elapsed_s"]) for r in evals]
+    curves[loss] = curve
+    reach = lambda level: next(((steps, s) for steps, success, s in curve if success >= level),
+                               (None, None))
+    rows.append({"loss": loss, "env_steps": plan_.env_steps, "wall_s": wall,
+                 "final_success": curve[-1][1] if curve else None,
+                 "steps_to_50": reach(0.5)[0], "steps_to_80": reach(0.8)[0],
+                 "seconds_to_80": reach(0.8)[1], "curve": curve})
+    _progress(f"learning {loss}: final success {rows[-1]['final_success']}, {wall:.0f} s")
+  plot = os.path.join(workdir, "learning.png")
+  _plot(curves, plot, plan_.spec)
+  table = _table(("loss", "env steps", "wall s", "final eval success", "steps to 50%",
+                  "steps to 80%", "wall s to 80%"),
+                 [(r["loss"], r["env_steps"], f"{r['wall_s']:.0f}",
+                   "" if r["final_success"] is None else f"{r['final_success']:.2f}",
+                   r["steps_to_50"] or "not reached", r["steps_to_80"] or "not reached",
+                   "" if r["seconds_to_80"] is None else f"{r['seconds_to_80']:.0f}")
+                  for r in rows])
+  spec = os.path.relpath(plan_.spec, os.path.dirname(EXPERIMENTS))
+  return (f"`{spec}`, one seed, deterministic evaluations; curves in "
+          f"[learning.png](learning.png).\n\n" + table), rows
+
+
+def _plot(curves: dict[str, list], path: str, title: str) -> None:
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for loss, curve in curves.items():
+    if curve:
+      steps, success, _ = zip(*curve)
+      ax.plot(steps, success, marker="o", label=loss)
+  ax.set(xlabel="env steps", ylabel="eval success", ylim=(-0.02, 1.02),
+         title=os.path.basename(title))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=100)
+  plt.close(fig)
+
+
+RUNNERS: dict[str, Callable[[Plan, str], tuple[str, list[dict[str, Any]]]]] = {
+    "simulator": simulator, "teacher": teacher, "training": training, "learning": learning}
+
+
+def _table(headers, rows) -> str:
+  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+  return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
+
+
+def _progress(line: str) -> None:
+  print(f"[suite {time.strftime('%H:%M:%S')}] {line}", file=sys.stderr, flush=True)
+
+
+def _version(package: str) -> str:
+  try:
+    return importlib.metadata.version(package)
+  except importlib.metadata.PackageNotFoundError:
+    return "not installed"
+
+
+def environment(argv: list[str]) -> dict[str, Any]:
+  """The device, the versions and the command, for the report's header."""
+  device = jax.devices()[0]
+  out = {"date": datetime.datetime.now().isoformat(timespec="seconds"),
+         "command": "python -m rpd_jax.bench.suite " + " ".join(argv[1:]),
+         "jax_device": f"{device.platform}: {device.device_kind} x{jax.device_count()}",
+         "cpu": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+         "python": platform.python_version()}
+  for package in ("jax", "jaxlib", "flax", "torch", "mani_skill", "sapien"):
+    out[package] = _version(package.replace("_", "-") if package == "mani_skill" else package)
+  try:
+    import torch
+    out["torch_cuda"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
+  except ImportError:
+    out["torch_cuda"] = "torch not installed"
+  return out
+
+
+def render(env: dict[str, Any], sections: dict[str, dict[str, Any]]) -> str:
+  lines = ["# rpd_jax device suite", ""]
+  lines += [f"- {k}: `{v}`" if k == "command" else f"- {k}: {v}" for k, v in env.items()]
+  for name, section in sections.items():
+    lines += ["", f"## {name}", "", f"({section['seconds']:.0f} s)", ""]
+    lines.append(section["markdown"] if "markdown" in section else
+                 f"FAILED:\n\n```\n{section['error']}\n```")
+  return "\n".join(lines) + "\n"
+
+
+def run(out: str, quick: bool, names: list[str], argv: list[str]) -> bool:
+  """Runs the sections into ``out``; True when all of them succeeded."""
+  os.makedirs(out, exist_ok=True)
+  p = plan(quick)
+  env = environment(argv)
+  sections: dict[str, dict[str, Any]] = {}
+  for name in names:
+    _progress(f"section {name}")
+    start = time.perf_counter()
+    try:
+      text, rows = RUNNERS[name](p, out)
+      sections[name] = {"markdown": text, "rows": rows}
+    except Exception:  # pylint: disable=broad-except  (reported; the next section still runs)
+      sections[name] = {"error": traceback.format_exc(limit=8)}
+      _progress(f"section {name} FAILED:\n{sections[name]['error']}")
+    sections[name]["seconds"] = time.perf_counter() - start
+    with open(os.path.join(out, "suite.md"), "w") as f:
+      f.write(render(env, sections))
+    with open(os.path.join(out, "suite.json"), "w") as f:
+      json.dump({"environment": env, "quick": quick, "sections": sections}, f, indent=1,
+                default=_jsonable)
+  return all("error" not in s for s in sections.values())
+
+
+def _jsonable(x):
+  if isinstance(x, (np.generic, np.ndarray)):
+    return x.tolist()
+  return str(x)
+
+
+def main() -> None:
+  if not _OUT.value:
+    raise ConfigError("--out is required: the folder for suite.md and suite.json, e.g. "
+                      "--out=runs/suite")
+  unknown = [s for s in _SECTIONS.value if s not in SECTIONS]
+  if unknown or not _SECTIONS.value:
+    raise ConfigError(f"--sections={','.join(_SECTIONS.value)}: use some of "
+                      f"{', '.join(SECTIONS)}")
+  ok = run(_OUT.value, _QUICK.value, _SECTIONS.value, sys.argv)
+  print(open(os.path.join(_OUT.value, "suite.md")).read())
+  if not ok:
+    sys.exit(1)
+
+
+if __name__ == "__main__":
+  cli.run(main)
