@@ -98,6 +98,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.network.log_std_min = ml_collections.config_dict.placeholder(float)
   c.network.log_std_max = ml_collections.config_dict.placeholder(float)
 
+  # Data parallelism (rpd_jax/parallel.py): the envs split evenly over ``data`` devices, the
+  # update one SPMD program over them (gradients averaged by XLA's all-reduce).
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = 1
+
   # Logging, evaluation and checkpoints, in PPO iterations.
   c.log_every = 1
   c.eval_every = 10
@@ -225,6 +230,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.ppo.num_minibatches={c.ppo.num_minibatches} does not divide the batch of "
         f"num_envs * num_steps = {c.env.num_envs} * {c.ppo.num_steps} = {batch}; pick a divisor "
         f"of {batch}")
+  data = c.get("mesh", {}).get("data", 1)
+  check(data >= 1 and c.env.num_envs % data == 0,
+        f"config.mesh.data={data} must be >= 1 and divide config.env.num_envs="
+        f"{c.env.num_envs} (each device steps num_envs / data envs)")
+  check(data == 1 or c.env.name == "jax_push",
+        f"config.mesh.data={data}: data parallelism runs on the pure-JAX env so far; the "
+        f"{c.env.name} env simulates on one device (use config.mesh.data=1)")
   check(c.total_env_steps >= batch,
         f"config.total_env_steps={c.total_env_steps} is less than one iteration "
         f"(num_envs * num_steps = {batch}); raise it")

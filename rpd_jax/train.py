@@ -8,6 +8,7 @@ from absl import flags, logging
 
 from rpd_jax import cli
 from rpd_jax import config as config_lib
+from rpd_jax import parallel
 from rpd_jax import preemption
 
 _WORKDIR = flags.DEFINE_string(
@@ -16,6 +17,8 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(config, spec: str) -> None:
+  # Before anything touches a device: joins a multi-process run (RPD_JAX_COORDINATOR, ...).
+  parallel.initialize()
   config_lib.validate(config)
   # Orbax logs every step of every save at INFO; keep the console for training progress.
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)

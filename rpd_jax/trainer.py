@@ -27,7 +27,7 @@ from tensorboardX import SummaryWriter
 
 from rpd_jax import config as config_lib
 from rpd_jax import evaluate as evaluate_lib
-from rpd_jax import ppo, preemption, rollout
+from rpd_jax import parallel, ppo, preemption, rollout
 from rpd_jax.checkpoint import Checkpointer
 from rpd_jax.envs import make_env
 from rpd_jax.envs.base import EnvWorkerError, VecEnv, describe
@@ -94,20 +94,23 @@ class Logger:
   spent in ``evaluation`` is not counted); ``write`` records one row.
   """
 
-  def __init__(self, workdir: str, start: int, num_iterations: int, batch: int):
-    self.path = os.path.join(workdir, "metrics.jsonl")
+  def __init__(self, workdir: str, start: int, num_iterations: int, batch: int,
+               writer: bool = True):
+    """``writer``: False in every process but the first of a multi-process run, which keeps
+    the bookkeeping (the same summaries) but writes nothing."""
+    self.path = os.path.join(workdir, "metrics.jsonl") if writer else None
     # Drop what a stopped run logged after its last checkpoint (it will be logged again), and a
     # last line cut short by a kill.
-    if os.path.exists(self.path):
+    if self.path is not None and os.path.exists(self.path):
       with open(self.path) as f:
         rows = [_parse(l) for l in f]
       with open(self.path, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in rows if r and r["iteration"] <= start)
     # TensorBoard hides the events a stopped run wrote after its checkpoint, likewise.
     self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"),
-                             purge_step=(start + 1) * batch if start else None)
+                             purge_step=(start + 1) * batch if start else None) if writer else None
     self._bar = tqdm.tqdm(total=num_iterations * batch, initial=start * batch, unit="step",
-                          unit_scale=True, dynamic_ncols=True, desc="train")
+                          unit_scale=True, dynamic_ncols=True, desc="train", disable=not writer)
     self._batch = batch
     self._pending: list[tuple[dict, rollout.EpisodeStats]] = []
     self._since, self._steps_since = time.perf_counter(), start * batch
@@ -119,7 +122,7 @@ class Logger:
     self._bar.update(self._batch)
 
   def summary(self, iteration: int) -> dict[str, float]:
-    metrics, stats = jax.device_get(list(zip(*self._pending)))
+    metrics, stats = parallel.fetch(list(zip(*self._pending)))
     self._pending = []
     out = {k: float(np.mean([m[k] for m in metrics])) for k in metrics[0]}
     count = sum(float(s.count) for s in stats)
@@ -142,11 +145,12 @@ class Logger:
 
   def write(self, iteration: int, summary: dict[str, float]) -> None:
     env_steps = iteration * self._batch
-    with open(self.path, "a") as f:
-      f.write(json.dumps({"iteration": iteration, "env_steps": env_steps, **summary}) + "\n")
-    for k, v in summary.items():
-      self._tb.add_scalar(k, v, env_steps)
-    self._tb.flush()
+    if self.path is not None:
+      with open(self.path, "a") as f:
+        f.write(json.dumps({"iteration": iteration, "env_steps": env_steps, **summary}) + "\n")
+      for k, v in summary.items():
+        self._tb.add_scalar(k, v, env_steps)
+      self._tb.flush()
     self._eval = {k: v for k, v in summary.items() if k.startswith("eval/")} or self._eval
     self._bar.set_postfix({"sps": f"{summary['time/env_steps_per_s']:.0f}",
                            "success": f"{summary.get('train/success_rate', float('nan')):.2f}",
@@ -155,7 +159,8 @@ class Logger:
 
   def close(self) -> None:
     self._bar.close()
-    self._tb.close()
+    if self._tb is not None:
+      self._tb.close()
 
 
 def _parse(line: str) -> Optional[dict]:
@@ -171,14 +176,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   Returns the last evaluation's metrics (empty if the checkpoint was already at the end).
   """
   config_lib.validate(config)
+  parallel.check_same_config(config.to_json_best_effort(sort_keys=True))
+  main_process = parallel.is_main_process()
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
+  if main_process:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
 
   c = config
   batch = c.env.num_envs * c.ppo.num_steps
   num_iterations = c.total_env_steps // batch
   k_init, k_loop, k_eval = jax.random.split(jax.random.key(c.seed), 3)
+  mesh = parallel.make_mesh(c.mesh.data)
 
   # The teacher first (big_vision habit): it is the slowest part to load and the likeliest to
   # fail, and it never enters the student's checkpoint.
@@ -201,13 +210,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
       ckpt = Checkpointer(workdir, c.keep_checkpoints)
       start, state, carry = _restore(ckpt, env, state, carry, c.seed)
-      # Committed to the device, as the update's outputs are (and DLPack observations): else
-      # the second iteration's arguments differ in commitment and act and update compile again.
-      state = jax.device_put(state, jax.devices()[0])
+      # The train state replicated (with one device: committed to it, as the update's outputs
+      # and DLPack observations are, else the second iteration's arguments differ in
+      # commitment and act and update compile again), the envs split over the mesh.
+      state, carry = parallel.replicate(state, mesh), parallel.shard_envs(carry, mesh)
+      if mesh is not None and hasattr(env, "set_state"):
+        env.set_state(parallel.shard_envs(env.get_state(), mesh))
       if start:
         logging.info("resumed from iteration %d (%d env steps)", start, int(state.env_steps))
       done = _Completed(start, state, carry, _env_state(env))
-      log = Logger(workdir, start, num_iterations, batch)
+      log = Logger(workdir, start, num_iterations, batch, writer=main_process)
       last_eval: dict[str, float] = {}
       for iteration in range(start + 1, num_iterations + 1):
         k_rollout, k_update = jax.random.split(jax.random.fold_in(k_loop, iteration))
@@ -231,12 +243,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if last or iteration % c.eval_every == 0:
             if eval_env is None:
               eval_env = make_env(c.env, c.eval_envs, seed=c.seed + 1)
+            # The evaluation envs live on one device of each process: a host copy of the
+            # params (every process evaluates alike; the first one records the videos).
+            params = state.params if mesh is None else parallel.fetch(state.params)
             with log.evaluation():
               last_eval = evaluate_lib.evaluate(
-                  eval_env, rollout.student_policy(network, state.params, deterministic=True),
+                  eval_env, rollout.student_policy(network, params, deterministic=True),
                   c.eval_episodes, seed=10_000 + iteration,
                   key=jax.random.fold_in(k_eval, iteration),
-                  video_dir=os.path.join(workdir, "videos"), num_videos=c.eval_videos,
+                  video_dir=os.path.join(workdir, "videos"),
+                  num_videos=c.eval_videos if main_process else 0,
                   video_prefix=f"step{iteration * batch:09d}")
             summary.update(last_eval)
         with guard.deferred():  # the iteration completes: a signal now waits for the save
