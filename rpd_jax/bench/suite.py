@@ -45,10 +45,6 @@ from rpd_jax.errors import ConfigError
 
 SECTIONS = ("simulator", "teacher", "training", "learning")
 
-_OUT = flags.DEFINE_string("out", None, "folder for suite.md, suite.json and the run folders")
-_QUICK = flags.DEFINE_bool("quick", False, "small sizes (a CPU, CI)")
-_SECTIONS = flags.DEFINE_list("sections", list(SECTIONS), "sections to run, in this order")
-
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "experiments")
 
@@ -316,18 +312,22 @@ def _jsonable(x):
 
 
 def main() -> None:
-  if not _OUT.value:
+  f = flags.FLAGS
+  if not f.out:
     raise ConfigError("--out is required: the folder for suite.md and suite.json, e.g. "
                       "--out=runs/suite")
-  unknown = [s for s in _SECTIONS.value if s not in SECTIONS]
-  if unknown or not _SECTIONS.value:
-    raise ConfigError(f"--sections={','.join(_SECTIONS.value)}: use some of "
-                      f"{', '.join(SECTIONS)}")
-  ok = run(_OUT.value, _QUICK.value, _SECTIONS.value, sys.argv)
-  print(open(os.path.join(_OUT.value, "suite.md")).read())
+  unknown = [s for s in f.sections if s not in SECTIONS]
+  if unknown or not f.sections:
+    raise ConfigError(f"--sections={','.join(f.sections)}: use some of {', '.join(SECTIONS)}")
+  ok = run(f.out, f.quick, f.sections, sys.argv)
+  with open(os.path.join(f.out, "suite.md")) as report:
+    print(report.read())
   if not ok:
     sys.exit(1)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags here: importing the module (tests, other tools) defines none
+  flags.DEFINE_string("out", None, "folder for suite.md, suite.json and the run folders")
+  flags.DEFINE_bool("quick", False, "small sizes (a CPU, CI)")
+  flags.DEFINE_list("sections", list(SECTIONS), "sections to run, in this order")
   cli.run(main)

@@ -24,8 +24,6 @@ from rpd_jax import config as config_lib
 from rpd_jax import trainer
 from rpd_jax.errors import ConfigError
 
-_VARIANTS = flags.DEFINE_list("variants", ["ppo", "rpd_mse"], "Losses to compare.")
-_ITERATIONS = flags.DEFINE_integer("iterations", 10, "PPO iterations per variant (>= 2).")
 
 # The loss variants of rpd_jax.config.COMMON_VARIANTS (which says which loss each one sets).
 _LOSS_VARIANTS = ("ppo", "rpd_mse", "rpd_l1", "rpd_bc", "ppd")
@@ -53,23 +51,26 @@ def measure(config, iterations: int) -> dict[str, float]:
 
 def main(base_config, spec: str) -> None:
   del spec
-  if _ITERATIONS.value < 2:
-    raise ConfigError(f"--iterations={_ITERATIONS.value} must be >= 2: the first one compiles")
-  unknown = [v for v in _VARIANTS.value if v not in _LOSS_VARIANTS]
+  iterations, variants = flags.FLAGS.iterations, flags.FLAGS.variants
+  if iterations < 2:
+    raise ConfigError(f"--iterations={iterations} must be >= 2: the first one compiles")
+  unknown = [v for v in variants if v not in _LOSS_VARIANTS]
   if unknown:
     raise ConfigError(f"unknown variants {unknown}; use some of {', '.join(_LOSS_VARIANTS)}")
   print("| variant | env steps/s | rollout s/iter | simulate s | act s | update s/iter | "
         "transitions/iter |")
   print("|---|---|---|---|---|---|---|")
-  for variant in _VARIANTS.value:
+  for variant in variants:
     config = base_config.copy_and_resolve_references()
     config_lib.COMMON_VARIANTS[variant](config)
     config.eval_episodes = config.eval_envs
-    r = measure(config, _ITERATIONS.value)
+    r = measure(config, iterations)
     print(f"| {variant} | {r['env_steps_per_s']:.0f} | {r['rollout_s']:.3f} | "
           f"{r['simulate_s']:.3f} | {r['act_s']:.3f} | {r['update_s']:.3f} | "
           f"{r['transitions_per_iteration']} |", flush=True)
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # flags here: the suite imports this module for ``measure``
+  flags.DEFINE_list("variants", ["ppo", "rpd_mse"], "Losses to compare.")
+  flags.DEFINE_integer("iterations", 10, "PPO iterations per variant (>= 2).")
   cli.run_with_config(main)
