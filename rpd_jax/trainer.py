@@ -34,7 +34,7 @@ from rpd_jax.envs.base import EnvWorkerError, VecEnv, describe
 from rpd_jax.errors import RunError
 from rpd_jax.networks import make_network
 from rpd_jax.teachers import make_teacher
-from rpd_jax.teachers.base import auto_chunk_size
+from rpd_jax.teachers.base import auto_chunk_size, check_action_dim
 
 
 class NonFiniteError(RunError):
@@ -201,6 +201,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       network = make_network(c.network, env.action_dim)
       optimizer = ppo.make_optimizer(c.ppo, num_iterations)
       state = ppo.init_train_state(network, optimizer, carry.obs, k_init)
+      if teacher is not None:
+        check_action_dim(teacher, env.observation_spec, env.action_dim, c.env.name)
       chunk = c.teacher.chunk_size
       if teacher is not None and not chunk:
         chunk = auto_chunk_size(teacher, env.observation_spec, batch,

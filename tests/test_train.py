@@ -135,3 +135,19 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(repo_root, tmp_pa
     trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
   assert [r["iteration"] for r in read_metrics(tmp_path)] == [1, 2]
+
+
+def test_a_teacher_of_another_action_size_is_refused_before_training():
+  import jax
+  import jax.numpy as jnp
+  from rpd_jax.errors import ConfigError
+  from rpd_jax.teachers.base import Teacher, TeacherOutput, check_action_dim
+  spec = {"state": jax.ShapeDtypeStruct((10,), jnp.float32)}
+  wrong = Teacher(params={}, name="two-dims", apply_fn=lambda p, o, q, f, k, n: TeacherOutput(
+      jnp.zeros((o["state"].shape[0], 2)), None))
+  with pytest.raises(ConfigError, match=r"'two-dims' teacher answers actions of shape \(2,\) "
+                                        r"per observation, but the jax_push env takes 7 dims"):
+    check_action_dim(wrong, spec, 7, "jax_push")
+  right = wrong.replace(apply_fn=lambda p, o, q, f, k, n: TeacherOutput(
+      jnp.zeros((o["state"].shape[0], 7)), None))
+  check_action_dim(right, spec, 7, "jax_push")

@@ -19,15 +19,22 @@ TEACHERS: Mapping[str, tuple[str, str]] = {
     "scripted_push": ("rpd_jax.teachers.scripted", "make_push_teacher"),
     "scripted_maniskill": ("rpd_jax.teachers.maniskill_scripted", "make_teacher"),
     "octo": ("rpd_jax.teachers.octo", "make_teacher"),
+    # Any torch policy: kwargs.factory = "package.module:function" (returning the policy),
+    # kwargs.factory_kwargs its arguments, kwargs.action_dim (rpd_jax.teachers.torch_policy).
+    "torch": ("rpd_jax.teachers.torch_policy", "make_teacher"),
 }
 TEACHER_NAMES = ("none", *TEACHERS)
 
 
 def observation_keys(teacher_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The observation keys the teacher reads: scripted teachers the privileged state, Octo its
-  camera (``kwargs.image_key``, default "rgb")."""
+  camera (``kwargs.image_key``, default "rgb"), a torch policy its camera and, if it names one,
+  its ``kwargs.state_key``."""
   if teacher_config.name == "octo":
     return (teacher_config.kwargs.get("image_key", "rgb"),)
+  if teacher_config.name == "torch":
+    state_key = teacher_config.kwargs.get("state_key", None)
+    return (teacher_config.kwargs.get("image_key", "rgb"),) + ((state_key,) if state_key else ())
   return ("privileged",) if teacher_config.name in TEACHERS else ()
 
 

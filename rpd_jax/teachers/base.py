@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from rpd_jax.envs.base import Observation
+from rpd_jax.errors import ConfigError
 
 
 class TeacherOutput(NamedTuple):
@@ -100,6 +101,22 @@ def memory_budget(fraction: float = 0.25) -> int:
   2 GiB (a CPU, where large calls are slow anyway)."""
   stats = jax.devices()[0].memory_stats() or {}
   return int(fraction * stats["bytes_limit"]) if "bytes_limit" in stats else 2 << 30
+
+
+def check_action_dim(teacher: Teacher, observation_spec: dict[str, jax.ShapeDtypeStruct],
+                     action_dim: int, env_name: str) -> None:
+  """ConfigError when the teacher's actions are not the env's size (else the first update
+  would fail deep inside a loss with a broadcasting error). Traces the teacher once, runs
+  nothing."""
+  obs = {k: jax.ShapeDtypeStruct((1,) + v.shape, v.dtype) for k, v in observation_spec.items()}
+  first = jax.ShapeDtypeStruct((1,), jnp.bool_)
+  out = jax.eval_shape(lambda p, o, f: teacher.apply_fn(p, o, o, f, jax.random.key(0), 0),
+                       teacher.params, obs, first)
+  if out.action.shape != (1, action_dim):
+    raise ConfigError(
+        f"the {teacher.name!r} teacher answers actions of shape {out.action.shape[1:]} per "
+        f"observation, but the {env_name} env takes {action_dim} dims; use a teacher made for "
+        f"this robot and controller (config.teacher.kwargs)")
 
 
 def auto_chunk_size(teacher: Teacher, observation_spec: dict[str, jax.ShapeDtypeStruct],
