@@ -18,12 +18,13 @@ from typing import Callable, Mapping
 import ml_collections
 
 from rpd_jax import envs, losses, teachers
+from rpd_jax import ppo as ppo_lib
 from rpd_jax.errors import ConfigError
 
 Variant = Callable[[ml_collections.ConfigDict], None]
 
 LOSSES = ("none", *losses.DISTILL)
-ENCODERS = ("mlp", "cnn")
+ENCODERS = ("mlp", "cnn", "ppo_rgb")
 REWARDS = ("normalized_dense", "dense", "sparse")
 
 
@@ -47,6 +48,9 @@ def base_config() -> ml_collections.ConfigDict:
   # fit in a quarter of the device's memory (2 GiB on a CPU), from XLA's memory analysis of the
   # teacher (rpd_jax.teachers.base.auto_chunk_size).
   c.teacher.chunk_size = 0
+  # "transition": one teacher answer per collected transition serves every epoch; "epoch": a
+  # fresh one at every epoch (the published code's per-minibatch query; 8x the teacher's work).
+  c.teacher.resample = "transition"
   c.teacher.kwargs = ml_collections.ConfigDict()
 
   # The distillation term added to the PPO loss.
@@ -88,7 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
 
   # The student network.
   c.network = ml_collections.ConfigDict()
-  c.network.encoder = "mlp"  # one of ENCODERS: "mlp" on state, "cnn" (NatureCNN-like) on rgb
+  # One of ENCODERS: "mlp" on state, "cnn" (NatureCNN-like) on rgb, both with tanh heads of
+  # ``hidden``; "ppo_rgb": the published run's agent (ReLU heads of 512, torch-initialised CNN).
+  c.network.encoder = "mlp"
   c.network.obs_keys = ("state",)  # observation keys the student sees
   c.network.hidden = (256, 256, 256)  # MLP widths of the actor and critic heads
   c.network.cnn_features = 256
@@ -176,9 +182,10 @@ def validate(c: ml_collections.ConfigDict) -> None:
         (hi is None or c.network.log_std_init <= hi),
         f"config.network.log_std_init={c.network.log_std_init} is outside [log_std_min, "
         f"log_std_max] = [{lo}, {hi}]; move the bounds or the initial value")
-  check(c.network.encoder != "cnn" or "rgb" in c.network.obs_keys,
-        f"config.network.encoder='cnn' encodes images, but config.network.obs_keys="
-        f"{tuple(c.network.obs_keys)} has no 'rgb'; add it or use the 'mlp' encoder")
+  check(c.network.encoder == "mlp" or "rgb" in c.network.obs_keys,
+        f"config.network.encoder={c.network.encoder!r} encodes images, but "
+        f"config.network.obs_keys={tuple(c.network.obs_keys)} has no 'rgb'; add it or use the "
+        "'mlp' encoder")
   check(c.ppo.bootstrap_at_done in losses.BOOTSTRAPS,
         f"config.ppo.bootstrap_at_done={c.ppo.bootstrap_at_done!r} is unknown; use one of "
         f"{', '.join(losses.BOOTSTRAPS)}")
@@ -222,6 +229,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       ("log_every", c.log_every), ("eval_every", c.eval_every),
                       ("checkpoint_every", c.checkpoint_every)):
     check(value > 0, f"config.{name}={value} must be a positive integer")
+  check(c.teacher.get("resample", "transition") in ppo_lib.RESAMPLE,
+        f"config.teacher.resample={c.teacher.get('resample')!r} is unknown; use one of "
+        f"{', '.join(ppo_lib.RESAMPLE)}")
   check(c.teacher.chunk_size >= 0,
         f"config.teacher.chunk_size={c.teacher.chunk_size} must be >= 0 (0: chosen from the "
         "device's memory)")

@@ -1,4 +1,5 @@
-"""Flax actor-critic: a state MLP or a NatureCNN-like pixel encoder, chosen by config.
+"""Flax actor-critic: a state MLP, a NatureCNN-like pixel encoder, or the published RPD run's
+rgb agent (``encoder="ppo_rgb"``), chosen by config.
 
 The policy is a diagonal Gaussian with a state-independent log-std (ManiSkill's PPO): actions are
 sampled unbounded and clipped to [-1, 1] by the environment.
@@ -17,9 +18,9 @@ import numpy as np
 from rpd_jax.envs.base import Observation
 
 
-def _dense(features: int, scale: float = np.sqrt(2)) -> nn.Dense:
+def _dense(features: int, scale: float = np.sqrt(2), name: Optional[str] = None) -> nn.Dense:
   return nn.Dense(features, kernel_init=nn.initializers.orthogonal(scale),
-                  bias_init=nn.initializers.zeros)
+                  bias_init=nn.initializers.zeros, name=name)
 
 
 class MLP(nn.Module):
@@ -50,6 +51,37 @@ class NatureCNN(nn.Module):
     return x
 
 
+def _torch_default(fan_in: int):
+  """(kernel_init, bias_init) of torch's nn.Linear / nn.Conv2d: both U(+-1/sqrt(fan_in))."""
+  bound = 1.0 / np.sqrt(fan_in)
+  return (nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform"),
+          lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound,
+                                                                    bound))
+
+
+class TorchNatureCNN(nn.Module):
+  """The published RPD student's encoder (ManiSkill's ppo_rgb NatureCNN) with torch's default
+  initialisation: conv 32@8/4, 64@4/2, 64@3/1, flatten, Linear -> features, ReLU; a state, where
+  given, through its own Linear -> 256, ReLU, concatenated."""
+  features: int
+
+  @nn.compact
+  def __call__(self, obs: Observation) -> jax.Array:
+    x = obs["rgb"].astype(jnp.float32) / 255.0
+    for channels, kernel, stride in ((32, 8, 4), (64, 4, 2), (64, 3, 1)):
+      k_init, b_init = _torch_default(x.shape[-1] * kernel * kernel)
+      x = nn.relu(nn.Conv(channels, (kernel, kernel), (stride, stride), padding="VALID",
+                          kernel_init=k_init, bias_init=b_init)(x))
+    x = x.reshape(x.shape[0], -1)
+    dense = lambda features, fan_in: nn.Dense(
+        features, **dict(zip(("kernel_init", "bias_init"), _torch_default(fan_in))))
+    x = nn.relu(dense(self.features, x.shape[-1])(x))
+    if "state" in obs:
+      state = obs["state"]
+      x = jnp.concatenate([x, nn.relu(dense(256, state.shape[-1])(state))], axis=-1)
+    return x
+
+
 class ActorCritic(nn.Module):
   """Returns (action mean [B, A], log-std [A], value [B]) for an observation dict [B, ...]."""
   action_dim: int
@@ -64,13 +96,22 @@ class ActorCritic(nn.Module):
   @nn.compact
   def __call__(self, obs: Observation):
     obs = {k: obs[k] for k in self.obs_keys}
-    if self.encoder == "cnn":
-      # One pixel encoder shared by actor and critic, as ManiSkill's rgb PPO does.
-      x = NatureCNN(self.cnn_features, name="encoder")(obs)
+    if self.encoder == "ppo_rgb":
+      # The published run's agent (ManiSkill's ppo_rgb): ReLU heads of 512, orthogonal init
+      # (sqrt 2; the action mean's last layer 0.01 * sqrt 2), on the torch-initialised CNN.
+      x = TorchNatureCNN(self.cnn_features, name="encoder")(obs)
+      head = lambda out, scale, name: _dense(out, scale, f"{name}_out")(
+          nn.relu(_dense(512, name=f"{name}_hidden")(x)))
+      mean = head(self.action_dim, 0.01 * np.sqrt(2), "actor")
+      value = head(1, np.sqrt(2), "critic")[:, 0]
     else:
-      x = jnp.concatenate([obs[k].reshape(obs[k].shape[0], -1) for k in self.obs_keys], -1)
-    mean = MLP(self.hidden, self.action_dim, 0.01 * np.sqrt(2), name="actor")(x)
-    value = MLP(self.hidden, 1, 1.0, name="critic")(x)[:, 0]
+      if self.encoder == "cnn":
+        # One pixel encoder shared by actor and critic, as ManiSkill's rgb PPO does.
+        x = NatureCNN(self.cnn_features, name="encoder")(obs)
+      else:
+        x = jnp.concatenate([obs[k].reshape(obs[k].shape[0], -1) for k in self.obs_keys], -1)
+      mean = MLP(self.hidden, self.action_dim, 0.01 * np.sqrt(2), name="actor")(x)
+      value = MLP(self.hidden, 1, 1.0, name="critic")(x)[:, 0]
     log_std = self.param("log_std", nn.initializers.constant(self.log_std_init),
                          (self.action_dim,))
     if self.log_std_min is not None or self.log_std_max is not None:

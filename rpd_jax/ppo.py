@@ -68,15 +68,25 @@ def teacher_targets(teacher: Teacher, rollout: Rollout, key: jax.Array, num_samp
   return jax.lax.stop_gradient(losses.TeacherTargets(out.action, mean, std))
 
 
+RESAMPLE = ("transition", "epoch")
+
+
 def make_update(network: ActorCritic, optimizer, ppo: ml_collections.ConfigDict,
-                distill: ml_collections.ConfigDict, teacher_chunk_size: int):
+                distill: ml_collections.ConfigDict, teacher_chunk_size: int,
+                teacher_resample: str = "transition"):
   """The jitted ``update(state, teacher, rollout, key) -> (state, metrics)``.
 
   ``ppo`` and ``distill`` are ``config.ppo`` and ``config.distill``; ``teacher_chunk_size``
-  bounds the observations per teacher call (``config.teacher.chunk_size``). It compiles once
-  (``chex.assert_max_traces``): every shape is fixed by the config, and the distillation
-  weight lambda(env_steps) is computed in the graph, not baked in.
+  bounds the observations per teacher call (``config.teacher.chunk_size``).
+  ``teacher_resample`` (``config.teacher.resample``): "transition" queries the teacher once per
+  collected transition, and that answer serves every epoch; "epoch" draws a fresh answer for
+  every transition at the start of each epoch, as the published code did per minibatch (8
+  samples per transition with 8 epochs; an epoch after a target-KL stop makes no query). It
+  compiles once (``chex.assert_max_traces``): every shape is fixed by the config, and the
+  distillation weight lambda(env_steps) is computed in the graph, not baked in.
   """
+  if teacher_resample not in RESAMPLE:
+    raise ValueError(f"teacher_resample={teacher_resample!r}; use one of {', '.join(RESAMPLE)}")
   distill_loss = losses.DISTILL.get(distill.loss)  # None: plain PPO
   num_samples = distill.ppd_samples if distill.loss == "ppd" else 0
 
@@ -130,21 +140,41 @@ def make_update(network: ActorCritic, optimizer, ppo: ml_collections.ConfigDict,
     batch = losses.Minibatch(*_flatten((rollout.obs, rollout.actions, rollout.log_probs,
                                         rollout.values, advantages, advantages + rollout.values)))
     metrics = {}
-    if distill_loss is not None:
-      batch = batch._replace(teacher=teacher_targets(
-          teacher, rollout, k_teacher, num_samples, distill.ppd_min_std, teacher_chunk_size))
-      # What the teacher saw per collected transition: 1 by construction, logged as a check.
-      metrics["teacher/calls_per_step"] = jnp.float32(batch.teacher.action.shape[0] / batch_size)
+    targets = lambda k: teacher_targets(teacher, rollout, k, num_samples, distill.ppd_min_std,
+                                        teacher_chunk_size)
+    per_epoch = distill_loss is not None and teacher_resample == "epoch"
+    if distill_loss is not None and not per_epoch:
+      batch = batch._replace(teacher=targets(k_teacher))
     coef = losses.distill_coef(state.env_steps, distill.coef, distill.schedule,
                                distill.decay_steps)
 
-    # update_epochs shuffles of the batch, each cut into num_minibatches: [E * K, M] indices.
+    def epoch_step(carry, inputs):
+      """One epoch: the shuffle cut into num_minibatches [K, M] indices, a scan over them."""
+      perm, epoch = inputs
+      epoch_batch, queried = batch, jnp.float32(0)
+      if per_epoch:  # a fresh teacher answer per transition, unless a KL stop ended the update
+        zeros = jax.eval_shape(targets, k_teacher)
+        answer = jax.lax.cond(carry[2], lambda: jax.tree.map(
+            lambda s: jnp.zeros(s.shape, s.dtype), zeros),
+            lambda: targets(jax.random.fold_in(k_teacher, epoch)))
+        epoch_batch, queried = batch._replace(teacher=answer), 1.0 - carry[2]
+      carry, outputs = jax.lax.scan(
+          lambda c, idx: minibatch_step(c, jax.tree.map(lambda x: x[idx], epoch_batch), coef),
+          carry, perm.reshape(ppo.num_minibatches, -1))
+      return carry, (outputs, queried)
+
     perms = jax.vmap(lambda k: jax.random.permutation(k, batch_size))(
         jax.random.split(k_perm, ppo.update_epochs))
-    indices = perms.reshape(ppo.update_epochs * ppo.num_minibatches, -1)
-    (params, opt_state, _), (mb_metrics, applied) = jax.lax.scan(
-        lambda carry, idx: minibatch_step(carry, jax.tree.map(lambda x: x[idx], batch), coef),
-        (state.params, state.opt_state, jnp.bool_(False)), indices)
+    (params, opt_state, _), ((mb_metrics, applied), queried) = jax.lax.scan(
+        epoch_step, (state.params, state.opt_state, jnp.bool_(False)),
+        (perms, jnp.arange(ppo.update_epochs)))
+    # [E, K, ...] -> [E * K, ...]: one entry per minibatch step, in order.
+    mb_metrics, applied = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]),
+                                       (mb_metrics, applied))
+    if distill_loss is not None:
+      # Teacher answers per collected transition: 1 by construction, or one per epoch queried.
+      metrics["teacher/calls_per_step"] = (
+          queried.sum() if per_epoch else jnp.float32(batch.teacher.action.shape[0] / batch_size))
 
     weight = applied / jnp.maximum(applied.sum(), 1)  # averages over the applied steps only
     metrics.update({f"loss/{k}": jnp.sum(v * weight) for k, v in mb_metrics.items()})

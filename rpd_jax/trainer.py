@@ -208,7 +208,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         chunk = auto_chunk_size(teacher, env.observation_spec, batch,
                                 c.distill.ppd_samples if c.distill.loss == "ppd" else 0)
         logging.info("teacher: %d observations per call inside the update", chunk)
-      update = ppo.make_update(network, optimizer, c.ppo, c.distill, chunk or batch)
+      update = ppo.make_update(network, optimizer, c.ppo, c.distill, chunk or batch,
+                               c.teacher.resample)
 
       ckpt = Checkpointer(workdir, c.keep_checkpoints)
       start, state, carry = _restore(ckpt, env, state, carry, c.seed)

@@ -60,7 +60,7 @@ def setup(config):
   state = ppo.init_train_state(network, optimizer, {"state": jnp.zeros((B, D))},
                                jax.random.key(0))
   update = ppo.make_update(network, optimizer, config.ppo, config.distill,
-                           config.teacher.chunk_size or T * B)
+                           config.teacher.chunk_size or T * B, config.teacher.resample)
   return state, update
 
 
@@ -137,3 +137,45 @@ def test_a_chunk_size_that_does_not_divide_the_batch_pads_the_last_chunk():
   padded = query(teacher, obs, obs, first, key, 2, chunk_size=5)  # 5 chunks of 5: 1 row padded
   np.testing.assert_allclose(padded.action, whole.action, rtol=1e-6)
   assert padded.samples.shape == whole.samples.shape == (2, 24, A)
+
+
+def test_resample_per_epoch_queries_the_teacher_at_every_epoch_with_fresh_keys():
+  keys = []
+
+  def apply_fn(params, obs, prev_obs, is_first, key, num_samples):
+    jax.debug.callback(lambda k: keys.append(tuple(np.asarray(k))), jax.random.key_data(key))
+    action = jnp.tanh(obs["state"] @ params["w"]) + 0.1 * jax.random.normal(
+        key, (obs["state"].shape[0], A))
+    return TeacherOutput(action, None)
+
+  teacher = Teacher(params=linear_teacher().params, apply_fn=apply_fn)
+  config = make_config("mse")
+  config.ppo.update_epochs = 3
+  config.teacher.resample = "epoch"
+  state, update = setup(config)
+  data = random_rollout(0)
+  _, metrics = update(state, teacher, data, jax.random.key(0))
+  jax.effects_barrier()
+  assert float(metrics["teacher/calls_per_step"]) == 3.0  # one answer per epoch
+  assert len(keys) == 3 and len(set(keys)) == 3  # each epoch a fresh sample
+  # Once per transition (the default): one query, and a different update.
+  config.teacher.resample = "transition"
+  keys.clear()
+  state_once, update_once = setup(config)
+  _, once = update_once(state_once, teacher, data, jax.random.key(0))
+  jax.effects_barrier()
+  assert float(once["teacher/calls_per_step"]) == 1.0 and len(keys) == 1
+  assert float(once["loss/distill"]) != float(metrics["loss/distill"])
+
+
+def test_resample_per_epoch_makes_no_query_after_a_target_kl_stop():
+  config = make_config("mse")
+  config.ppo.update_epochs = 4
+  config.ppo.target_kl = 1e-9
+  config.ppo.learning_rate = 1e-2
+  config.teacher.resample = "epoch"
+  state, update = setup(config)
+  _, metrics = update(state, linear_teacher(), random_rollout(0), jax.random.key(0))
+  # KL is 0 at the first minibatch only (log-probs are random here, so the stop comes at
+  # once): epochs after the stop make no query.
+  assert 1.0 <= float(metrics["teacher/calls_per_step"]) < 4.0
