@@ -240,6 +240,14 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.ppo.num_minibatches={c.ppo.num_minibatches} does not divide the batch of "
         f"num_envs * num_steps = {c.env.num_envs} * {c.ppo.num_steps} = {batch}; pick a divisor "
         f"of {batch}")
+  if c.env.name == "maniskill":
+    many = max(c.env.num_envs, c.eval_envs)
+    backend = c.env.kwargs.get("sim_backend", "auto")
+    check(many <= 64 or backend == "physx_cuda" or (backend == "auto" and _cuda()),
+          f"config.env.num_envs={c.env.num_envs} / config.eval_envs={c.eval_envs}: ManiSkill on "
+          f"a CPU runs one process per env (about 600 MB each); {many} would not fit. Use a GPU "
+          f"(sim_backend physx_cuda) or at most 64, e.g. --config.env.num_envs=4 "
+          f"--config.eval_envs=2")
   data = c.get("mesh", {}).get("data", 1)
   check(data >= 1 and c.env.num_envs % data == 0,
         f"config.mesh.data={data} must be >= 1 and divide config.env.num_envs="
@@ -253,6 +261,12 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.eval_episodes % c.eval_envs == 0,
         f"config.eval_episodes={c.eval_episodes} is not a multiple of config.eval_envs="
         f"{c.eval_envs}; make it one")
+
+
+def _cuda() -> bool:
+  """Whether ManiSkill's "auto" backend would simulate on a GPU (torch sees one)."""
+  import torch  # pylint: disable=g-import-not-at-top  (only for ManiSkill configs)
+  return torch.cuda.is_available()
 
 
 def default_workdir(config_path: str, root: str = "runs") -> str:

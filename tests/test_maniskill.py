@@ -292,6 +292,18 @@ def test_experiment_configs(repo_root, name):
   assert octo.teacher.name == "octo" and octo.distill.loss == "mse"
   assert octo.network.encoder == "cnn" and octo.env.kwargs.obs_mode == "rgb"
   assert _load(repo_root, name, "octo,ppo").distill.loss == "none"
+  # The published run's settings (a GPU's: on a CPU 128 env processes are refused).
+  paper = _load(repo_root, name, "sparse,paper")
+  assert (paper.env.num_envs, paper.ppo.num_steps, paper.ppo.update_epochs) == (128, 50, 8)
+  assert paper.ppo.gamma == 0.99 and paper.ppo.norm_adv  # sparse changes gamma only
+  assert paper.teacher.resample == "epoch" and paper.teacher.kwargs.gripper == "raw"
+  assert paper.network.encoder == "ppo_rgb" and paper.env.kwargs.image_size == 256
+  assert _load(repo_root, name, "paper,ppo").distill.loss == "none"
+  if not torch.cuda.is_available():
+    with pytest.raises(ConfigError, match="one process per env"):
+      config_lib.validate(paper)
+  paper.env.num_envs, paper.eval_envs, paper.eval_episodes = 4, 2, 2
+  config_lib.validate(paper)
 
 
 def test_a_dead_worker_is_named_and_the_env_still_closes():
