@@ -127,6 +127,7 @@ def _paper(c: ml_collections.ConfigDict) -> None:
   c.eval_every = 10
   c.eval_envs = 100  # on one GPU simulator; the official run evaluated 500 envs at once
   c.eval_episodes = 500
+  c.eval_protocol, c.eval_steps = "fixed_steps", 50  # also for RollBall and PullCubeTool
 
 
 def _smoke(c: ml_collections.ConfigDict) -> None:

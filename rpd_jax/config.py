@@ -18,6 +18,7 @@ from typing import Callable, Mapping
 import ml_collections
 
 from rpd_jax import envs, losses, teachers
+from rpd_jax import evaluate as evaluate_lib
 from rpd_jax import ppo as ppo_lib
 from rpd_jax.errors import ConfigError
 
@@ -115,6 +116,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_envs = 16
   c.eval_episodes = 32
   c.eval_videos = 0  # episodes recorded as video per evaluation (needs env.render)
+  # "first_episode": each eval env's first episode to its end; "fixed_steps": the published
+  # protocol, eval_steps steps with successes not ending episodes (rpd_jax.evaluate).
+  c.eval_protocol = "first_episode"
+  c.eval_steps = 50
   c.checkpoint_every = 10
   c.keep_checkpoints = 3
   return c
@@ -240,6 +245,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.ppo.num_minibatches={c.ppo.num_minibatches} does not divide the batch of "
         f"num_envs * num_steps = {c.env.num_envs} * {c.ppo.num_steps} = {batch}; pick a divisor "
         f"of {batch}")
+  check(c.get("eval_protocol", "first_episode") in evaluate_lib.PROTOCOLS,
+        f"config.eval_protocol={c.get('eval_protocol')!r} is unknown; use one of "
+        f"{', '.join(evaluate_lib.PROTOCOLS)}")
   if c.env.name == "maniskill":
     many = max(c.env.num_envs, c.eval_envs)
     backend = c.env.kwargs.get("sim_backend", "auto")

@@ -14,29 +14,53 @@ from rpd_jax import rollout
 from rpd_jax.envs.base import VecEnv
 
 
+PROTOCOLS = ("first_episode", "fixed_steps")
+
+
 def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, key: jax.Array,
              video_dir: Optional[str] = None, num_videos: int = 0,
-             video_prefix: str = "eval", progress: bool = False) -> dict[str, float]:
+             video_prefix: str = "eval", progress: bool = False,
+             protocol: str = "first_episode", steps: int = 50) -> dict[str, float]:
   """Runs ``num_episodes`` episodes, in rounds of one episode per env, and averages them.
 
   Episode k starts from the env seed ``seed + k`` (round r resets env i with seed + r * B + i),
-  so N episodes are N different initial states. Success counts an episode in which the task
-  was solved at any step. Videos of the first ``num_videos`` envs of the first round go to
+  so N episodes are N different initial states. ``protocol``:
+
+  - "first_episode": each env's first episode, to its end (success or the time limit).
+    Success counts an episode in which the task was solved at any step.
+  - "fixed_steps": the published RPD evaluation: exactly ``steps`` steps of an env whose
+    successes do not end episodes (``ignore_terminations``). ``eval/success_rate`` is
+    success_once (solved at any step), ``eval/success_at_end`` the success at the last step,
+    ``eval/reward_per_step`` the return over ``steps``.
+
+  Videos of the first ``num_videos`` envs of the first round go to
   ``video_dir/<video_prefix>_<i>.mp4``.
   """
   if num_episodes % env.num_envs:
     raise ValueError(f"num_episodes={num_episodes} is not a multiple of the eval env count "
                      f"{env.num_envs}")
-  returns, successes, lengths = [], [], []
+  if protocol not in PROTOCOLS:
+    raise ValueError(f"protocol={protocol!r}; use one of {', '.join(PROTOCOLS)}")
+  if protocol == "fixed_steps" and steps > env.max_episode_steps:
+    raise ValueError(f"steps={steps} is longer than the env's episodes "
+                     f"({env.max_episode_steps} steps): a fixed-step evaluation is one episode")
+  returns, successes, lengths, at_end = [], [], [], []
   rounds = range(num_episodes // env.num_envs)
   if progress:
     rounds = tqdm.tqdm(rounds, unit="round", desc=f"evaluate ({env.num_envs} episodes/round)")
   for round_ in rounds:
     videos = min(num_videos, env.num_envs) if round_ == 0 and video_dir else 0
-    steps, alive = rollout.first_episodes(
-        env, policy, seed + round_ * env.num_envs, jax.random.fold_in(key, round_),
-        keep=lambda t: (t.reward, t.success, t.frame), render=bool(videos))
-    reward, success, frames = jax.device_get(steps)
+    keep = lambda t: (t.reward, t.success, t.frame)
+    round_seed, round_key = seed + round_ * env.num_envs, jax.random.fold_in(key, round_)
+    if protocol == "first_episode":
+      kept, alive = rollout.first_episodes(env, policy, round_seed, round_key, keep=keep,
+                                           render=bool(videos))
+    else:
+      _, kept, _ = rollout.run(env, policy, rollout.reset(env, round_seed), round_key, steps,
+                               keep=keep, render=bool(videos))
+      alive = np.ones((steps, env.num_envs), bool)
+    reward, success, frames = jax.device_get(kept)
+    at_end.append(success[-1])
     returns.append(np.sum(reward.astype(np.float64) * alive, axis=0))
     successes.append(np.any(success & alive, axis=0))
     lengths.append(alive.sum(axis=0))
@@ -46,7 +70,9 @@ def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, 
         imageio.mimsave(os.path.join(video_dir, f"{video_prefix}_{i}.mp4"),
                         list(frames[alive[:, i], i]), fps=20)
   returns, lengths = np.concatenate(returns), np.concatenate(lengths)
-  return {"eval/success_rate": float(np.mean(np.concatenate(successes))),
+  extra = ({"eval/success_at_end": float(np.mean(np.concatenate(at_end)))}
+           if protocol == "fixed_steps" else {})
+  return {**extra, "eval/success_rate": float(np.mean(np.concatenate(successes))),
           "eval/return": float(np.mean(returns)),
           # mean reward per step of an episode (with normalized_dense rewards: in [0, 1])
           "eval/reward_per_step": float(np.mean(returns / np.maximum(lengths, 1))),

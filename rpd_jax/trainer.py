@@ -245,7 +245,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _check_finite(summary, iteration, workdir)
           if last or iteration % c.eval_every == 0:
             if eval_env is None:
-              eval_env = make_env(c.env, c.eval_envs, seed=c.seed + 1)
+              eval_env = make_env(_eval_env_config(c), c.eval_envs, seed=c.seed + 1)
             # The evaluation envs live on one device of each process: a host copy of the
             # params (every process evaluates alike; the first one records the videos).
             params = state.params if mesh is None else parallel.fetch(state.params)
@@ -256,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                   key=jax.random.fold_in(k_eval, iteration),
                   video_dir=os.path.join(workdir, "videos"),
                   num_videos=c.eval_videos if main_process else 0,
-                  video_prefix=f"step{iteration * batch:09d}")
+                  video_prefix=f"step{iteration * batch:09d}", protocol=c.eval_protocol,
+                  steps=c.eval_steps)
             summary.update(last_eval)
         with guard.deferred():  # the iteration completes: a signal now waits for the save
           if summary is not None:
@@ -280,6 +281,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                os.path.join(ckpt.directory, str(done.iteration))) from None
     finally:
       _close(ckpt, log, (env, eval_env), terminate=stopped is not None)
+
+
+def _eval_env_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The evaluation envs' config: the training envs', whose successes do not end episodes under
+  the fixed-step protocol."""
+  if c.eval_protocol != "fixed_steps":
+    return c.env
+  env = c.env.copy_and_resolve_references()
+  with env.unlocked():
+    env.kwargs.ignore_terminations = True
+  return env
 
 
 def _close(ckpt: Optional[Checkpointer], log: Optional[Logger], envs, terminate: bool) -> None:

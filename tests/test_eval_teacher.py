@@ -82,3 +82,27 @@ def test_evaluation_episodes_start_from_distinct_seeds():
                              key=jax.random.key(0))
   assert env.seeds == [10, 12, 14]  # env i of round r: 10 + 2r + i, six different episodes
   assert result["eval/success_rate"] == 1.0 and result["eval/episode_length"] == 1.0
+
+
+def test_the_fixed_step_protocol_runs_past_success_and_reports_success_at_end():
+  """The published evaluation: successes do not end episodes; success_once >= success_at_end."""
+  from rpd_jax import evaluate, rollout  # pylint: disable=g-import-not-at-top
+  from rpd_jax.envs.jax_push import JaxPushVecEnv  # pylint: disable=g-import-not-at-top
+  from rpd_jax.teachers import scripted  # pylint: disable=g-import-not-at-top
+  teacher = scripted.make_push_teacher(noise=0.0, bias=0.0)
+  policy = rollout.teacher_policy(teacher)
+  env = JaxPushVecEnv(num_envs=8, seed=0, ignore_terminations=True)
+  _, kept, _ = rollout.run(env, policy, rollout.reset(env, 0), jax.random.key(0), 50,
+                           keep=lambda t: (t.terminated, t.truncated, t.success))
+  terminated, truncated, success = map(np.asarray, kept)
+  assert success.any() and not terminated.any()  # solved, yet the episodes went on
+  assert truncated[-1].all() and not truncated[:-1].any()  # to the time limit, 50 steps
+  fixed = evaluate.evaluate(env, policy, 16, seed=0, key=jax.random.key(1),
+                            protocol="fixed_steps", steps=50)
+  assert fixed["eval/episode_length"] == 50.0 and fixed["eval/episodes"] == 16.0
+  assert 0 < fixed["eval/success_at_end"] <= fixed["eval/success_rate"] <= 1
+  ending = JaxPushVecEnv(num_envs=8, seed=0)
+  first = evaluate.evaluate(ending, policy, 16, seed=0, key=jax.random.key(1))
+  assert "eval/success_at_end" not in first and first["eval/episode_length"] < 50
+  # The same starts and actions: solved-at-any-step agrees between the two protocols.
+  assert first["eval/success_rate"] == fixed["eval/success_rate"]

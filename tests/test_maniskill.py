@@ -184,6 +184,24 @@ def test_success_terminates_with_final_obs_at_the_goal(backend):
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
+def test_ignore_terminations_runs_past_success(backend):
+  """The fixed-step evaluation's env: the solved cube stays solved, no episode ends early."""
+  env = _env(num_envs=2, backend=backend, ignore_terminations=True)
+  teacher = maniskill_scripted.make_teacher("PushCube-v1", noise=0.0)
+  act = jax.jit(lambda obs: teacher.apply_fn(teacher.params, obs, obs, None,
+                                             jax.random.key(0), 0).action)
+  try:
+    obs, solved = env.reset(seed=0), np.zeros(2, bool)
+    for _ in range(env.max_episode_steps - 1):
+      res = env.step(act(obs))
+      obs = res.obs
+      assert not np.asarray(res.terminated).any() and not np.asarray(res.truncated).any()
+      solved |= np.asarray(res.success)
+    assert solved.all()
+  finally:
+    env.close()
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_dlpack_is_zero_copy_both_ways(device):
   t = torch.arange(12, dtype=torch.float32, device=device).reshape(3, 4)
@@ -298,6 +316,7 @@ def test_experiment_configs(repo_root, name):
   assert paper.ppo.gamma == 0.99 and paper.ppo.norm_adv  # sparse changes gamma only
   assert paper.teacher.resample == "epoch" and paper.teacher.kwargs.gripper == "raw"
   assert paper.network.encoder == "ppo_rgb" and paper.env.kwargs.image_size == 256
+  assert (paper.eval_protocol, paper.eval_steps) == ("fixed_steps", 50)
   assert _load(repo_root, name, "paper,ppo").distill.loss == "none"
   if not torch.cuda.is_available():
     with pytest.raises(ConfigError, match="one process per env"):

@@ -163,10 +163,11 @@ def _make_maniskill(env_id: str, num_envs: int, sim_backend: str, obs_mode: str,
 class _Worker(gym.Wrapper):
   """One CPU env as a plain gymnasium env: numpy in and out, no batch dim, for AsyncVectorEnv."""
 
-  def __init__(self, env: gym.Env):
+  def __init__(self, env: gym.Env, ignore_terminations: bool = False):
     super().__init__(env)
     self.observation_space = env.get_wrapper_attr("single_observation_space")
     self.action_space = env.unwrapped.single_action_space
+    self._ignore_terminations = ignore_terminations
 
   def _unbatch(self, obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v[0].numpy() for k, v in obs.items()}
@@ -174,7 +175,8 @@ class _Worker(gym.Wrapper):
   @torch.inference_mode()
   def step(self, action: np.ndarray):
     obs, reward, terminated, truncated, info = self.env.step(torch.from_numpy(action)[None])
-    return (self._unbatch(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]),
+    terminated = bool(terminated[0]) and not self._ignore_terminations
+    return (self._unbatch(obs), float(reward[0]), terminated, bool(truncated[0]),
             {"success": bool(info["success"][0])})
 
   @torch.inference_mode()
@@ -187,7 +189,7 @@ class _Worker(gym.Wrapper):
     return self.env.render()[0].numpy()
 
 
-def _make_worker(**kwargs) -> _Worker:
+def _make_worker(ignore_terminations: bool = False, **kwargs) -> _Worker:
   # Each worker is one process on a small machine: torch's intra-op threads would only compete
   # with the other workers.
   torch.set_num_threads(1)
@@ -197,7 +199,8 @@ def _make_worker(**kwargs) -> _Worker:
   # AsyncVectorEnv also calls this in the trainer's process, for the spaces.)
   if multiprocessing.parent_process() is not None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-  return _Worker(_make_maniskill(num_envs=1, sim_backend="physx_cpu", **kwargs))
+  return _Worker(_make_maniskill(num_envs=1, sim_backend="physx_cpu", **kwargs),
+                 ignore_terminations)
 
 
 class ManiSkillVecEnv:
@@ -216,13 +219,15 @@ class ManiSkillVecEnv:
     control_mode: ManiSkill controller; actions are float32 [B, A] in [-1, 1].
     sim_backend: "auto" (physx_cuda when torch sees a GPU, else physx_cpu), or either one.
     max_episode_steps: None for the task's own time limit.
+    ignore_terminations: success does not end an episode (``terminated`` stays False); the
+      published evaluation's fixed-step protocol.
   """
 
   def __init__(self, num_envs: int, seed: int, reward_mode: str = "normalized_dense",
                env_id: str = "PushCube-v1", obs_mode: str = "state", image_size: int = 256,
                camera: str = "human", camera_variant: Optional[str] = None,
                control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto",
-               max_episode_steps: Optional[int] = None):
+               max_episode_steps: Optional[int] = None, ignore_terminations: bool = False):
     for name, value, choices in (("obs_mode", obs_mode, OBS_MODES), ("camera", camera, CAMERAS),
                                  ("reward_mode", reward_mode, REWARD_MODES)):
       if value not in choices:
@@ -241,7 +246,8 @@ class ManiSkillVecEnv:
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps)
     if self.sim_backend == "physx_cuda":
       env = _make_maniskill(num_envs=num_envs, sim_backend="physx_cuda", **make_kwargs)
-      self._gpu = ManiSkillVectorEnv(env, num_envs, auto_reset=True, ignore_terminations=False,
+      self._gpu = ManiSkillVectorEnv(env, num_envs, auto_reset=True,
+                                     ignore_terminations=ignore_terminations,
                                      record_metrics=False)
       self._device = self._gpu.device
       self.action_dim = int(np.prod(self._gpu.single_action_space.shape))
@@ -251,7 +257,8 @@ class ManiSkillVecEnv:
       # Workers fork from the forkserver process: with torch and ManiSkill imported there once,
       # a worker starts in about a second instead of importing them again (seconds each).
       multiprocessing.set_forkserver_preload(["rpd_jax.envs.maniskill", "mani_skill.envs"])
-      fns = [functools.partial(_make_worker, **make_kwargs) for _ in range(num_envs)]
+      fns = [functools.partial(_make_worker, ignore_terminations, **make_kwargs)
+             for _ in range(num_envs)]
       self._cpu = gym.vector.AsyncVectorEnv(
           fns, copy=False, context="forkserver",
           autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
