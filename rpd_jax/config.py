@@ -105,6 +105,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.network.log_std_min = ml_collections.config_dict.placeholder(float)
   c.network.log_std_max = ml_collections.config_dict.placeholder(float)
 
+  # Independent students trained at once (rpd_jax/seeds.py): student k is the run with seed
+  # ``seed + k``; K x num_envs envs, one vmapped update, metrics per seed and their mean +- std.
+  c.num_seeds = 1
+
   # Data parallelism (rpd_jax/parallel.py): the envs split evenly over ``data`` devices, the
   # update one SPMD program over them (gradients averaged by XLA's all-reduce).
   c.mesh = ml_collections.ConfigDict()
@@ -249,14 +253,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.eval_protocol={c.get('eval_protocol')!r} is unknown; use one of "
         f"{', '.join(evaluate_lib.PROTOCOLS)}")
   if c.env.name == "maniskill":
-    many = max(c.env.num_envs, c.eval_envs)
+    many = c.get("num_seeds", 1) * max(c.env.num_envs, c.eval_envs)
     backend = c.env.kwargs.get("sim_backend", "auto")
     check(many <= 64 or backend == "physx_cuda" or (backend == "auto" and _cuda()),
           f"config.env.num_envs={c.env.num_envs} / config.eval_envs={c.eval_envs}: ManiSkill on "
           f"a CPU runs one process per env (about 600 MB each); {many} would not fit. Use a GPU "
           f"(sim_backend physx_cuda) or at most 64, e.g. --config.env.num_envs=4 "
           f"--config.eval_envs=2")
+  check(c.get("num_seeds", 1) >= 1, f"config.num_seeds={c.get('num_seeds')} must be >= 1")
   data = c.get("mesh", {}).get("data", 1)
+  check(data == 1 or c.get("num_seeds", 1) == 1,
+        f"config.num_seeds={c.get('num_seeds')} with config.mesh.data={data}: seeds and data "
+        "parallelism do not combine yet; use one of them")
   check(data >= 1 and c.env.num_envs % data == 0,
         f"config.mesh.data={data} must be >= 1 and divide config.env.num_envs="
         f"{c.env.num_envs} (each device steps num_envs / data envs)")

@@ -20,7 +20,8 @@ PROTOCOLS = ("first_episode", "fixed_steps")
 def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, key: jax.Array,
              video_dir: Optional[str] = None, num_videos: int = 0,
              video_prefix: str = "eval", progress: bool = False,
-             protocol: str = "first_episode", steps: int = 50) -> dict[str, float]:
+             protocol: str = "first_episode", steps: int = 50,
+             groups: int = 1) -> dict[str, float]:
   """Runs ``num_episodes`` episodes, in rounds of one episode per env, and averages them.
 
   Episode k starts from the env seed ``seed + k`` (round r resets env i with seed + r * B + i),
@@ -33,8 +34,9 @@ def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, 
     success_once (solved at any step), ``eval/success_at_end`` the success at the last step,
     ``eval/reward_per_step`` the return over ``steps``.
 
-  Videos of the first ``num_videos`` envs of the first round go to
-  ``video_dir/<video_prefix>_<i>.mp4``.
+  ``groups`` = K splits the envs into K equal groups (K students, ``rollout.SeedStack``): the
+  metrics of group k come as ``seed<k>/eval/...`` besides those of all episodes. Videos of the
+  first ``num_videos`` envs of the first round go to ``video_dir/<video_prefix>_<i>.mp4``.
   """
   if num_episodes % env.num_envs:
     raise ValueError(f"num_episodes={num_episodes} is not a multiple of the eval env count "
@@ -69,12 +71,25 @@ def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, 
       for i in range(videos):
         imageio.mimsave(os.path.join(video_dir, f"{video_prefix}_{i}.mp4"),
                         list(frames[alive[:, i], i]), fps=20)
-  returns, lengths = np.concatenate(returns), np.concatenate(lengths)
-  extra = ({"eval/success_at_end": float(np.mean(np.concatenate(at_end)))}
+  # [rounds, B] per episode; group k holds envs [k * B / K, (k + 1) * B / K).
+  per_env = {"returns": np.stack(returns), "successes": np.stack(successes),
+             "lengths": np.stack(lengths), "at_end": np.stack(at_end)}
+  out = _summary(per_env, protocol)
+  if groups > 1:
+    for k in range(groups):
+      part = {name: np.split(v, groups, axis=1)[k] for name, v in per_env.items()}
+      out.update({f"seed{k}/{name}": value
+                  for name, value in _summary(part, protocol).items()})
+  return out
+
+
+def _summary(per_env: dict[str, np.ndarray], protocol: str) -> dict[str, float]:
+  returns, lengths = per_env["returns"].ravel(), per_env["lengths"].ravel()
+  extra = ({"eval/success_at_end": float(np.mean(per_env["at_end"]))}
            if protocol == "fixed_steps" else {})
-  return {**extra, "eval/success_rate": float(np.mean(np.concatenate(successes))),
+  return {**extra, "eval/success_rate": float(np.mean(per_env["successes"])),
           "eval/return": float(np.mean(returns)),
           # mean reward per step of an episode (with normalized_dense rewards: in [0, 1])
           "eval/reward_per_step": float(np.mean(returns / np.maximum(lengths, 1))),
           "eval/episode_length": float(np.mean(lengths)),
-          "eval/episodes": float(num_episodes)}
+          "eval/episodes": float(returns.size)}

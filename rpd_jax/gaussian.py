@@ -11,8 +11,17 @@ import jax.numpy as jnp
 
 
 def sample(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> jax.Array:
-  """One sample [..., A] of N(mean, exp(log_std)^2)."""
-  return mean + jnp.exp(log_std) * jax.random.normal(key, mean.shape)
+  """One sample [..., A] of N(mean, exp(log_std)^2).
+
+  ``key`` may be K keys for K students stacked along the batch (mean [K * N, A]): student k's
+  rows then draw their noise from key k alone, as they would in a run of their own.
+  """
+  if key.ndim:
+    rows = (mean.shape[0] // key.shape[0],) + mean.shape[1:]
+    noise = jax.vmap(lambda k: jax.random.normal(k, rows))(key).reshape(mean.shape)
+  else:
+    noise = jax.random.normal(key, mean.shape)
+  return mean + jnp.exp(log_std) * noise
 
 
 def log_prob(x: jax.Array, mean: jax.Array, log_std: jax.Array) -> jax.Array:

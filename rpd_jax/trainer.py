@@ -13,6 +13,7 @@ Ctrl-C quits at once. SIGKILL loses the iterations since the last periodic check
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import time
@@ -27,7 +28,7 @@ from tensorboardX import SummaryWriter
 
 from rpd_jax import config as config_lib
 from rpd_jax import evaluate as evaluate_lib
-from rpd_jax import parallel, ppo, preemption, rollout
+from rpd_jax import parallel, ppo, preemption, rollout, seeds
 from rpd_jax.checkpoint import Checkpointer
 from rpd_jax.envs import make_env
 from rpd_jax.envs.base import EnvWorkerError, VecEnv, describe
@@ -184,9 +185,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       f.write(config.to_json_best_effort(indent=2))
 
   c = config
-  batch = c.env.num_envs * c.ppo.num_steps
+  batch = c.env.num_envs * c.ppo.num_steps  # per student: K students step K x N envs
   num_iterations = c.total_env_steps // batch
-  k_init, k_loop, k_eval = jax.random.split(jax.random.key(c.seed), 3)
+  num_seeds = c.num_seeds
+  k_init, k_loop, k_eval = seeds.run_keys(c.seed, num_seeds)
   mesh = parallel.make_mesh(c.mesh.data)
 
   # The teacher first (big_vision habit): it is the slowest part to load and the likeliest to
@@ -195,12 +197,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   env, eval_env, ckpt, log, stopped, done = None, None, None, None, None, None
   with preemption.Guard() as guard:
     try:
-      env = make_env(c.env, c.env.num_envs, seed=c.seed)
-      carry = rollout.reset(env, seed=c.seed)
-      logging.info("env %s x%d: %s", c.env.name, c.env.num_envs, describe(env.observation_spec))
+      env = make_env(c.env, num_seeds * c.env.num_envs, seed=c.seed)
+      carry = seeds.reset(env, lambda seed: make_env(c.env, c.env.num_envs, seed=seed),
+                          c.seed, num_seeds)
+      logging.info("env %s x%d: %s", c.env.name, env.num_envs, describe(env.observation_spec))
       network = make_network(c.network, env.action_dim)
+      # The acting network: K students (config.num_seeds) act on their slices of the envs.
+      actor = rollout.SeedStack(network, num_seeds) if num_seeds > 1 else network
       optimizer = ppo.make_optimizer(c.ppo, num_iterations)
-      state = ppo.init_train_state(network, optimizer, carry.obs, k_init)
+      state = seeds.init_train_state(
+          lambda obs, key: ppo.init_train_state(network, optimizer, obs, key), carry.obs,
+          k_init, num_seeds)
       if teacher is not None:
         check_action_dim(teacher, env.observation_spec, env.action_dim, c.env.name)
       chunk = c.teacher.chunk_size
@@ -208,8 +215,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         chunk = auto_chunk_size(teacher, env.observation_spec, batch,
                                 c.distill.ppd_samples if c.distill.loss == "ppd" else 0)
         logging.info("teacher: %d observations per call inside the update", chunk)
-      update = ppo.make_update(network, optimizer, c.ppo, c.distill, chunk or batch,
-                               c.teacher.resample)
+      update = seeds.vmap_update(ppo.make_update(network, optimizer, c.ppo, c.distill,
+                                                 chunk or batch, c.teacher.resample),
+                                 num_seeds)
 
       ckpt = Checkpointer(workdir, c.keep_checkpoints)
       start, state, carry = _restore(ckpt, env, state, carry, c.seed)
@@ -220,18 +228,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if mesh is not None and hasattr(env, "set_state"):
         env.set_state(parallel.shard_envs(env.get_state(), mesh))
       if start:
-        logging.info("resumed from iteration %d (%d env steps)", start, int(state.env_steps))
+        logging.info("resumed from iteration %d (%d env steps)", start,
+                     int(np.max(state.env_steps)))
       done = _Completed(start, state, carry, _env_state(env))
       log = Logger(workdir, start, num_iterations, batch, writer=main_process)
       last_eval: dict[str, float] = {}
       for iteration in range(start + 1, num_iterations + 1):
-        k_rollout, k_update = jax.random.split(jax.random.fold_in(k_loop, iteration))
+        k_rollout, k_update = seeds.iteration_keys(k_loop, iteration)
         t0, timings = time.perf_counter(), {}
-        data, carry, stats = rollout.collect(env, network, state.params, carry, k_rollout,
+        data, carry, stats = rollout.collect(env, actor, state.params, carry, k_rollout,
                                              c.ppo.num_steps, timings)
         jax.block_until_ready(data.rewards)
         t1 = time.perf_counter()
+        if num_seeds > 1:
+          data = seeds.split_rollout(data, num_seeds)
         state, metrics = update(state, teacher, data, k_update)
+        metrics = seeds.per_seed(metrics, num_seeds)
         jax.block_until_ready(metrics)
         metrics["time/rollout_s"], metrics["time/update_s"] = t1 - t0, time.perf_counter() - t1
         metrics.update({f"time/{name}": seconds for name, seconds in timings.items()})
@@ -245,19 +257,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           _check_finite(summary, iteration, workdir)
           if last or iteration % c.eval_every == 0:
             if eval_env is None:
-              eval_env = make_env(_eval_env_config(c), c.eval_envs, seed=c.seed + 1)
+              eval_env = make_env(_eval_env_config(c), num_seeds * c.eval_envs,
+                                  seed=c.seed + 1)
             # The evaluation envs live on one device of each process: a host copy of the
             # params (every process evaluates alike; the first one records the videos).
             params = state.params if mesh is None else parallel.fetch(state.params)
+            evaluate = functools.partial(
+                evaluate_lib.evaluate, eval_env, num_episodes=num_seeds * c.eval_episodes,
+                seed=10_000 + iteration,
+                key=jax.random.fold_in(k_eval if num_seeds == 1 else k_eval[0], iteration),
+                protocol=c.eval_protocol, steps=c.eval_steps)
             with log.evaluation():
-              last_eval = evaluate_lib.evaluate(
-                  eval_env, rollout.student_policy(network, params, deterministic=True),
-                  c.eval_episodes, seed=10_000 + iteration,
-                  key=jax.random.fold_in(k_eval, iteration),
+              last_eval = evaluate(
+                  rollout.student_policy(actor, params, deterministic=True),
                   video_dir=os.path.join(workdir, "videos"),
                   num_videos=c.eval_videos if main_process else 0,
-                  video_prefix=f"step{iteration * batch:09d}", protocol=c.eval_protocol,
-                  steps=c.eval_steps)
+                  video_prefix=f"step{iteration * batch:09d}", groups=num_seeds)
+              if num_seeds > 1:
+                # The K students as one policy (their mean action) on the same episodes.
+                ensemble = evaluate(rollout.ensemble_policy(actor, params))
+                last_eval.update(seeds.seeds_summary(last_eval, num_seeds))
+                last_eval.update({f"ensemble/{k}": v for k, v in ensemble.items()})
             summary.update(last_eval)
         with guard.deferred():  # the iteration completes: a signal now waits for the save
           if summary is not None:
