@@ -268,9 +268,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(data >= 1 and c.env.num_envs % data == 0,
         f"config.mesh.data={data} must be >= 1 and divide config.env.num_envs="
         f"{c.env.num_envs} (each device steps num_envs / data envs)")
-  check(data == 1 or c.env.name == "jax_push",
-        f"config.mesh.data={data}: data parallelism runs on the pure-JAX env so far; the "
-        f"{c.env.name} env simulates on one device (use config.mesh.data=1)")
   check(c.total_env_steps >= batch,
         f"config.total_env_steps={c.total_env_steps} is less than one iteration "
         f"(num_envs * num_steps = {batch}); raise it")

@@ -75,6 +75,8 @@ def make_mesh(data: int) -> Optional[Mesh]:
 def _put(x: Any, sharding: NamedSharding) -> jax.Array:
   """A global array of the full value ``x`` (the same in every process), each process keeping
   the shards its devices own."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    return x  # already a global array (ProcessEnvs' observations): each process has its rows
   if isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
     return jax.random.wrap_key_data(_put(jax.random.key_data(x), sharding))
   value = np.asarray(x)
@@ -125,3 +127,43 @@ def check_same_config(config_json: str) -> None:
 def is_main_process() -> bool:
   """Process 0 writes metrics, videos and logs; every process takes part in computations."""
   return jax.process_index() == 0
+
+
+class ProcessEnvs:
+  """One simulator per process behind the VecEnv contract, its arrays global over the mesh.
+
+  For simulators that live outside JAX (ManiSkill): process p runs ``local`` with its N / P of
+  the envs (env i of process p seeded ``seed + p * N / P + i``, as env ``p * N / P + i`` of a
+  one-process run), and this wrapper turns its process-local observations into global arrays
+  sharded over the mesh (``jax.make_array_from_process_local_data``) and hands each process the
+  rows of the global action its devices hold. With one process and D devices the same code
+  splits one simulator's batch over the D devices.
+  """
+
+  def __init__(self, local: Any, mesh: Mesh):
+    self._local, self._mesh = local, mesh
+    self._sharding = NamedSharding(mesh, P(AXIS))
+    self.num_envs = local.num_envs * jax.process_count()
+    self.action_dim = local.action_dim
+    self.max_episode_steps = local.max_episode_steps
+    self.observation_spec = local.observation_spec
+
+  def _global(self, tree: Any) -> Any:
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        self._sharding, np.asarray(x)), tree)
+
+  def _local_rows(self, x: jax.Array) -> jax.Array:
+    shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
+    return jax.numpy.asarray(np.concatenate([np.asarray(s.data) for s in shards]))
+
+  def reset(self, seed: int):
+    return self._global(self._local.reset(seed + jax.process_index() * self._local.num_envs))
+
+  def step(self, action: jax.Array):
+    return self._global(self._local.step(self._local_rows(action)))
+
+  def render(self) -> jax.Array:
+    return self._local.render()
+
+  def close(self, terminate: bool = False) -> None:
+    self._local.close(terminate)

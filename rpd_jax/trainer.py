@@ -197,7 +197,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   env, eval_env, ckpt, log, stopped, done = None, None, None, None, None, None
   with preemption.Guard() as guard:
     try:
-      env = make_env(c.env, num_seeds * c.env.num_envs, seed=c.seed)
+      if mesh is not None and c.env.name != "jax_push":
+        # A simulator outside JAX: one per process, its envs' arrays global over the mesh.
+        env = parallel.ProcessEnvs(make_env(c.env, c.env.num_envs // jax.process_count(),
+                                            seed=c.seed), mesh)
+      else:
+        env = make_env(c.env, num_seeds * c.env.num_envs, seed=c.seed)
       carry = seeds.reset(env, lambda seed: make_env(c.env, c.env.num_envs, seed=seed),
                           c.seed, num_seeds)
       logging.info("env %s x%d: %s", c.env.name, env.num_envs, describe(env.observation_spec))
