@@ -25,7 +25,7 @@ def test_quick_suite_writes_every_section(tmp_path):
   assert data["quick"] and list(sections) == list(suite.SECTIONS)
 
   sim = sections["simulator"]["rows"]
-  assert [(r["obs"], r["num_envs"]) for r in sim] == [("state", 2), ("rgb128", 2)]
+  assert [(r["obs"], r["num_envs"]) for r in sim] == [("state", 2)]
   assert all(r["raw_steps_per_s"] > 0 and r["bridge_steps_per_s"] > 0 for r in sim)
 
   teacher = sections["teacher"]["rows"]
