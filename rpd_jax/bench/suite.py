@@ -39,6 +39,7 @@ from absl import flags
 from rpd_jax import cli
 from rpd_jax import config as config_lib
 from rpd_jax import trainer
+from rpd_jax.bench import markdown_table
 from rpd_jax.bench import teacher as teacher_bench
 from rpd_jax.bench import train as train_bench
 from rpd_jax.errors import ConfigError
@@ -137,7 +138,7 @@ def simulator(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
                  "num_envs": num_envs, "steps": steps, "raw_steps_per_s": raw,
                  "bridge_steps_per_s": bridge, "overhead": 1 - bridge / raw})
     _progress(f"simulator {obs} x{num_envs}: raw {raw:.0f}, bridge {bridge:.0f} steps/s")
-  table = _table(("obs", "envs", "timed steps", "raw steps/s", "bridge steps/s", "overhead"),
+  table = markdown_table(("obs", "envs", "timed steps", "raw steps/s", "bridge steps/s", "overhead"),
                  [(r["obs"], r["num_envs"], r["steps"], f"{r['raw_steps_per_s']:.0f}",
                    f"{r['bridge_steps_per_s']:.0f}", f"{r['overhead']:+.1%}") for r in rows])
   return f"PushCube-v1, {backend}, random actions, alternating blocks of 25 steps.\n\n" + table, rows
@@ -174,7 +175,7 @@ def training(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
                   f"{r['vs_ppo']:.2f}", f"{r['simulate_s']:.3f}", f"{r['act_s']:.3f}",
                   f"{other:.3f}", "" if r["teacher_s"] is None else f"{r['teacher_s']:.3f}",
                   f"{r['update_s']:.3f}"))
-  table = _table(("setting", "envs", "transitions/iter", "env steps/s", "x PPO",
+  table = markdown_table(("setting", "envs", "transitions/iter", "env steps/s", "x PPO",
                   "simulate s", "act s", "rest of rollout s", "teacher s (update - PPO's)",
                   "update s"), lines)
   return ("PushCube-v1 (`experiments/pushcube.py`: the shipped octo-tiny-pushcube teacher on "
@@ -205,7 +206,7 @@ def learning(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
     _progress(f"learning {loss}: final success {rows[-1]['final_success']}, {wall:.0f} s")
   plot = os.path.join(workdir, "learning.png")
   _plot(curves, plot, plan_.spec)
-  table = _table(("loss", "env steps", "wall s", "final eval success", "steps to 50%",
+  table = markdown_table(("loss", "env steps", "wall s", "final eval success", "steps to 50%",
                   "steps to 80%", "wall s to 80%"),
                  [(r["loss"], r["env_steps"], f"{r['wall_s']:.0f}",
                    "" if r["final_success"] is None else f"{r['final_success']:.2f}",
@@ -237,11 +238,6 @@ def _plot(curves: dict[str, list], path: str, title: str) -> None:
 
 RUNNERS: dict[str, Callable[[Plan, str], tuple[str, list[dict[str, Any]]]]] = {
     "simulator": simulator, "teacher": teacher, "training": training, "learning": learning}
-
-
-def _table(headers, rows) -> str:
-  lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-  return "\n".join(lines + ["| " + " | ".join(str(c) for c in row) + " |" for row in rows])
 
 
 def _progress(line: str) -> None:

@@ -58,6 +58,7 @@ import numpy as np
 from absl import flags
 
 from rpd_jax import cli, octo
+from rpd_jax.bench import markdown_table, table_row
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo.transformer import ATTENTIONS
 from rpd_jax.teachers import octo as octo_teacher
@@ -255,7 +256,7 @@ HEADERS = ("mode", "model", "dtype", "W", "attention", "transformer slices", "ba
            "hop ms/call")
 
 
-def _format_row(row: dict[str, Any]) -> str:
+def _cells(row: dict[str, Any]) -> list[str]:
   cells = []
   for column in COLUMNS:
     value = row.get(column)
@@ -266,12 +267,15 @@ def _format_row(row: dict[str, Any]) -> str:
                    else f"{value:.1%}" if column == "mfu" else f"{value:.1f}")
     else:
       cells.append(str(value))
-  return "| " + " | ".join(cells) + " |"
+  return cells
+
+
+def _format_row(row: dict[str, Any]) -> str:
+  return table_row(_cells(row))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-  lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-  return "\n".join(lines + [_format_row(r) for r in rows])
+  return markdown_table(HEADERS, [_cells(r) for r in rows])
 
 
 @dataclasses.dataclass(frozen=True)

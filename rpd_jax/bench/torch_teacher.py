@@ -50,6 +50,7 @@ import torch
 from absl import flags
 
 from rpd_jax import cli
+from rpd_jax.bench import markdown_table, table_row
 from rpd_jax.bench import teacher as octo_bench
 from rpd_jax.errors import ConfigError
 from rpd_jax.teachers import torch_policy
@@ -221,7 +222,7 @@ HEADERS = ("model", "path", "batch", "GFLOP/sample", "ms/call (median)", "sample
            "CPU ms/call", "overhead ms/call vs torch")
 
 
-def _format_row(row: dict[str, Any]) -> str:
+def _cells(row: dict[str, Any]) -> list[str]:
   cells = []
   for column in COLUMNS:
     value = row.get(column)
@@ -234,12 +235,15 @@ def _format_row(row: dict[str, Any]) -> str:
                    f"{value:.2f}")
     else:
       cells.append(str(value))
-  return "| " + " | ".join(cells) + " |"
+  return cells
+
+
+def _format_row(row: dict[str, Any]) -> str:
+  return table_row(_cells(row))
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-  lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-  return "\n".join(lines + [_format_row(r) for r in rows])
+  return markdown_table(HEADERS, [_cells(r) for r in rows])
 
 
 def setup() -> dict[str, Any]:
