@@ -40,6 +40,26 @@ def read_curve(workdir: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
   return np.asarray(steps), np.asarray(values)
 
 
+def read_seed_curves(workdir: str, metric: str) -> list[tuple[np.ndarray, np.ndarray]]:
+  """The curves of ``metric`` of every student of a run (``config.num_seeds = K``, which logs
+  ``seed<k>/<metric>``), in k order; with K = 1 the one curve of ``metric`` itself. [] where
+  it was not logged yet."""
+  pattern = re.compile(r"seed(\d+)/" + re.escape(metric))
+  curves: dict[int, tuple[list, list]] = collections.defaultdict(lambda: ([], []))
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      for name, value in row.items():
+        match = pattern.fullmatch(name)
+        if match:
+          curves[int(match.group(1))][0].append(row["env_steps"])
+          curves[int(match.group(1))][1].append(value)
+  if not curves:
+    steps, values = read_curve(workdir, metric)
+    return [(steps, values)] if len(steps) else []
+  return [(np.asarray(s), np.asarray(v)) for _, (s, v) in sorted(curves.items())]
+
+
 def group_runs(root_or_dirs: list[str]) -> dict[str, list[str]]:
   """{label: [run dirs]} from run dirs, or from folders holding run dirs."""
   runs = []
@@ -68,6 +88,15 @@ def steps_to(steps: np.ndarray, values: np.ndarray, target: float) -> Optional[i
   return int(steps[hit[0]]) if len(hit) else None
 
 
+def curve_row(label: str, curves: list[tuple[np.ndarray, np.ndarray]], target: float) -> dict:
+  """One label's seed curves (non-empty) summarised: the row ``plot`` and ``table`` take."""
+  steps, mean, std = mean_std(curves)
+  per_seed = [steps_to(s, v, target) for s, v in curves]
+  return dict(label=label, seeds=len(curves), steps=steps, mean=mean, std=std,
+              steps_to_target=steps_to(steps, mean, target), per_seed=per_seed,
+              final=float(mean[-1]), final_std=float(std[-1]), max_steps=int(steps[-1]))
+
+
 def summarise(groups: dict[str, list[str]], metric: str, target: float) -> list[dict]:
   rows = []
   for label, runs in sorted(groups.items()):
@@ -75,20 +104,13 @@ def summarise(groups: dict[str, list[str]], metric: str, target: float) -> list[
     curves = [c for c in curves if len(c[0])]
     if not curves:
       continue
-    steps, mean, std = mean_std(curves)
-    per_seed = [steps_to(s, v, target) for s, v in curves]
-    rows.append(dict(label=label, seeds=len(curves), steps=steps, mean=mean, std=std,
-                     steps_to_target=steps_to(steps, mean, target), per_seed=per_seed,
-                     final=float(mean[-1]), final_std=float(std[-1]),
-                     max_steps=int(steps[-1])))
+    rows.append(curve_row(label, curves, target))
   return rows
 
 
-def plot(rows: list[dict], metric: str, out: str, reference: Optional[float], title: str):
-  import matplotlib
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+def draw(ax, rows: list[dict], metric: str, reference: Optional[float], title: str,
+         ylabel: Optional[str] = None) -> None:
+  """The mean +- std band of each row, and ``reference`` as a dashed line, on ``ax``."""
   for row in rows:
     line, = ax.plot(row["steps"], row["mean"], label=f"{row['label']} (n={row['seeds']})")
     low, high = row["mean"] - row["std"], row["mean"] + row["std"]
@@ -98,10 +120,18 @@ def plot(rows: list[dict], metric: str, out: str, reference: Optional[float], ti
   if reference is not None:
     ax.axhline(reference, color="k", ls="--", lw=1, label=f"teacher alone ({reference:.2f})")
   ax.set_xlabel("env steps")
-  ax.set_ylabel(metric)
+  ax.set_ylabel(ylabel or metric)
   ax.set_title(title)
   ax.grid(alpha=0.3)
   ax.legend()
+
+
+def plot(rows: list[dict], metric: str, out: str, reference: Optional[float], title: str):
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  draw(ax, rows, metric, reference, title)
   fig.tight_layout()
   fig.savefig(out, dpi=120)
 

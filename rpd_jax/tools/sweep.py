@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import time
+from typing import Sequence
 
 from absl import flags
 
@@ -44,8 +45,48 @@ def _command(variant: str, seed: str, workdir: str) -> list[str]:
           [f"--config.{o}" for o in _OVERRIDES.value])
 
 
-def _finished(workdir: str) -> bool:
+def finished(workdir: str) -> bool:
+  """Whether the run in ``workdir`` ended well (run_all left its ``done`` marker there)."""
   return os.path.exists(os.path.join(workdir, "done"))
+
+
+def run_all(jobs: Sequence[tuple[Sequence[str], str]], parallel: int,
+            poll: float = 2.0) -> list[str]:
+  """Runs ``(command, workdir)`` jobs as subprocesses, ``parallel`` at once, in order.
+
+  Each logs to ``<workdir>/train.log`` (appended) and leaves a ``done`` marker there when it
+  exits with status 0; a job whose workdir has one is skipped (so a rerun picks up where the
+  last stopped: ``rpd_jax.train`` resumes a killed run from its workdir). Prints a line as each
+  starts and ends. Returns the workdirs of the jobs that failed.
+  """
+  if parallel < 1:
+    raise ConfigError(f"--parallel={parallel} must be >= 1")
+  queue = list(jobs)
+  running: list[tuple[subprocess.Popen, str, float]] = []
+  failed = []
+  while queue or running:
+    while queue and len(running) < parallel:
+      command, workdir = queue.pop(0)
+      if finished(workdir):
+        continue
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, "train.log"), "a") as log:
+        running.append((subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT),
+                        workdir, time.time()))
+      print(f"started {workdir}", flush=True)
+    if running:
+      time.sleep(poll)
+    for proc, workdir, start in list(running):
+      if proc.poll() is None:
+        continue
+      running.remove((proc, workdir, start))
+      if proc.returncode:
+        failed.append(workdir)
+        print(f"FAILED {workdir} (exit {proc.returncode}); see {workdir}/train.log", flush=True)
+      else:
+        open(os.path.join(workdir, "done"), "w").close()
+        print(f"finished {workdir} in {time.time() - start:.0f} s", flush=True)
+  return failed
 
 
 def main() -> None:
@@ -59,29 +100,12 @@ def main() -> None:
   for variant in _VARIANTS.value:
     config_lib.load(f"{path}:{','.join(filter(None, [base, variant]))}")
   os.makedirs(_ROOT.value, exist_ok=True)
-  queue = [(v, s) for s in _SEEDS.value for v in _VARIANTS.value]
-  running: list[tuple[subprocess.Popen, str, float]] = []
-  while queue or running:
-    while queue and len(running) < _PARALLEL.value:
-      variant, seed = queue.pop(0)
+  jobs = []
+  for seed in _SEEDS.value:
+    for variant in _VARIANTS.value:
       workdir = os.path.join(_ROOT.value, f"{variant}_s{seed}")
-      if _finished(workdir):
-        continue
-      os.makedirs(workdir, exist_ok=True)
-      log = open(os.path.join(workdir, "train.log"), "a")
-      running.append((subprocess.Popen(_command(variant, seed, workdir), stdout=log,
-                                       stderr=subprocess.STDOUT), workdir, time.time()))
-      print(f"started {workdir}", flush=True)
-    time.sleep(2)
-    for proc, workdir, start in list(running):
-      if proc.poll() is None:
-        continue
-      running.remove((proc, workdir, start))
-      if proc.returncode:
-        print(f"FAILED {workdir} (exit {proc.returncode}); see {workdir}/train.log", flush=True)
-      else:
-        open(os.path.join(workdir, "done"), "w").close()
-        print(f"finished {workdir} in {time.time() - start:.0f} s", flush=True)
+      jobs.append((_command(variant, seed, workdir), workdir))
+  run_all(jobs, _PARALLEL.value)
 
   rows = plot.summarise(plot.group_runs([_ROOT.value]), "eval/success_rate", _TARGET.value)
   title = f"{_CONFIG.value} ({len(_SEEDS.value)} seeds, mean +- std)"
