@@ -12,11 +12,12 @@ succeeds 100%.
   python -m rpd_jax.pipeline.finetune --config=experiments/finetune_octo.py \
       --workdir=runs/finetune/pushcube
 
-Measured: about 40 s on one H100 (135 steps/s); a 2-core CPU does about 6 steps/s at batch 32
-(the ``cpu`` variant), too slow for this recipe (see README).
+Measured: about 40 s on one H100 (135 steps/s); a 2-core CPU does 6.2-6.5 steps/s at batch 32
+(the ``cpu`` variant), too slow for this recipe (about an hour at batch 256).
 
 Variants (combine with commas):
-  cpu         batch 32, 4,000 steps: what a small CPU manages in ~12 minutes (a weak teacher)
+  cpu         batch 32, 4,000 steps: 6.2-6.5 steps/s, about 11 minutes on an idle 2-core CPU
+              (the recipe of the other shipped teachers; rpd_jax/teachers/checkpoints/README.md)
   all_demos   every recorded episode, 20,000 steps (a near-perfect teacher)
   octo_small  fine-tune octo-small-1.5 (third_party/README.md) instead: head + MLP blocks,
               language input (needs the t5-base tokenizer), for 256x256 demonstrations

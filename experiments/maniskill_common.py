@@ -8,6 +8,8 @@ Variants (besides the common ones of rpd_jax.config, combine with commas):
   rgb        the paper's student: NatureCNN on the 256x256 human camera, rgb only
   state_rgb  rgb plus the robot's proprioception (joint positions and velocities)
   octo       the paper's teacher: an Octo checkpoint on the human camera, rgb student, RPD-MSE
+             (default: the task's shipped Octo teacher, the human camera at 128x128 for the
+             teacher only, a state student)
   paper      the published run's settings, for a GPU (:paper, :sparse,paper, :paper,ppo)
   scripted   (tasks with a scripted controller) state student, scripted teacher, no rendering
   smoke      seconds on a CPU: 1 env, a few short iterations, a tiny evaluation
@@ -24,12 +26,14 @@ from rpd_jax.teachers import maniskill_scripted
 
 def _rgb(c: ml_collections.ConfigDict) -> None:
   c.env.kwargs.obs_mode = "rgb"
+  c.env.kwargs.image_size = 256  # the paper's human camera (a teacher resizes to its own)
   c.network.encoder = "cnn"
   c.network.obs_keys = ("rgb",)
 
 
 def _state_rgb(c: ml_collections.ConfigDict) -> None:
   c.env.kwargs.obs_mode = "state_rgb"
+  c.env.kwargs.image_size = 256
   c.network.encoder = "cnn"
   c.network.obs_keys = ("rgb", "state")
 
@@ -57,6 +61,10 @@ def _octo_kwargs(c: ml_collections.ConfigDict, checkpoint: str) -> ml_collection
       "window": 1,  # the published runs used one frame
       "tokenizer_dir": ml_collections.config_dict.placeholder(str),
   })
+
+
+# Every shipped teacher sees the human camera at this resolution (its demonstrations').
+SHIPPED_TEACHER_IMAGE_SIZE = 128
 
 
 def shipped_octo_teacher(checkpoint: str, image_size: int) -> config_lib.Variant:
@@ -149,30 +157,21 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
 
 
 def get_config(env_id: str, arg: str | None,
-               extra: dict[str, config_lib.Variant] | None = None,
-               default: config_lib.Variant | None = None) -> ml_collections.ConfigDict:
+               extra: dict[str, config_lib.Variant] | None = None) -> ml_collections.ConfigDict:
   """The config of a ManiSkill3 task with the variants in ``arg`` applied.
 
-  Default: state observations, dense (normalized) reward, RPD-MSE with the scripted teacher
-  where the task has one (rpd_jax.teachers.maniskill_scripted), else plain PPO until an Octo
-  teacher is configured (``--config.teacher.name=octo``, ``--config.distill.loss=mse``).
-  ``default``, if given, changes that default before the variants (e.g.
-  ``shipped_octo_teacher``).
+  Default: RPD-MSE from the task's shipped Octo teacher (``tasks.task_info(env_id).teacher``, on
+  the 128x128 human camera; rpd_jax/teachers/checkpoints/README.md) to a state student, dense
+  (normalized) reward. ``scripted`` swaps in the scripted teacher where the task has one (no
+  rendering: several times faster on a CPU).
   """
   info = tasks.task_info(env_id)
   c = config_lib.base_config()
   c.env.name = "maniskill"
   c.env.num_envs = 4
   c.env.kwargs.env_id = env_id
-  c.env.kwargs.obs_mode = "state"
-  c.env.kwargs.image_size = 256  # the paper's human camera: student images and eval videos
   c.env.kwargs.camera = "human"
   c.env.kwargs.sim_backend = "auto"
-  if env_id in maniskill_scripted.CONTROLLERS:
-    _scripted_teacher(c)
-    c.distill.loss = "mse"
-  else:
-    c.distill.loss = "none"
   c.total_env_steps = 1_000_000
   c.ppo.num_steps = info.max_episode_steps
   c.ppo.num_minibatches = 4
@@ -181,11 +180,23 @@ def get_config(env_id: str, arg: str | None,
   c.eval_episodes = 16
   c.eval_videos = 2  # videos/step<env steps>_<i>.mp4 of the human camera, per evaluation
   c.checkpoint_every = 50
-  if default is not None:
-    default(c)
+  shipped_octo_teacher(info.teacher, SHIPPED_TEACHER_IMAGE_SIZE)(c)
   variants = {"rgb": _rgb, "state_rgb": _state_rgb, "octo": _octo, "paper": _paper,
               "smoke": _smoke,
               **(extra or {})}
   if env_id in maniskill_scripted.CONTROLLERS:
     variants["scripted"] = _scripted
-  return config_lib.apply_variants(c, arg, variants)
+  c = config_lib.apply_variants(c, arg, variants)
+  _no_camera_without_a_reader(c)
+  return c
+
+
+def _no_camera_without_a_reader(c: ml_collections.ConfigDict) -> None:
+  """PPO (no teacher) with the default state student: the same student without rendering.
+
+  The default renders the human camera for the teacher alone, so with ``ppo`` nothing would
+  read it; the state observation is the same full state the student reads as ``privileged``.
+  """
+  if c.distill.loss == "none" and tuple(c.network.obs_keys) == ("privileged",):
+    c.env.kwargs.obs_mode = "state"
+    c.network.obs_keys = ("state",)

@@ -1,8 +1,12 @@
-"""PickCube-v1: RPD-MSE with the scripted teacher (noise maniskill_scripted.TASK_NOISE).
+"""PickCube-v1: RPD-MSE with the shipped Octo teacher (octo-tiny-pickcube).
 
-Variants: experiments/maniskill_common.py and rpd_jax/config.py; e.g.
-  python -m rpd_jax.train --config=experiments/pickcube.py:rgb,sparse
-  python -m rpd_jax.train --config=experiments/pickcube.py:octo   (an Octo teacher, rgb student)
+The student is a state MLP (the full state); the teacher, a small Octo made by this project's
+pipeline (rpd_jax/teachers/checkpoints/README.md), sees the 128x128 human camera.
+
+Variants: experiments/maniskill_common.py and rpd_jax/config.py;
+e.g. python -m rpd_jax.train --config=experiments/pickcube.py:ppo   (PPO, no rendering)
+     python -m rpd_jax.train --config=experiments/pickcube.py:scripted   (the scripted teacher)
+     python -m rpd_jax.train --config=experiments/pickcube.py:rgb,sparse
 """
 
 from experiments import maniskill_common

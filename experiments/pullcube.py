@@ -1,7 +1,12 @@
-"""PullCube-v1: RPD-MSE with the scripted teacher.
+"""PullCube-v1: RPD-MSE with the shipped Octo teacher (octo-tiny-pullcube).
 
-Variants: experiments/maniskill_common.py and rpd_jax/config.py; e.g.
-  python -m rpd_jax.train --config=experiments/pullcube.py:rgb,sparse
+The student is a state MLP (the full state); the teacher, a small Octo made by this project's
+pipeline (rpd_jax/teachers/checkpoints/README.md), sees the 128x128 human camera.
+
+Variants: experiments/maniskill_common.py and rpd_jax/config.py;
+e.g. python -m rpd_jax.train --config=experiments/pullcube.py:ppo   (PPO, no rendering)
+     python -m rpd_jax.train --config=experiments/pullcube.py:scripted   (the scripted teacher)
+     python -m rpd_jax.train --config=experiments/pullcube.py:rgb,sparse
 """
 
 from experiments import maniskill_common

@@ -5,21 +5,15 @@ pipeline (rpd_jax/teachers/checkpoints/README.md), sees the 128x128 human camera
 
 Variants: experiments/maniskill_common.py and rpd_jax/config.py, plus
   moved_camera  the paper's PushCube with a moved camera (maniskill.CAMERA_VARIANTS["moved"])
-e.g. python -m rpd_jax.train --config=experiments/pushcube.py:scripted,ppo  (PPO, no rendering)
+e.g. python -m rpd_jax.train --config=experiments/pushcube.py:ppo  (PPO, no rendering)
      python -m rpd_jax.train --config=experiments/pushcube.py:rgb,moved_camera
 """
 
 from experiments import maniskill_common
-
-TEACHER = "octo-tiny-pushcube"
-TEACHER_IMAGE_SIZE = 128
-
 
 def _moved_camera(c):
   c.env.kwargs.camera_variant = "moved"
 
 
 def get_config(arg=None):
-  return maniskill_common.get_config(
-      "PushCube-v1", arg, {"moved_camera": _moved_camera},
-      default=maniskill_common.shipped_octo_teacher(TEACHER, TEACHER_IMAGE_SIZE))
+  return maniskill_common.get_config("PushCube-v1", arg, {"moved_camera": _moved_camera})

@@ -28,6 +28,8 @@ CASES = [
      "env_id='Nope-v1' is not one of the paper's tasks"),
     ("rpd_jax.pipeline.eval_teacher", ["--episodes=3", "--num_envs=2", "--out=/tmp/unused"],
      "--episodes=3 must be a multiple of --num_envs=2"),
+    ("rpd_jax.pipeline.eval_teacher", ["--camera_variant=up", "--out=/tmp/unused"],
+     "--camera_variant='up' is unknown; use one of moved"),
     ("rpd_jax.pipeline.eval_teacher", ["--checkpoint=nope", "--out=/tmp/unused"],
      "checkpoint='nope' is neither a folder, nor a shipped teacher"),
     ("rpd_jax.bench.train", ["--config=experiments/jax_push.py:smoke", "--iterations=1"],

@@ -22,8 +22,10 @@ from rpd_jax import envs, rollout
 from rpd_jax.envs import maniskill, tasks, vulkan
 from rpd_jax.envs.base import EnvWorkerError
 from rpd_jax.errors import ConfigError
+from rpd_jax.octo import hub
 from rpd_jax.teachers import base as teacher_base
 from rpd_jax.teachers import maniskill_scripted
+
 
 pytestmark = [pytest.mark.maniskill, pytest.mark.usefixtures("vulkan_device")]
 
@@ -287,14 +289,18 @@ def test_experiment_configs(repo_root, name):
   env_id = c.env.kwargs.env_id
   assert c.env.name == "maniskill" and env_id in tasks.TASKS
   scripted = env_id in maniskill_scripted.CONTROLLERS
-  if name == "pushcube":  # the shipped Octo teacher; the scripted one is a variant
-    assert c.teacher.name == "octo" and c.network.obs_keys == ("privileged",)
-    assert c.env.kwargs.obs_mode == "rgb" and c.env.kwargs.image_size == 128
+  # The task's shipped Octo teacher on the 128x128 camera, a state student.
+  assert c.teacher.name == "octo" and c.network.obs_keys == ("privileged",)
+  assert c.teacher.kwargs.checkpoint == tasks.task_info(env_id).teacher
+  assert (hub.SHIPPED / c.teacher.kwargs.checkpoint).is_dir(), "its teacher is not shipped"
+  assert c.env.kwargs.obs_mode == "rgb" and c.env.kwargs.image_size == 128
+  ppo = _load(repo_root, name, "ppo")  # the same student, nothing rendered
+  assert ppo.distill.loss == "none" and ppo.env.kwargs.obs_mode == "state"
+  assert ppo.network.obs_keys == ("state",)
+  if scripted:
     s = _load(repo_root, name, "scripted,ppo")
     assert s.teacher.name == "scripted_maniskill" and s.env.kwargs.obs_mode == "state"
     assert s.distill.loss == "none"
-  else:
-    assert c.teacher.name == ("scripted_maniskill" if scripted else "none")
   for arg in ("smoke", "rgb,smoke", "state_rgb,sparse,smoke", "ppo,smoke"):
     s = _load(repo_root, name, arg)
     config_lib.validate(s)

@@ -22,6 +22,7 @@ from flax import struct
 import rpd_jax.octo as rpd_octo
 from rpd_jax.bench import teacher as teacher_bench
 from rpd_jax.bench import remote
+from rpd_jax.envs import tasks
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo import hub
 from rpd_jax.teachers import base, octo
@@ -367,3 +368,24 @@ def test_bench_tiny_in_process_and_server(tmp_path):
   assert saved["rows"] == rows and saved["setup"]["settings"]["size"] == "tiny"
   table = teacher_bench.markdown(rows)
   assert table.count("\n") == 3 and "| server | tiny | float32 | 1 |  |  | 1 |" in table
+
+
+@pytest.mark.parametrize("name", sorted({t.teacher for t in tasks.TASKS.values()}))
+def test_every_shipped_teacher_loads_and_carries_its_records(name):
+  """Each task's shipped teacher: the model a teacher is made from, the 128x128 camera, 7-dim
+  pd_ee_delta_pose chunks, and the records of how it was made and how well it does alone."""
+  folder = hub.SHIPPED / name
+  model = rpd_octo.load_pretrained(str(folder))
+  assert model.example_batch["observation"]["image_primary"].shape[-3:] == (128, 128, 3)
+  assert np.asarray(model.dataset_statistics["action"]["mean"]).shape == (7,)
+  config = json.loads((folder / "config.json").read_text())
+  made = config["rpd_jax_finetune"]  # the fine-tuning config that made it
+  assert made["model"]["size"] == "tiny" and made["data"]["folders"]
+  demos = json.loads((folder / "demonstrations.json").read_text())
+  assert demos["image_size"] == 128 and demos["kept"] >= made["data"]["max_episodes"]
+  losses = [json.loads(l)["loss"] for l in (folder / "metrics.jsonl").read_text().splitlines()]
+  assert losses[-1] < losses[0]
+  rows = json.loads((folder / "teacher_eval.json").read_text())
+  row = next(r for r in rows if r["task"] == demos["env_id"] and r["execution"] == "first")
+  assert row["episodes"] >= 100 and row["seed"] >= 1000  # demonstrations use seeds 0 onwards
+  assert 0.0 <= row["success_rate"] <= 1.0

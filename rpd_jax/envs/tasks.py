@@ -23,17 +23,29 @@ class TaskInfo:
   state_dim: int  # size of the flat ``state`` observation (obs_mode="state")
   # Whether the paper's teacher was fine-tuned on this task (False: held out).
   teacher_trained: bool
+  # The shipped Octo teacher (rpd_jax/teachers/checkpoints) that the task's experiment file uses
+  # by default: the one made for this task, or for a held-out task the nearest task's, as the
+  # paper used its fine-tuned VLA there.
+  teacher: str
 
 
 TASKS: dict[str, TaskInfo] = {t.env_id: t for t in (
-    TaskInfo("PickCube-v1", "pick up the cube", 50, 5.0, 42, True),
-    TaskInfo("PushCube-v1", "push the cube away from the robot base", 50, 4.0, 35, True),
-    TaskInfo("PullCube-v1", "pull the cube towards the robot base", 50, 3.0, 35, True),
-    TaskInfo("LiftPegUpright-v1", "lift the peg upright", 50, 3.0, 32, True),
-    TaskInfo("RollBall-v1", "push the ball", 80, 30.0, 44, True),
-    TaskInfo("StackCube-v1", "stack the red cube on the green cube", 50, 8.0, 48, True),
-    TaskInfo("PullCubeTool-v1", "pull the cube by using the red tool", 100, 5.0, 39, False),
-    TaskInfo("PokeCube-v1", "push the cube by using the blue tool", 50, 10.0, 54, False),
+    TaskInfo("PickCube-v1", "pick up the cube", 50, 5.0, 42, True,
+             "octo-tiny-pickcube"),
+    TaskInfo("PushCube-v1", "push the cube away from the robot base", 50, 4.0, 35, True,
+             "octo-tiny-pushcube"),
+    TaskInfo("PullCube-v1", "pull the cube towards the robot base", 50, 3.0, 35, True,
+             "octo-tiny-pullcube"),
+    TaskInfo("LiftPegUpright-v1", "lift the peg upright", 50, 3.0, 32, True,
+             "octo-tiny-liftpegupright"),
+    TaskInfo("RollBall-v1", "push the ball", 80, 30.0, 44, True,
+             "octo-tiny-rollball"),
+    TaskInfo("StackCube-v1", "stack the red cube on the green cube", 50, 8.0, 48, True,
+             "octo-tiny-stackcube"),
+    TaskInfo("PullCubeTool-v1", "pull the cube by using the red tool", 100, 5.0, 39, False,
+             "octo-tiny-pullcube"),
+    TaskInfo("PokeCube-v1", "push the cube by using the blue tool", 50, 10.0, 54, False,
+             "octo-tiny-pushcube"),
 )}
 
 

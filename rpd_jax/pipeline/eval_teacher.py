@@ -2,6 +2,9 @@
 
   python -m rpd_jax.pipeline.eval_teacher --checkpoint=octo-tiny-pushcube --tasks=PushCube-v1 \
       --episodes=100 --out=runs/teacher_eval/octo_tiny_pushcube
+  python -m rpd_jax.pipeline.eval_teacher --tasks=PickCube-v1,PokeCube-v1 --execution=first \
+      --out=runs/teacher_eval/shipped     # each task's shipped teacher (tasks.TaskInfo.teacher)
+  python -m rpd_jax.pipeline.eval_teacher --tasks=PushCube-v1 --camera_variant=moved ...
   python -m rpd_jax.pipeline.eval_teacher --teacher=scripted_maniskill --noise=0.75 \
       --tasks=PushCube-v1,PullCube-v1 --episodes=100 --out=runs/teacher_eval/scripted
 
@@ -38,8 +41,11 @@ EXECUTIONS = ("first", "receding", "ensemble")
 
 _TEACHER = flags.DEFINE_enum("teacher", "octo", ["octo", "scripted_maniskill"], "which teacher")
 _CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", "octo-tiny-pushcube", "Octo: a checkpoint folder, a shipped teacher's name or a "
-    "released checkpoint's name (rpd_jax.octo.resolve_checkpoint)")
+    "checkpoint", "shipped", "Octo: 'shipped' (each task's shipped teacher, tasks.TaskInfo.teacher), "
+    "a checkpoint folder, a shipped teacher's name or a released checkpoint's name "
+    "(rpd_jax.octo.resolve_checkpoint)")
+_CAMERA_VARIANT = flags.DEFINE_string(
+    "camera_variant", None, "a moved human camera (envs.maniskill.CAMERA_VARIANTS), e.g. moved")
 _TOKENIZER = flags.DEFINE_string("tokenizer_dir", None, "Octo with language: t5-base tokenizer")
 _WINDOW = flags.DEFINE_integer("window", 1, "Octo: frames per query")
 _NOISE = flags.DEFINE_float("noise", None, "scripted teacher: action noise std")
@@ -96,7 +102,10 @@ def make_policy(env_id: str, execution: str) -> tuple[rollout.Policy, Optional[i
                         "use --execution=first")
     teacher = maniskill_scripted.make_teacher(task=env_id, noise=_NOISE.value)
     return rollout.teacher_policy(teacher), None, teacher.name
-  teacher = octo.make_teacher(_CHECKPOINT.value, instruction=tasks.task_info(env_id).instruction,
+  checkpoint = _CHECKPOINT.value
+  if checkpoint == "shipped":
+    checkpoint = tasks.task_info(env_id).teacher
+  teacher = octo.make_teacher(checkpoint, instruction=tasks.task_info(env_id).instruction,
                               window=_WINDOW.value, tokenizer_dir=_TOKENIZER.value)
   horizon = dict(teacher.params["model"].spec.heads)["action"].action_horizon
   policy = chunk_executor(teacher.apply_fn.chunks, teacher.params, execution, horizon)
@@ -110,17 +119,21 @@ def evaluate_task(env_id: str, out: str) -> dict:
   obs_mode = "state" if image_size is None else "rgb"
   env = maniskill.ManiSkillVecEnv(
       num_envs=_NUM_ENVS.value, seed=_SEED.value, reward_mode="normalized_dense", env_id=env_id,
-      obs_mode=obs_mode, image_size=image_size or 128, sim_backend=_SIM_BACKEND.value)
+      obs_mode=obs_mode, image_size=image_size or 128, sim_backend=_SIM_BACKEND.value,
+      camera_variant=_CAMERA_VARIANT.value)
   started = time.perf_counter()
   try:
     result = evaluate.evaluate(env, policy, _EPISODES.value, seed=_SEED.value,
                                key=jax.random.key(_SEED.value),
                                video_dir=os.path.join(out, "videos"), num_videos=_VIDEOS.value,
-                               video_prefix=env_id, progress=True)
+                               video_prefix=env_id + (f"_{_CAMERA_VARIANT.value}_camera"
+                                                      if _CAMERA_VARIANT.value else ""),
+                               progress=True)
   finally:
     env.close()
   p, n = result["eval/success_rate"], _EPISODES.value
-  return {"task": env_id, "teacher": label, "execution": _EXECUTION.value, "episodes": n,
+  return {"task": env_id, "camera_variant": _CAMERA_VARIANT.value, "teacher": label,
+          "execution": _EXECUTION.value, "episodes": n, "seed": _SEED.value,
           "success_rate": p, "success_stderr": math.sqrt(p * (1 - p) / n),
           "normalized_reward": result["eval/reward_per_step"],
           "return": result["eval/return"], "episode_length": result["eval/episode_length"],
@@ -131,7 +144,8 @@ def markdown(rows: list[dict]) -> str:
   lines = ["| task | teacher | execution | episodes | success | normalized reward | episode "
            "length |", "|---|---|---|---|---|---|---|"]
   for r in rows:
-    lines.append(f"| {r['task']} | {r['teacher']} | {r['execution']} | {r['episodes']} | "
+    task = r["task"] + (f" ({r['camera_variant']} camera)" if r.get("camera_variant") else "")
+    lines.append(f"| {task} | {r['teacher']} | {r['execution']} | {r['episodes']} | "
                  f"{r['success_rate']:.2f} ± {r['success_stderr']:.2f} | "
                  f"{r['normalized_reward']:.3f} | {r['episode_length']:.1f} |")
   return "\n".join(lines) + "\n"
@@ -146,6 +160,10 @@ def main() -> None:
   if _EPISODES.value % _NUM_ENVS.value:
     raise ConfigError(f"--episodes={_EPISODES.value} must be a multiple of "
                       f"--num_envs={_NUM_ENVS.value}")
+  from rpd_jax.envs import maniskill  # pylint: disable=g-import-not-at-top
+  if _CAMERA_VARIANT.value is not None and _CAMERA_VARIANT.value not in maniskill.CAMERA_VARIANTS:
+    raise ConfigError(f"--camera_variant={_CAMERA_VARIANT.value!r} is unknown; use one of "
+                      f"{', '.join(maniskill.CAMERA_VARIANTS)}")
   logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   out = _OUT.value
   os.makedirs(out, exist_ok=True)

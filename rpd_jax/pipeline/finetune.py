@@ -232,6 +232,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
   for name in ("num_steps", "batch_size"):
     if config[name] < 1:
       raise FinetuneError(f"config.{name}={config[name]} must be >= 1")
+  if config.optim.warmup_steps >= config.num_steps:
+    raise FinetuneError(f"config.optim.warmup_steps={config.optim.warmup_steps} leaves no steps of "
+                        f"the cosine decay in config.num_steps={config.num_steps}: lower it below "
+                        "num_steps")
 
 
 def finetune(config: ml_collections.ConfigDict, workdir: str, progress: bool = True
