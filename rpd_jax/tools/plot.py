@@ -21,11 +21,20 @@ from absl import flags
 from rpd_jax import cli
 from rpd_jax.errors import ConfigError
 
-_OUT = flags.DEFINE_string("out", "curves.png", "Where the plot goes (PNG).")
-_METRIC = flags.DEFINE_string("metric", "eval/success_rate", "The metric to plot.")
-_TARGET = flags.DEFINE_float("target", 0.8, "Report the env steps at which the mean reaches this.")
-_REFERENCE = flags.DEFINE_float("reference", None, "A horizontal line, e.g. the teacher's success.")
-_TITLE = flags.DEFINE_string("title", "", "Plot title.")
+
+def _define_once(define, name: str, *args):
+  """plot is also a library, imported next to commands that have flags of the same names
+  (eval_teacher's --out): the first definition wins, so importing both does not collide."""
+  return flags.FLAGS[name] if name in flags.FLAGS else define(name, *args)
+
+
+_OUT = _define_once(flags.DEFINE_string, "out", "curves.png", "Where the plot goes (PNG).")
+_METRIC = _define_once(flags.DEFINE_string, "metric", "eval/success_rate", "The metric to plot.")
+_TARGET = _define_once(flags.DEFINE_float, "target", 0.8,
+                       "Report the env steps at which the mean reaches this.")
+_REFERENCE = _define_once(flags.DEFINE_float, "reference", None,
+                          "A horizontal line, e.g. the teacher's success.")
+_TITLE = _define_once(flags.DEFINE_string, "title", "", "Plot title.")
 
 
 def read_curve(workdir: str, metric: str) -> tuple[np.ndarray, np.ndarray]:
