@@ -197,6 +197,10 @@ def test_validate_names_the_bad_value():
   c.data.window = 3
   with pytest.raises(finetune.FinetuneError, match="window=3"):
     finetune.validate(c)
+  c = finetune_octo.get_config()
+  c.num_steps = 40  # the default warmup is 300 steps: no cosine decay would be left
+  with pytest.raises(finetune.FinetuneError, match="warmup_steps=300 .*num_steps=40"):
+    finetune.validate(c)
 
 
 def test_skip_first_step_starts_one_step_later():
