@@ -247,6 +247,28 @@ def test_vulkan_error_says_how_to_fix(monkeypatch):
     vulkan.require_vulkan.cache_clear()
 
 
+def test_physx_gpu_error_says_how_to_fix(monkeypatch, tmp_path):
+  # SAPIEN's own enable_gpu(), up to its download of the PhysX GPU library, as on a GPU machine
+  # without access to GitHub (a fresh HOME: no library downloaded before).
+  import requests  # pylint: disable=g-import-not-at-top
+  import sapien.physx  # pylint: disable=g-import-not-at-top
+
+  def offline(url, *args, **kwargs):
+    raise requests.ConnectionError(f"Failed to resolve 'github.com' ({url})")
+
+  monkeypatch.setenv("HOME", str(tmp_path))
+  monkeypatch.setattr(requests, "get", offline)
+  if sapien.physx.is_gpu_enabled():
+    pytest.skip("the PhysX GPU library is already loaded in this process")
+  with pytest.raises(maniskill.PhysXGpuUnavailableError) as e:
+    maniskill.require_physx_gpu()
+  message = str(e.value)
+  version = sapien.physx.version()
+  assert f"{version}/linux-so.zip" in message
+  assert os.path.join(str(tmp_path), ".sapien", "physx", version) in message
+  assert "sim_backend=physx_cpu" in message and "github.com" in message
+
+
 @pytest.mark.parametrize("env_id", list(maniskill_scripted.CONTROLLERS))
 def test_scripted_teacher_shapes(env_id):
   teacher = maniskill_scripted.make_teacher(env_id, noise=0.5)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import multiprocessing
+import os
 import signal
 from typing import Any, Optional
 
@@ -43,6 +44,7 @@ from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
 from rpd_jax.envs import base
 from rpd_jax.envs import vulkan
+from rpd_jax.errors import RunError
 
 OBS_MODES = ("state", "rgb", "state_rgb")
 CAMERAS = ("human", "sensor")
@@ -82,6 +84,34 @@ def resolve_backend(sim_backend: str) -> str:
   if sim_backend == "auto":
     return "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
   return sim_backend
+
+
+class PhysXGpuUnavailableError(RunError):
+  """ManiSkill's GPU simulation cannot load SAPIEN's PhysX GPU library; the message says how
+  to get it."""
+
+
+def require_physx_gpu() -> None:
+  """Loads SAPIEN's PhysX GPU library, or raises PhysXGpuUnavailableError naming the fix.
+
+  The library is not in SAPIEN's wheel: ``sapien.physx.enable_gpu()`` downloads it from GitHub
+  into ``~/.sapien/physx/<version>/`` on first use. A machine without access to GitHub (many
+  clusters) fails there with a network error deep inside the first ``gym.make``.
+  """
+  import sapien.physx  # pylint: disable=g-import-not-at-top
+  try:
+    sapien.physx.enable_gpu()
+  except Exception as e:  # pylint: disable=broad-except  (requests, zipfile, ctypes errors)
+    version = sapien.physx.version()
+    folder = os.path.join(os.path.expanduser("~"), ".sapien", "physx", version)
+    url = ("https://github.com/sapien-sim/physx-precompiled/releases/download/"
+           f"{version}/linux-so.zip")
+    raise PhysXGpuUnavailableError(
+        "ManiSkill's GPU simulation (sim_backend='physx_cuda') needs SAPIEN's PhysX GPU "
+        f"library, which SAPIEN downloads on first use, and loading it failed "
+        f"({type(e).__name__}: {e}). Fix: download {url} on a machine with internet and unzip "
+        f"it into {folder} (it holds libPhysXGpu_64.so), or simulate on the CPU with "
+        "--config.env.sim_backend=physx_cpu") from e
 
 
 class _Observation(gym.ObservationWrapper):
@@ -245,6 +275,7 @@ class ManiSkillVecEnv:
                        control_mode=control_mode, image_size=image_size, camera=camera,
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps)
     if self.sim_backend == "physx_cuda":
+      require_physx_gpu()
       env = _make_maniskill(num_envs=num_envs, sim_backend="physx_cuda", **make_kwargs)
       self._gpu = ManiSkillVectorEnv(env, num_envs, auto_reset=True,
                                      ignore_terminations=ignore_terminations,
