@@ -141,12 +141,16 @@ class InProcess:
 
 def flops_per_sample(teacher: Teacher, image_size: int, batch: int = 8) -> Optional[float]:
   """XLA's FLOP count of one call at ``batch`` with the whole batch through the transformer,
-  per sample. (XLA counts a loop's body once: the diffusion head's 20 steps, well under 1% of
-  the work, are counted as one.)"""
+  per sample, counted on the CPU backend whatever the device: a GPU backend turns matrix
+  products into library calls that its count leaves out (octo-base compiled for an H200
+  counted 3.3 GFLOP per sample; on a CPU 50.0). XLA counts a loop's body once: the diffusion
+  head's 20 steps, well under 1% of the work, count as one."""
   whole = teacher.replace(apply_fn=dataclasses.replace(teacher.apply_fn, transformer_batch=0))
   fn = jax.jit(lambda p, o, q, f, k: whole.apply_fn(p, o, q, f, k, 0).action)
-  inputs = jax.device_put(_inputs(batch, image_size))
-  cost = fn.lower(whole.params, *inputs, jax.random.key(0)).compile().cost_analysis()
+  cpu = jax.devices("cpu")[0]  # arguments committed to the CPU: compiled for the CPU
+  params, inputs, key = jax.device_put((whole.params, _inputs(batch, image_size),
+                                        jax.random.key(0)), cpu)
+  cost = fn.lower(params, *inputs, key).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return cost["flops"] / batch if cost and "flops" in cost else None
 
