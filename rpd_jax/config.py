@@ -108,6 +108,13 @@ def base_config() -> ml_collections.ConfigDict:
   # Independent students trained at once (rpd_jax/seeds.py): student k is the run with seed
   # ``seed + k``; K x num_envs envs, one vmapped update, metrics per seed and their mean +- std.
   c.num_seeds = 1
+  # How many students update side by side (vmapped) in the one jitted update; groups of that
+  # many go one after another (lax.map). None: all K for an MLP student (on an H200, 16 state
+  # students on jax_push got 7.5x one student's env steps/s), 1 for an image student: vmapped,
+  # XLA runs the students' convolution weight gradients as one grouped convolution, and on an
+  # H200 the update of 5 ppo_rgb students took 16.5 s that way against 3.9 s one after another
+  # (0.67 s for one). README, "Many seeds at once".
+  c.seeds_vmapped = ml_collections.config_dict.placeholder(int)
 
   # Data parallelism (rpd_jax/parallel.py): the envs split evenly over ``data`` devices, the
   # update one SPMD program over them (gradients averaged by XLA's all-reduce).
@@ -261,6 +268,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
           f"(sim_backend physx_cuda) or at most 64, e.g. --config.env.num_envs=4 "
           f"--config.eval_envs=2")
   check(c.get("num_seeds", 1) >= 1, f"config.num_seeds={c.get('num_seeds')} must be >= 1")
+  check(c.get("seeds_vmapped") is None or c.seeds_vmapped >= 1,
+        f"config.seeds_vmapped={c.get('seeds_vmapped')} must be >= 1 (students updated side by "
+        "side), or None for the default")
   data = c.get("mesh", {}).get("data", 1)
   check(data == 1 or c.get("num_seeds", 1) == 1,
         f"config.num_seeds={c.get('num_seeds')} with config.mesh.data={data}: seeds and data "

@@ -5,7 +5,8 @@ and update keys come from that seed, and on an env that hands out its state (the
 its N envs start as that run's would. All K x N envs step as one batch of one simulator (one
 ManiSkill GPU simulation; student k acts on rows [k N, (k + 1) N)), the K students act through
 ``rollout.SeedStack``, and one jitted update vmaps over them: params, optimizer state and keys
-carry a leading K axis, the teacher is shared. Metrics are logged per seed
+carry a leading K axis, the teacher is shared (``config.seeds_vmapped`` students side by side,
+groups of them one after another: ``side_by_side``). Metrics are logged per seed
 (``seed<k>/...``), with their mean under the usual names and ``.../std`` across seeds.
 """
 
@@ -70,12 +71,29 @@ def split_rollout(data: rollout.Rollout, num_seeds: int) -> rollout.Rollout:
   return rollout.Rollout(**fields)
 
 
-def vmap_update(update: Callable, num_seeds: int) -> Callable:
+def side_by_side(config) -> int:
+  """How many students update side by side: ``config.seeds_vmapped``, or where it is None,
+  all K for an MLP student and 1 for an image student (whose vmapped convolution weight
+  gradients XLA runs as one slow grouped convolution; config.py has the numbers)."""
+  if config.get("seeds_vmapped") is not None:
+    return config.seeds_vmapped
+  return config.num_seeds if config.network.encoder == "mlp" else 1
+
+
+def vmap_update(update: Callable, num_seeds: int, vmapped: int) -> Callable:
   """The update of one student -> the jitted update of K: ``(states [K], teacher, rollout
-  (split_rollout), keys [K])``; the teacher is shared."""
+  (split_rollout), keys [K])``; the teacher is shared. ``vmapped`` students update side by
+  side (vmap), groups of them one after another in the same program (``lax.map``; see
+  ``side_by_side``). Either way student k gets what its own run would."""
   if num_seeds == 1:
     return update
-  return jax.jit(jax.vmap(update, in_axes=(0, None, 0, 0)))
+  if vmapped >= num_seeds:
+    return jax.jit(jax.vmap(update, in_axes=(0, None, 0, 0)))
+
+  def grouped(states, teacher, data, keys):
+    return jax.lax.map(lambda x: update(x[0], teacher, x[1], x[2]), (states, data, keys),
+                       batch_size=vmapped)
+  return jax.jit(grouped)
 
 
 def init_train_state(init: Callable[[Any, jax.Array], Any], obs: Any, key: jax.Array,

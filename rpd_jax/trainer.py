@@ -222,7 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         logging.info("teacher: %d observations per call inside the update", chunk)
       update = seeds.vmap_update(ppo.make_update(network, optimizer, c.ppo, c.distill,
                                                  chunk or batch, c.teacher.resample),
-                                 num_seeds)
+                                 num_seeds, seeds.side_by_side(c))
 
       ckpt = Checkpointer(workdir, c.keep_checkpoints)
       start, state, carry = _restore(ckpt, env, state, carry, c.seed)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax import gaussian, rollout, trainer
+from rpd_jax import gaussian, rollout, seeds, trainer
 from rpd_jax.errors import ConfigError
 from rpd_jax.networks import make_network
 
@@ -46,6 +46,34 @@ def test_two_vmapped_students_learn_as_two_runs_of_their_own(repo_root, tmp_path
               "ensemble/eval/success_rate", "ensemble/eval/return"):
     assert key in final and np.isfinite(final[key])
   assert final["eval/episodes"] == 8 and final["seed1/eval/episodes"] == 4
+
+
+def test_students_in_groups_learn_as_students_side_by_side(repo_root, tmp_path):
+  # seeds_vmapped=2 of 3: a group of two, then the third alone (lax.map's remainder), in one
+  # program; each student's every loss metric as with all three vmapped.
+  side_by_side, _ = _run(repo_root, tmp_path / "vmap", num_seeds=3)
+  grouped, _ = _run(repo_root, tmp_path / "groups", num_seeds=3, seeds_vmapped=2)
+  assert len(grouped) == len(side_by_side) >= 4
+  for mine, theirs in zip(grouped, side_by_side):
+    names = [n for n in theirs if n.startswith("seed") and "/loss/" in n]
+    assert len(names) >= 30
+    for name in names:
+      assert mine[name] == pytest.approx(theirs[name], rel=1e-5, abs=1e-7), (
+          mine["iteration"], name)
+
+
+def test_mlp_students_update_side_by_side_and_image_students_one_by_one():
+  config = config_lib.load(SMOKE)
+  config.num_seeds = 5
+  assert seeds.side_by_side(config) == 5
+  config.network.encoder = "cnn"
+  assert seeds.side_by_side(config) == 1
+  config.seeds_vmapped = 2
+  assert seeds.side_by_side(config) == 2
+  config.network.encoder = "mlp"
+  config.seeds_vmapped = 0
+  with pytest.raises(ConfigError, match="seeds_vmapped=0 must be >= 1"):
+    config_lib.validate(config)
 
 
 def test_seed_stack_applies_each_student_to_its_own_rows():
