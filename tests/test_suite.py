@@ -51,6 +51,13 @@ def test_quick_suite_writes_every_section(tmp_path):
     assert len(steps) >= 2 and steps == sorted(steps) and steps[-1] == row["env_steps"]
   assert (out / "learning.png").stat().st_size > 1000
 
+  students = sections["seeds"]["rows"]
+  assert [r["num_seeds"] for r in students] == [1, 2]
+  for row in students:
+    assert row["env_steps_per_s"] == pytest.approx(
+        row["num_seeds"] * row["env_steps_per_s_per_student"])
+    assert row["vs_one"] == pytest.approx(row["env_steps_per_s"] / students[0]["env_steps_per_s"])
+
 
 def test_suite_rejects_unknown_sections_and_a_missing_out(tmp_path):
   for argv in ([f"--out={tmp_path}", "--sections=teacher,physics"], []):

@@ -17,6 +17,9 @@ command that made it. Sections:
              teacher's share is RPD-MSE's update minus PPO's on the same rollouts' size
   learning   eval success against env steps, RPD-MSE against PPO, a fixed budget each (on a
              GPU: PushCube from state; with ``--quick``: the pure-JAX push task, sparse reward)
+  seeds      K students in one process (``config.num_seeds``, rpd_jax/seeds.py): env steps/s
+             per student at each K on the pure-JAX push task, from state and (not with
+             ``--quick``) with the published run's rgb student, 256x256 images and geometry
 """
 
 from __future__ import annotations
@@ -44,7 +47,7 @@ from rpd_jax.bench import teacher as teacher_bench
 from rpd_jax.bench import train as train_bench
 from rpd_jax.errors import ConfigError
 
-SECTIONS = ("simulator", "teacher", "training", "learning")
+SECTIONS = ("simulator", "teacher", "training", "learning", "seeds")
 
 EXPERIMENTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), "experiments")
@@ -60,6 +63,14 @@ class Learning:
 
 
 @dataclasses.dataclass(frozen=True)
+class Seeds:
+  """Env steps/s per student for K students in one process, each K a run of ``iterations``."""
+  # (label, config spec, overrides, the K to run: 1 first, the baseline of the others)
+  settings: tuple[tuple[str, str, dict[str, Any], tuple[int, ...]], ...]
+  iterations: int
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
   """What the suite measures, by section."""
   simulator: tuple[tuple[str, int], ...]  # (obs: state | rgb<size>, num_envs)
@@ -69,11 +80,21 @@ class Plan:
   training_overrides: dict[str, Any]
   training_iterations: int
   learning: Learning
+  seeds: Seeds
 
 
 def plan(quick: bool) -> Plan:
   """The GPU plan (sized for an H100/H200) or the quick one (a 2-core CPU)."""
   pushcube = os.path.join(EXPERIMENTS, "pushcube.py")
+  jax_push = os.path.join(EXPERIMENTS, "jax_push.py")
+  no_eval = {"eval_envs": 1, "eval_episodes": 1, "eval_videos": 0}
+  # The published run's student and geometry on the pure-JAX task (no simulator or teacher to
+  # wait for): the ppo_rgb agent on 256x256 images, 128 envs x 50 steps, 8 epochs of 50
+  # minibatches, as experiments/maniskill_common.py's paper variant sets them.
+  paper_student = {"env.kwargs.obs_mode": "rgb", "env.kwargs.image_size": 256,
+                   "network.encoder": "ppo_rgb", "network.obs_keys": ("rgb",),
+                   "network.cnn_features": 256, "env.num_envs": 128, "ppo.num_steps": 50,
+                   "ppo.update_epochs": 8, "ppo.num_minibatches": 50, **no_eval}
   training = (("state student, PPO", f"{pushcube}:ppo"),
               ("state student, RPD-MSE", f"{pushcube}:rpd_mse"),
               ("rgb student, PPO", f"{pushcube}:rgb,ppo"),
@@ -91,15 +112,18 @@ def plan(quick: bool) -> Plan:
                             "ppo.update_epochs": 2, "network.cnn_features": 32,
                             "eval_envs": 1, "eval_videos": 0},
         training_iterations=2,
-        learning=Learning(os.path.join(EXPERIMENTS, "jax_push.py") + ":sparse",
-                          ("rpd_mse", "ppo"), 25_600,
-                          {"eval_every": 2, "eval_episodes": 64, "eval_videos": 0}))
-  small = teacher_bench.Settings(size="small", batch=(1, 64, 512, 2048),
-                                 dtype=("float32", "bfloat16"), attention=("auto",),
-                                 server_batch=(), repeats=3)
-  base = teacher_bench.Settings(size="base", batch=(1, 64, 512, 2048), dtype=("bfloat16",),
+        learning=Learning(jax_push + ":sparse", ("rpd_mse", "ppo"), 25_600,
+                          {"eval_every": 2, "eval_episodes": 64, "eval_videos": 0}),
+        seeds=Seeds((("state student, RPD-MSE, 16 envs x 16 steps", f"{jax_push}:rpd_mse",
+                      {"env.num_envs": 16, "ppo.num_steps": 16, "ppo.num_minibatches": 4,
+                       "ppo.update_epochs": 2, **no_eval}, (1, 2)),), iterations=2))
+  # Ten compiled teachers: bf16 for both sizes (what a GPU run uses), the parity reference's
+  # attention (flax) against jax.nn.dot_product_attention (auto), and float32 once.
+  small = teacher_bench.Settings(size="small", batch=(1, 256, 2048), dtype=("bfloat16",),
+                                 attention=("auto",), server_batch=(), repeats=3)
+  base = teacher_bench.Settings(size="base", batch=(1, 256, 2048), dtype=("bfloat16",),
                                 attention=("flax", "auto"), server_batch=(), repeats=3)
-  base32 = teacher_bench.Settings(size="base", batch=(1, 512), dtype=("float32",),
+  base32 = teacher_bench.Settings(size="base", batch=(256,), dtype=("float32",),
                                   attention=("auto",), server_batch=(), repeats=3)
   return Plan(
       simulator=(("state", 256), ("state", 1024), ("state", 4096), ("rgb128", 128),
@@ -111,7 +135,11 @@ def plan(quick: bool) -> Plan:
       training_iterations=4,
       learning=Learning(pushcube, ("rpd_mse", "ppo"), 1_024_000,
                         {"env.num_envs": 512, "eval_every": 4, "eval_envs": 128,
-                         "eval_episodes": 128, "eval_videos": 0}))
+                         "eval_episodes": 128, "eval_videos": 0}),
+      seeds=Seeds((("state student, RPD-MSE, 512 envs x 50 steps", f"{jax_push}:rpd_mse",
+                    {"env.num_envs": 512, **no_eval}, (1, 5, 16)),
+                   ("paper's rgb student (ppo_rgb, 256x256), RPD-MSE, 128 envs x 50 steps",
+                    f"{jax_push}:rpd_mse", paper_student, (1, 5))), iterations=3))
 
 
 def _override(config, overrides: dict[str, Any]):
@@ -218,6 +246,32 @@ def learning(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
           f"[learning.png](learning.png).\n\n" + table), rows
 
 
+def seeds(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
+  rows = []
+  for label, spec, overrides, num_seeds in p.seeds.settings:
+    one = None
+    for k in num_seeds:
+      config = _override(config_lib.load(spec), {**overrides, "num_seeds": k})
+      r = train_bench.measure(config, p.seeds.iterations)
+      per_student = r["env_steps_per_s"]
+      one = per_student if k == 1 else one
+      rows.append({"setting": label, "num_seeds": k, "env_steps_per_s_per_student": per_student,
+                   "env_steps_per_s": k * per_student,
+                   "vs_one": None if one is None else k * per_student / one,
+                   **{key: r[key] for key in ("rollout_s", "act_s", "update_s")}})
+      _progress(f"seeds {label}, K={k}: {per_student:.0f} env steps/s per student")
+  table = markdown_table(
+      ("setting", "K students", "env steps/s per student", "all K", "all K / K=1",
+       "rollout s/iter", "update s/iter"),
+      [(r["setting"], r["num_seeds"], f"{r['env_steps_per_s_per_student']:.0f}",
+        f"{r['env_steps_per_s']:.0f}", "" if r["vs_one"] is None else f"{r['vs_one']:.2f}",
+        f"{r['rollout_s']:.3f}", f"{r['update_s']:.3f}") for r in rows])
+  return ("`experiments/jax_push.py` (pure JAX: simulation, scripted teacher and update on the "
+          "device), K students in one process (`config.num_seeds`), each with the envs of the "
+          "setting; medians after the compiling iteration. \"all K / K=1\": how many times "
+          "one student's throughput K students get together.\n\n" + table), rows
+
+
 def _plot(curves: dict[str, list], path: str, title: str) -> None:
   import matplotlib
   matplotlib.use("Agg")
@@ -237,7 +291,8 @@ def _plot(curves: dict[str, list], path: str, title: str) -> None:
 
 
 RUNNERS: dict[str, Callable[[Plan, str], tuple[str, list[dict[str, Any]]]]] = {
-    "simulator": simulator, "teacher": teacher, "training": training, "learning": learning}
+    "simulator": simulator, "teacher": teacher, "training": training, "learning": learning,
+    "seeds": seeds}
 
 
 def _progress(line: str) -> None:
