@@ -20,10 +20,10 @@ Scales (SCALES):
           ``scripted`` variant (a state student, the scripted teacher, nothing rendered), else
           (PullCubeTool, PokeCube, and ``camera``, whose point is the camera the teacher sees)
           the task file's default (a state student, the task's shipped Octo teacher on the
-          rendered 128x128 camera); 3 seeds, 50,000 env steps per student. Hours per run:
-          PullCubeTool's RPD run (3 students, the Octo teacher on the rendered camera) made
-          about 6 env steps per second per student on 2 CPU cores shared with another job
-          (the scripted runs render nothing; their speed was not measured).
+          rendered 128x128 camera); 3 seeds, 50,000 env steps per student. The scripted runs
+          render nothing: 17-21 minutes per run of 3 students on 2 CPU cores (PushCube and
+          PickCube, evaluations included). The Octo ones take hours: PullCubeTool's RPD run
+          made about 6 env steps per second per student on 2 cores shared with another job.
 
 One training per (task, loss): ``python -m rpd_jax.train --config=experiments/<task>.py:<variants>
 --workdir=<root>/figure<F>_<scale>/<task>/<rpd_mse|ppo> --config.num_seeds=K
