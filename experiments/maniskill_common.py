@@ -1,8 +1,9 @@
 """What the eight ManiSkill3 experiment files share: the base config and the variants.
 
-Sized for a small CPU machine (2 cores): CPU simulation runs one worker process per env, and two
-to four workers saturate two cores. On a GPU machine raise ``config.env.num_envs`` (the
-published runs used 128, ManiSkill's own PPO 512+).
+The simulation backend and the geometry follow the machine: ``sim_backend="auto"`` simulates on
+the GPU where torch and JAX both see one, and the env count, evaluation envs and minibatches,
+left None here, are filled in for that backend (``rpd_jax/envs/maniskill_config.GEOMETRY``: 4
+worker processes on a CPU, 512 state or 128 image envs on a GPU). Set any of them to override.
 
 Variants (besides the common ones of rpd_jax.config, combine with commas):
   rgb        the paper's student: NatureCNN on the 256x256 human camera, rgb only
@@ -168,16 +169,17 @@ def get_config(env_id: str, arg: str | None,
   info = tasks.task_info(env_id)
   c = config_lib.base_config()
   c.env.name = "maniskill"
-  c.env.num_envs = 4
   c.env.kwargs.env_id = env_id
   c.env.kwargs.camera = "human"
   c.env.kwargs.sim_backend = "auto"
+  # None: follows the backend (rpd_jax/envs/maniskill_config.GEOMETRY), resolved by validation.
+  c.env.num_envs = ml_collections.config_dict.placeholder(int)
+  c.ppo.num_minibatches = ml_collections.config_dict.placeholder(int)
+  c.eval_envs = ml_collections.config_dict.placeholder(int)
+  c.eval_episodes = ml_collections.config_dict.placeholder(int)
   c.total_env_steps = 1_000_000
   c.ppo.num_steps = info.max_episode_steps
-  c.ppo.num_minibatches = 4
   c.eval_every = 10
-  c.eval_envs = 2
-  c.eval_episodes = 16
   c.eval_videos = 2  # videos/step<env steps>_<i>.mp4 of the human camera, per evaluation
   c.checkpoint_every = 50
   shipped_octo_teacher(info.teacher, SHIPPED_TEACHER_IMAGE_SIZE)(c)

@@ -177,11 +177,17 @@ def apply_variants(c: ml_collections.ConfigDict, arg: str | None,
 
 
 def validate(c: ml_collections.ConfigDict) -> None:
-  """Raises ConfigError for the first bad value, before anything is built or compiled."""
+  """Raises ConfigError for the first bad value, before anything is built or compiled.
+
+  First the env resolves what follows the machine in place (``envs.configure``: ManiSkill's
+  simulation backend and the geometry its experiment files leave None), so the checks below,
+  and the ``config.json`` a run writes, see the values that run.
+  """
   def check(ok: bool, msg: str):
     if not ok:
       raise ConfigError(msg)
 
+  envs.configure(c)
   check(c.distill.loss in LOSSES,
         f"config.distill.loss={c.distill.loss!r} is unknown; use one of {', '.join(LOSSES)}")
   check(c.distill.schedule in losses.SCHEDULES,
@@ -259,14 +265,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.get("eval_protocol", "first_episode") in evaluate_lib.PROTOCOLS,
         f"config.eval_protocol={c.get('eval_protocol')!r} is unknown; use one of "
         f"{', '.join(evaluate_lib.PROTOCOLS)}")
-  if c.env.name == "maniskill":
-    many = c.get("num_seeds", 1) * max(c.env.num_envs, c.eval_envs)
-    backend = c.env.kwargs.get("sim_backend", "auto")
-    check(many <= 64 or backend == "physx_cuda" or (backend == "auto" and _cuda()),
-          f"config.env.num_envs={c.env.num_envs} / config.eval_envs={c.eval_envs}: ManiSkill on "
-          f"a CPU runs one process per env (about 600 MB each); {many} would not fit. Use a GPU "
-          f"(sim_backend physx_cuda) or at most 64, e.g. --config.env.num_envs=4 "
-          f"--config.eval_envs=2")
   check(c.get("num_seeds", 1) >= 1, f"config.num_seeds={c.get('num_seeds')} must be >= 1")
   check(c.get("seeds_vmapped") is None or c.seeds_vmapped >= 1,
         f"config.seeds_vmapped={c.get('seeds_vmapped')} must be >= 1 (students updated side by "
@@ -284,12 +282,6 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.eval_episodes % c.eval_envs == 0,
         f"config.eval_episodes={c.eval_episodes} is not a multiple of config.eval_envs="
         f"{c.eval_envs}; make it one")
-
-
-def _cuda() -> bool:
-  """Whether ManiSkill's "auto" backend would simulate on a GPU (torch sees one)."""
-  import torch  # pylint: disable=g-import-not-at-top  (only for ManiSkill configs)
-  return torch.cuda.is_available()
 
 
 def default_workdir(config_path: str, root: str = "runs") -> str:

@@ -7,7 +7,7 @@ and a config can be checked (``observation_keys``) without importing either.
 from __future__ import annotations
 
 import importlib
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import ml_collections
 
@@ -30,6 +30,21 @@ OBSERVATION_KEYS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
 }
 
 
+# name -> module with ``configure(config)``: the env's own word on a run's config before anything
+# is built (machine-dependent defaults resolved in place, its limits checked); light imports.
+CONFIG_HOOKS: Mapping[str, str] = {
+    "maniskill": "rpd_jax.envs.maniskill_config",
+}
+
+
+def configure(config: ml_collections.ConfigDict) -> None:
+  """Lets the env named by ``config.env.name`` resolve and check ``config`` in place (a
+  ConfigError for what it cannot run); nothing for envs without a hook."""
+  observation_keys(config.env)
+  if config.env.name in CONFIG_HOOKS:
+    importlib.import_module(CONFIG_HOOKS[config.env.name]).configure(config)
+
+
 def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The observation keys of ``config.env``; ConfigError for an unknown env or obs_mode."""
   if env_config.name not in ENVS:
@@ -43,16 +58,19 @@ def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return modes[obs_mode]
 
 
-def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int) -> VecEnv:
-  """Builds ``num_envs`` environments of ``env_config.name`` with ``env_config.kwargs``."""
+def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int,
+             final_obs_keys: Optional[Sequence[str]] = None) -> VecEnv:
+  """Builds ``num_envs`` environments of ``env_config.name`` with ``env_config.kwargs``;
+  ``final_obs_keys``: the keys of ``StepResult.final_obs`` (None: all)."""
   observation_keys(env_config)
   module, name = ENVS[env_config.name]
   cls = getattr(importlib.import_module(module), name)
   kwargs = dict(env_config.kwargs)
   check_options(cls, kwargs, "env.kwargs", f"the {env_config.name} env",
-                fixed=("num_envs", "seed", "reward_mode"))
-  return cls(num_envs=num_envs, seed=seed, reward_mode=env_config.reward_mode, **kwargs)
+                fixed=("num_envs", "seed", "reward_mode", "final_obs_keys"))
+  return cls(num_envs=num_envs, seed=seed, reward_mode=env_config.reward_mode,
+             final_obs_keys=final_obs_keys, **kwargs)
 
 
-__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "StepResult", "VecEnv", "make_env",
+__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "StepResult", "VecEnv", "configure", "make_env",
            "observation_keys"]
