@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import tqdm
 
-from rpd_jax import rollout
+from rpd_jax import quiet, rollout
 from rpd_jax.envs.base import VecEnv
 
 
@@ -52,7 +52,9 @@ def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, 
     rounds = tqdm.tqdm(rounds, unit="round", desc=f"evaluate ({env.num_envs} episodes/round)")
   for round_ in rounds:
     videos = min(num_videos, env.num_envs) if round_ == 0 and video_dir else 0
-    keep = lambda t: (t.reward, t.success, t.frame)
+    # Only the recorded envs' frames are kept (and copied to the host): all of a GPU batch's
+    # would be about 1 GB per evaluation at the published geometry.
+    keep = lambda t, n=videos: (t.reward, t.success, None if t.frame is None else t.frame[:n])
     round_seed, round_key = seed + round_ * env.num_envs, jax.random.fold_in(key, round_)
     if protocol == "first_episode":
       kept, alive = rollout.first_episodes(env, policy, round_seed, round_key, keep=keep,
@@ -69,8 +71,9 @@ def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, 
     if videos:
       os.makedirs(video_dir, exist_ok=True)
       for i in range(videos):
-        imageio.mimsave(os.path.join(video_dir, f"{video_prefix}_{i}.mp4"),
-                        list(frames[alive[:, i], i]), fps=20)
+        with quiet.fork_exec():  # imageio runs ffmpeg as a subprocess
+          imageio.mimsave(os.path.join(video_dir, f"{video_prefix}_{i}.mp4"),
+                          list(frames[alive[:, i], i]), fps=20)
   # [rounds, B] per episode; group k holds envs [k * B / K, (k + 1) * B / K).
   per_env = {"returns": np.stack(returns), "successes": np.stack(successes),
              "lengths": np.stack(lengths), "at_end": np.stack(at_end)}

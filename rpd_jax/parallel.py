@@ -26,6 +26,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from rpd_jax.envs import devices
 from rpd_jax.errors import ConfigError
 
 AXIS = "data"
@@ -58,18 +59,18 @@ def make_mesh(data: int) -> Optional[Mesh]:
   nothing is sharded and every array stays on the default device."""
   if data == 1 and jax.process_count() == 1:
     return None
-  devices = jax.devices()
-  if data > len(devices):
+  visible = jax.devices()
+  if data > len(visible):
     raise ConfigError(
-        f"config.mesh.data={data} needs {data} devices, but JAX sees {len(devices)} "
-        f"({devices[0].platform}); lower it, or on a CPU simulate devices with "
+        f"config.mesh.data={data} needs {data} devices, but JAX sees {len(visible)} "
+        f"({visible[0].platform}); lower it, or on a CPU simulate devices with "
         f"XLA_FLAGS=--xla_force_host_platform_device_count={data}")
-  if jax.process_count() > 1 and data != len(devices):
+  if jax.process_count() > 1 and data != len(visible):
     raise ConfigError(
         f"config.mesh.data={data}, but the {jax.process_count()} processes have "
-        f"{len(devices)} devices in all; a multi-process run uses every device: set "
-        f"--config.mesh.data={len(devices)}")
-  return Mesh(np.asarray(devices[:data]), (AXIS,))
+        f"{len(visible)} devices in all; a multi-process run uses every device: set "
+        f"--config.mesh.data={len(visible)}")
+  return Mesh(np.asarray(visible[:data]), (AXIS,))
 
 
 def _put(x: Any, sharding: NamedSharding) -> jax.Array:
@@ -86,7 +87,8 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
 def replicate(tree: Any, mesh: Optional[Mesh]) -> Any:
   """Every leaf whole on every device of the mesh (params, optimizer state, counters)."""
   if mesh is None:
-    return jax.device_put(tree, jax.devices()[0])  # committed, as a jit's outputs are
+    # Committed, as a jit's outputs are, to the device the envs' arrays land on.
+    return jax.device_put(tree, devices.default_device())
   return jax.tree.map(lambda x: _put(x, NamedSharding(mesh, P())), tree)
 
 
@@ -137,8 +139,11 @@ class ProcessEnvs:
   one-process run), and this wrapper turns its process-local observations into global arrays
   sharded over the mesh (``jax.make_array_from_process_local_data``) and hands each process the
   rows of the global action its devices hold. With one process and D devices the same code
-  splits one simulator's batch over the D devices.
+  splits one simulator's batch over the D devices. Observations and actions move between the
+  simulator's device and the mesh's devices device to device, never through the host.
   """
+
+  holds_state = False  # a simulator outside JAX: re-seeded on resume
 
   def __init__(self, local: Any, mesh: Mesh):
     self._local, self._mesh = local, mesh
@@ -147,14 +152,18 @@ class ProcessEnvs:
     self.action_dim = local.action_dim
     self.max_episode_steps = local.max_episode_steps
     self.observation_spec = local.observation_spec
+    self.sim_backend = local.sim_backend
+    self.final_obs_keys = local.final_obs_keys
 
   def _global(self, tree: Any) -> Any:
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
-        self._sharding, np.asarray(x)), tree)
+    return jax.tree.map(
+        lambda x: jax.make_array_from_process_local_data(self._sharding, x), tree)
 
   def _local_rows(self, x: jax.Array) -> jax.Array:
+    """This process's rows of a global [N, ...] array, on the local simulator's device."""
     shards = sorted(x.addressable_shards, key=lambda s: s.index[0].start or 0)
-    return jax.numpy.asarray(np.concatenate([np.asarray(s.data) for s in shards]))
+    device = devices.default_device()
+    return jax.numpy.concatenate([jax.device_put(s.data, device) for s in shards])
 
   def reset(self, seed: int):
     return self._global(self._local.reset(seed + jax.process_index() * self._local.num_envs))

@@ -1,7 +1,13 @@
 """The ManiSkill3 bridge on CPU simulation: tasks, observations, auto-reset, DLPack, teachers.
 
 Needs a Vulkan device (scripts/setup_vulkan.sh provides one on machines without a GPU); the
-tests skip, saying why, where there is none. The GPU backend (physx_cuda) needs a GPU.
+tests skip, saying why, where there is none.
+
+The semantics tests run on both ways a simulation runs: CPU worker processes ("workers") and
+in process ("in_process": one CPU env, the same code path as the GPU simulation's B envs).
+The GPU simulation (physx_cuda) cannot share a process with a CPU one (SAPIEN), so on a GPU
+machine ``test_gpu_simulation_in_a_process_of_its_own`` runs the same tests in a fresh process
+with ``RPD_JAX_TEST_SIM_BACKENDS=physx_cuda``.
 """
 
 import os
@@ -9,8 +15,10 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import chex
+import gymnasium as gym
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -19,7 +27,7 @@ import torch
 
 from rpd_jax import config as config_lib
 from rpd_jax import envs, rollout
-from rpd_jax.envs import maniskill, tasks, vulkan
+from rpd_jax.envs import devices, maniskill, tasks, vulkan
 from rpd_jax.envs.base import EnvWorkerError
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo import hub
@@ -30,25 +38,34 @@ from rpd_jax.teachers import maniskill_scripted
 pytestmark = [pytest.mark.maniskill, pytest.mark.usefixtures("vulkan_device")]
 
 
-# The semantics tests run against every simulation backend this machine has: the GPU one
-# (physx_cuda: one batched simulator, tensors on the GPU) where torch sees a GPU.
-BACKENDS = ["physx_cpu"] + (["physx_cuda"] if torch.cuda.is_available() else [])
+_BACKENDS = {"workers": dict(sim_backend="physx_cpu"),
+             "in_process": dict(sim_backend="physx_cpu", in_process=True),
+             "physx_cuda": dict(sim_backend="physx_cuda")}
+BACKENDS = os.environ.get("RPD_JAX_TEST_SIM_BACKENDS", "workers,in_process").split(",")
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request):
+  if request.param == "physx_cuda":
+    try:
+      maniskill.require_physx_gpu()
+    except maniskill.PhysXGpuUnavailableError as e:
+      pytest.skip(str(e))
   return request.param
 
 
-def _env(env_id="PushCube-v1", backend="physx_cpu", **kwargs):
-  return maniskill.ManiSkillVecEnv(num_envs=kwargs.pop("num_envs", 1), seed=0, env_id=env_id,
-                                   sim_backend=backend, **kwargs)
+def _env(env_id="PushCube-v1", backend="workers", **kwargs):
+  num_envs = kwargs.pop("num_envs", 1)
+  if backend == "in_process":  # ManiSkill allows one CPU env per process
+    num_envs = 1
+  return maniskill.ManiSkillVecEnv(num_envs=num_envs, seed=0, env_id=env_id,
+                                   **_BACKENDS[backend], **kwargs)
 
 
 def _check_step(env, keys):
   res = env.step(jnp.zeros((env.num_envs, env.action_dim)))
   b = env.num_envs
-  assert set(res.obs) == set(keys) == set(res.final_obs)
+  assert set(res.obs) == set(keys) == set(res.final_obs) == set(env.final_obs_keys)
   for k, spec in env.observation_spec.items():
     chex.assert_shape(res.obs[k], (b,) + spec.shape)
     assert res.obs[k].dtype == spec.dtype
@@ -56,8 +73,8 @@ def _check_step(env, keys):
   assert res.reward.dtype == jnp.float32
   assert res.terminated.dtype == res.truncated.dtype == res.success.dtype == jnp.bool_
   assert np.isfinite(np.asarray(res.reward)).all()
-  platform = "gpu" if env.sim_backend == "physx_cuda" else "cpu"
-  assert {x.devices().pop().platform for x in jax.tree.leaves(res)} == {platform}
+  # Every array lands on JAX's default device, whatever device simulated.
+  assert {x.devices().pop() for x in jax.tree.leaves(res)} == {devices.default_device()}
   return res
 
 
@@ -76,10 +93,11 @@ def test_every_task_steps_with_state(env_id):
 
 
 def _make_rgb(env_id):
-  return maniskill._make_maniskill(
+  return maniskill._make_sim(  # pylint: disable=protected-access
       env_id=env_id, num_envs=1, sim_backend="physx_cpu", obs_mode="rgb",
       reward_mode="normalized_dense", control_mode="pd_ee_delta_pose", image_size=64,
-      camera="human", camera_variant=None, max_episode_steps=None)
+      camera="human", camera_variant=None, max_episode_steps=None, final_obs_keys=None,
+      ignore_terminations=False)
 
 
 @pytest.fixture(scope="module")
@@ -91,19 +109,19 @@ def _renderer():
   uses it: without this, every test would pay the compilation again.
   """
   env = _make_rgb("PushCube-v1")
-  env.reset(seed=0)
+  env.reset([0])
   yield
   env.close()
 
 
 @pytest.mark.parametrize("env_id", list(tasks.TASKS))
 def test_every_task_steps_with_rgb(env_id, _renderer):
-  # In this process, through the wrapper every worker (and the GPU backend) applies, so that the
+  # In this process, through the _Sim every worker (and the GPU backend) runs, so that the
   # shaders compile once (see _renderer); test_state_rgb_and_render covers the worker path.
   env = _make_rgb(env_id)
   try:
-    env.reset(seed=0)
-    obs, reward, terminated, truncated, _ = env.step(torch.zeros(1, 7))
+    env.reset([0])
+    obs, reward, terminated, truncated, _, _ = env.step(torch.zeros(1, 7))
     assert set(obs) == set(envs.OBSERVATION_KEYS["maniskill"]["rgb"])
     assert obs["rgb"].shape == (1, 64, 64, 3) and obs["rgb"].dtype == torch.uint8
     assert obs["rgb"].float().std() > 10  # a rendered scene, not a blank frame
@@ -133,11 +151,11 @@ def test_truncation_auto_reset_and_final_obs(backend):
   try:
     obs = env.reset(seed=5)
     for t in range(3):
-      res = env.step(jnp.zeros((2, 7)))
+      res = env.step(jnp.zeros((env.num_envs, 7)))
       ended = t == 2
-      np.testing.assert_array_equal(res.truncated, [ended] * 2)
-      np.testing.assert_array_equal(res.terminated, [False, False])
-      np.testing.assert_array_equal(res.reward, [0.0, 0.0])  # sparse: success as float
+      np.testing.assert_array_equal(res.truncated, [ended] * env.num_envs)
+      np.testing.assert_array_equal(res.terminated, [False] * env.num_envs)
+      np.testing.assert_array_equal(res.reward, [0.0] * env.num_envs)  # sparse: success as float
       if not ended:
         for k in res.obs:
           np.testing.assert_array_equal(res.final_obs[k], res.obs[k])
@@ -163,7 +181,7 @@ def test_success_terminates_with_final_obs_at_the_goal(backend):
                                              jax.random.key(0), 0).action)
   try:
     obs = env.reset(seed=0)
-    ended = np.zeros(2, bool)
+    ended = np.zeros(env.num_envs, bool)
     for _ in range(env.max_episode_steps):
       res = env.step(act(obs))
       obs = res.obs
@@ -193,7 +211,7 @@ def test_ignore_terminations_runs_past_success(backend):
   act = jax.jit(lambda obs: teacher.apply_fn(teacher.params, obs, obs, None,
                                              jax.random.key(0), 0).action)
   try:
-    obs, solved = env.reset(seed=0), np.zeros(2, bool)
+    obs, solved = env.reset(seed=0), np.zeros(env.num_envs, bool)
     for _ in range(env.max_episode_steps - 1):
       res = env.step(act(obs))
       obs = res.obs
@@ -414,3 +432,138 @@ def test_a_signal_to_the_process_group_stops_a_maniskill_run_without_tracebacks(
   last = err.strip().splitlines()[-1]
   assert last.startswith(f"stopped by {signal.Signals(signum).name} after iteration ")
   assert "resume with:" in last
+
+
+def test_one_render_per_step_and_final_images_only_where_read():
+  """The camera renders once per step, after the ended episodes were reset; a final
+  observation carries an image only where one is asked for (a second render, only on the
+  steps that end an episode)."""
+  for final_keys, renders_at_end in ((("privileged",), 1), (("privileged", "rgb"), 2)):
+    env = _env(backend="in_process", obs_mode="rgb", image_size=64, max_episode_steps=2,
+               final_obs_keys=final_keys)
+    try:
+      calls, frames = [], env._sim.frames  # pylint: disable=protected-access
+      env._sim.frames = lambda: (calls.append(1), frames())[1]  # pylint: disable=protected-access
+      counts = []
+      for _ in range(2):
+        calls.clear()
+        res = env.step(jnp.zeros((1, 7)))
+        counts.append(len(calls))
+      assert counts == [1, renders_at_end]
+      assert bool(res.truncated[0]) and set(res.final_obs) == set(final_keys)
+      if "rgb" in final_keys:  # the old episode's last frame, not the new one's first
+        assert np.abs(np.asarray(res.final_obs["rgb"], np.int32) -
+                      np.asarray(res.obs["rgb"], np.int32)).max() > 0
+    finally:
+      env.close()
+
+
+def test_an_episode_depends_on_its_seed_alone():
+  """Env i of ``reset(seed)`` starts as a one-env ``reset(seed + i)`` does, in workers and in
+  process alike: evaluation episode k is the same whatever the number of evaluation envs."""
+  two, one = _env(num_envs=2), _env(backend="in_process")
+  try:
+    both = np.asarray(two.reset(seed=20)["privileged"])
+    np.testing.assert_array_equal(one.reset(seed=20)["privileged"][0], both[0])
+    np.testing.assert_array_equal(one.reset(seed=21)["privileged"][0], both[1])
+  finally:
+    two.close()
+    one.close()
+
+
+def test_a_batched_simulation_is_reset_env_by_env():
+  """ManiSkill draws a batched reset's initial states from one generator seeded with the first
+  seed (GPU simulation): ``_Sim.reset`` resets each env again on its own, with its seed."""
+  calls = []
+
+  class Batched:  # the parts of a batched ManiSkill env that _Sim touches
+    unwrapped = types.SimpleNamespace(
+        num_envs=3, device=torch.device("cpu"),
+        agent=types.SimpleNamespace(get_proprioception=lambda: {"qpos": torch.zeros(3, 2)}),
+        single_observation_space=gym.spaces.Box(-1, 1, (4,)),
+        single_action_space=gym.spaces.Box(-1, 1, (7,)))
+
+    def reset(self, seed=None, options=None):
+      calls.append((seed, None if options is None else options["env_idx"].tolist()))
+      return torch.zeros(3, 4), {}
+
+  sim = maniskill._Sim(Batched(), "state", "human", 64, None, False)  # pylint: disable=protected-access
+  sim.reset([7, 8, 9])
+  assert calls == [([7, 8, 9], None), ([7] * 3, [0]), ([8] * 3, [1]), ([9] * 3, [2])]
+
+
+_PHYSX_AFTER = """
+import sys
+import sapien.physx
+from rpd_jax.envs import maniskill
+
+if __name__ == "__main__":
+  in_process = sys.argv[1] == "in_process"
+  env = maniskill.ManiSkillVecEnv(1 if in_process else 2, 0, sim_backend="physx_cpu",
+                                  in_process=in_process or None)
+  env.close()
+  # SAPIEN's switch to GPU PhysX without its library download and load (no GPU here): it
+  # refuses once any CPU PhysX ran in the process.
+  sapien.physx.enable_gpu = sapien.physx._enable_gpu
+  try:
+    maniskill.require_physx_gpu()
+    print("GPU PhysX: enabled")
+  except maniskill.PhysXGpuUnavailableError as e:
+    print("GPU PhysX:", e)
+"""
+
+
+@pytest.mark.parametrize("how", ["workers", "in_process"])
+def test_cpu_workers_leave_the_process_free_for_gpu_physx(repo_root, tmp_path, how):
+  """CPU workers never build a PhysX scene in the trainer's process (AsyncVectorEnv's spaces
+  come from a child), so a GPU simulation can still start there; after an in-process CPU env
+  it cannot, and the error says so instead of blaming the library download."""
+  script = tmp_path / "physx_after.py"
+  script.write_text(_PHYSX_AFTER)
+  out = subprocess.run([sys.executable, str(script), how], cwd=repo_root, capture_output=True,
+                       text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  if how == "workers":
+    assert "GPU PhysX: enabled" in out.stdout
+  else:
+    assert "a CPU simulation (physx_cpu) ran in it first" in out.stdout, out.stdout
+
+
+_BESIDE = """
+import sys
+import jax
+jax.config.update("jax_default_device", jax.devices()[1])
+from rpd_jax import config as config_lib
+from rpd_jax import trainer
+
+if __name__ == "__main__":
+  config = config_lib.load("experiments/pushcube.py:scripted,smoke")
+  config_lib.validate(config)
+  result = trainer.train_and_evaluate(config, sys.argv[1])
+  print("devices", sorted({str(d) for d in jax.devices()}), "eval", result["eval/episodes"])
+"""
+
+
+def test_a_cpu_simulation_beside_jax_on_another_device_trains(repo_root, tmp_path):
+  """The documented fallback on a GPU machine: the CPU simulation while JAX computes on the
+  GPU. Here the second of two host devices stands in for the GPU: observations land on the
+  train state's device (they come out of DLPack on the first), actions go back."""
+  script = tmp_path / "beside.py"
+  script.write_text(_BESIDE)
+  out = subprocess.run(
+      [sys.executable, str(script), str(tmp_path / "run")], cwd=repo_root,
+      capture_output=True, text=True, timeout=600,
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "devices ['cpu:0', 'cpu:1'] eval 1.0" in out.stdout, out.stdout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or jax.default_backend() != "gpu",
+                    reason="needs a GPU that torch and JAX both see")
+def test_gpu_simulation_in_a_process_of_its_own(repo_root):
+  """The semantics tests on the GPU simulation, in a process that has run no CPU PhysX."""
+  out = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__, "-k",
+       "physx_cuda"], cwd=repo_root, capture_output=True, text=True, timeout=1800,
+      env={**os.environ, "RPD_JAX_TEST_SIM_BACKENDS": "physx_cuda"})
+  assert out.returncode == 0, out.stdout[-5000:]

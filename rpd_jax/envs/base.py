@@ -5,15 +5,21 @@ boundary and ManiSkill's semantics:
 
 - actions: float32 [B, A] in [-1, 1] (A = 7 for pd_ee_delta_pose: delta xyz, delta rotation,
   gripper);
-- observations: a dict of JAX arrays with a leading batch dim [B, ...]. Keys the project uses:
-  ``state`` (float32 [B, D]), ``rgb`` (uint8 [B, H, W, 3]) and ``privileged`` (float32 [B, P],
-  the full simulator state that scripted teachers read; students never see it);
-- optional ``get_state() -> pytree`` / ``set_state(pytree)``: envs that can hand out their
-  whole state (the pure-JAX env) are checkpointed with it, so a resumed run continues exactly;
-  others are re-seeded on resume;
+- observations: a dict of JAX arrays with a leading batch dim [B, ...], on the process's default
+  JAX device (``devices.default_device()``). Keys the project uses: ``state`` (float32 [B, D]),
+  ``rgb`` (uint8 [B, H, W, 3]) and ``privileged`` (float32 [B, P], the full simulator state:
+  what scripted teachers read, and what a state student reads in simulation where a camera
+  teacher needs ``rgb`` rendered, e.g. ManiSkill's default configs);
+- ``holds_state``: True for envs that can hand out their whole state (``get_state() -> pytree``
+  / ``set_state(pytree)``, the pure-JAX env): they are checkpointed with it, so a resumed run
+  continues exactly; others are re-seeded on resume;
+- ``sim_backend``: what simulates (``jax``, ``physx_cpu``, ``physx_cuda``), recorded with runs
+  and compared with where a teacher was made;
 - auto-reset: an episode that ends at a step is reset inside that step; ``obs`` is then the first
   observation of the new episode and ``final_obs`` the last observation of the old one (for
-  bootstrapping on truncation). Where no episode ended ``final_obs`` equals ``obs``.
+  bootstrapping on truncation), holding only the keys ``final_obs_keys`` names (the envs take
+  them as an argument: the student's, whose value bootstraps ended episodes; an image there may
+  cost a second render). Where no episode ended ``final_obs`` equals ``obs`` on those keys.
 """
 
 from __future__ import annotations
@@ -39,7 +45,8 @@ class StepResult(NamedTuple):
   terminated: jax.Array  # bool [B]: the episode ended in a terminal state (e.g. success)
   truncated: jax.Array  # bool [B]: the episode hit its time limit
   success: jax.Array  # bool [B]: task solved at this step
-  final_obs: Observation  # last observation of episodes that ended here (else == obs)
+  final_obs: Observation  # last observation of episodes that ended here (else == obs), of the
+  # keys final_obs_keys only
 
 
 class VecEnv(Protocol):
@@ -48,6 +55,9 @@ class VecEnv(Protocol):
   num_envs: int
   action_dim: int
   max_episode_steps: int
+  holds_state: bool  # get_state / set_state (see the module doc)
+  sim_backend: str  # "jax", "physx_cpu", "physx_cuda", ...
+  final_obs_keys: tuple[str, ...]
   # Per-env shapes and dtypes of the observation dict, without the batch dim.
   observation_spec: dict[str, jax.ShapeDtypeStruct]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import Optional, Sequence
 
 import chex
 import jax
@@ -226,10 +227,13 @@ class JaxPushVecEnv:
   """``num_envs`` pushing envs behind the VecEnv protocol, stepped by one jitted batched call."""
 
   action_dim = ACTION_DIM
+  holds_state = True  # get_state / set_state: checkpointed, resumes exactly (base.VecEnv)
+  sim_backend = "jax"
 
   def __init__(self, num_envs: int, seed: int = 0, reward_mode: str = "normalized_dense",
-               **kwargs):
-    """``kwargs`` override PushParams fields (obs_mode, image_size, max_delta, ...)."""
+               final_obs_keys: Optional[Sequence[str]] = None, **kwargs):
+    """``kwargs`` override PushParams fields (obs_mode, image_size, max_delta, ...);
+    ``final_obs_keys``: the keys of ``StepResult.final_obs`` (None: all)."""
     unknown = set(kwargs) - {f.name for f in dataclasses.fields(PushParams)}
     if unknown:
       raise ConfigError(f"config.env.kwargs.{sorted(unknown)[0]} is not an option of the "
@@ -244,6 +248,7 @@ class JaxPushVecEnv:
     self.max_episode_steps = self.params.max_episode_steps
     obs = self.reset(seed)
     self.observation_spec = spec_of(obs)
+    self.final_obs_keys = tuple(k for k in obs if final_obs_keys is None or k in final_obs_keys)
 
   def reset(self, seed: int) -> Observation:
     keys = jax.random.split(jax.random.key(seed), self.num_envs)
@@ -253,7 +258,7 @@ class JaxPushVecEnv:
   def step(self, action: jax.Array) -> StepResult:
     chex.assert_shape(action, (self.num_envs, ACTION_DIM))
     self.state, result = _batched_step(self.params, self.state, action)
-    return result
+    return result._replace(final_obs={k: result.final_obs[k] for k in self.final_obs_keys})
 
   def render(self) -> jax.Array:
     return _batched_render(self.params, self.state)

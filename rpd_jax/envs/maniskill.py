@@ -1,26 +1,41 @@
 """ManiSkill3 tasks behind the VecEnv contract, with torch <-> JAX through DLPack.
 
-One interface, one set of semantics, two simulation backends:
+One set of semantics (``_Sim``), two ways to run it:
 
-- ``physx_cuda`` (GPU): N envs in one process, partial auto-resets by ManiSkill's own
-  ``ManiSkillVectorEnv``; tensors stay on the GPU and reach JAX without a copy.
-- ``physx_cpu`` (CPU): ManiSkill allows one env per process, so N worker processes run under
-  gymnasium's ``AsyncVectorEnv`` (``forkserver``: ``fork`` hangs once rendering is on) with
-  ``SAME_STEP`` auto-reset, which hands back the last observation of an ended episode.
+- in process: one batched ManiSkill env of all B envs. ``physx_cuda`` (the GPU simulation; its
+  tensors reach JAX without a copy), and ``physx_cpu`` with one env (``in_process=True``).
+- in workers: ``physx_cpu`` allows one env per process, so B worker processes each run a
+  ``_Sim`` of one env under gymnasium's ``AsyncVectorEnv`` (``forkserver``: ``fork`` hangs once
+  rendering is on). The trainer's own process never builds a CPU PhysX scene (the workers'
+  spaces come from a short-lived child), because SAPIEN refuses a GPU simulation in a process
+  that ran a CPU one.
 
-Both backends run ManiSkill with the full state observation, which becomes ``privileged`` (for
-scripted teachers) whatever the student sees, and apply the same observation wrapper
-(``_Observation``) to the batched torch env, so keys, dtypes and reset semantics are identical:
+ManiSkill always runs with its flat ``state`` observation, which becomes ``privileged`` (for
+scripted teachers) whatever the student sees, and ``_Sim`` adds the camera itself:
 
 - ``state``: float32 [B, D]. With ``obs_mode="state"`` the full state (== ``privileged``); with
   ``"state_rgb"`` only the robot's proprioception (joint positions and velocities), as a camera
   policy would get on a real robot.
 - ``rgb``: uint8 [B, H, W, 3] from the ``human`` render camera (the paper's 256x256 view, which
-  shows goal markers such as PickCube's hidden goal sphere) or ManiSkill's ``sensor`` camera.
+  shows goal markers such as PickCube's hidden goal sphere) or ManiSkill's ``sensor`` camera,
+  rendered ONCE per step, after ended episodes were reset.
 - ``privileged``: float32 [B, P], ManiSkill's flat ``state`` observation.
 
 Episodes end on success (``terminated``, ManiSkill's partial-reset convention, as in its PPO
-baseline and the RPD runs) or at the task's time limit (``truncated``).
+baseline and the RPD runs) or at the task's time limit (``truncated``); they are reset inside
+the step. ``final_obs`` holds only ``final_obs_keys`` (the student's, which bootstrap ended
+episodes): an image there costs a second render on the steps where episodes end, so it is
+rendered only where something reads it.
+
+Seeds: ``reset(seed)`` seeds env i with ``seed + i``, and env i's episode depends on that seed
+alone, not on the batch size or its position: the GPU simulation is reset env by env (ManiSkill
+draws a batched reset's initial states from one generator seeded with the first seed). The two
+backends draw from different generators (torch's CPU and CUDA ones), so the same seed gives a
+different (equally distributed) episode on the CPU and on the GPU.
+
+Arrays land on ``devices.default_device()`` (the train state's device): a CPU simulation beside
+a GPU JAX hands its observations over with one host-to-device copy, the GPU simulation runs on
+that same GPU (``physx_cuda:N``) and hands them over without one.
 """
 
 from __future__ import annotations
@@ -29,7 +44,7 @@ import functools
 import multiprocessing
 import os
 import signal
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import gymnasium as gym
 import jax
@@ -37,18 +52,19 @@ import jax.numpy as jnp
 import mani_skill.envs  # noqa: F401  (registers the tasks with gymnasium)
 import numpy as np
 import torch
+from gymnasium.vector.async_vector_env import AsyncState
 from mani_skill.utils import sapien_utils
 from mani_skill.utils.registration import REGISTERED_ENVS
-from gymnasium.vector.async_vector_env import AsyncState
-from mani_skill.vector.wrappers.gymnasium import ManiSkillVectorEnv
 
+from rpd_jax import quiet
 from rpd_jax.envs import base
+from rpd_jax.envs import devices
 from rpd_jax.envs import vulkan
 from rpd_jax.errors import RunError
 
 OBS_MODES = ("state", "rgb", "state_rgb")
 CAMERAS = ("human", "sensor")
-SIM_BACKENDS = ("auto", "physx_cuda", "physx_cpu")
+SIM_BACKENDS = devices.SIM_BACKENDS
 REWARD_MODES = ("normalized_dense", "dense", "sparse")
 
 # Camera poses as (eye, target) for sapien_utils.look_at, replacing the pose of the camera the
@@ -59,36 +75,42 @@ CAMERA_VARIANTS: dict[str, tuple[tuple[float, float, float], tuple[float, float,
     "moved": ((0.5, -0.6, 0.35), (0.0, 0.0, 0.1)),
 }
 
+# The modules a worker process needs: preloaded once by the forkserver, so that a worker starts
+# in about a second instead of importing torch and ManiSkill again (seconds each).
+_PRELOAD = ["rpd_jax.envs.maniskill", "mani_skill.envs"]
 
-def to_jax(x: torch.Tensor | np.ndarray) -> jax.Array:
-  """A torch tensor (any device) or numpy array as a JAX array, zero-copy where possible.
+
+def to_jax(x: torch.Tensor | np.ndarray, device: Optional[jax.Device] = None) -> jax.Array:
+  """A torch tensor (any device) or numpy array as a JAX array on ``device`` (default: where
+  DLPack puts it), zero-copy where the devices agree.
 
   ``.contiguous()`` first: DLPack of a strided tensor is copied silently (and older JAX
   versions misread transposed tensors).
   """
   if isinstance(x, np.ndarray):
     x = torch.from_numpy(x)
-  return jax.dlpack.from_dlpack(x.contiguous())
+  array = jax.dlpack.from_dlpack(x.contiguous())
+  if device is not None and array.devices() != {device}:
+    array = jax.device_put(array, device)
+  return array
 
 
 def to_torch(x: jax.Array, device: torch.device) -> torch.Tensor:
-  """A JAX array as a torch tensor on ``device``, zero-copy where the devices match."""
-  return torch.from_dlpack(x).to(device)
+  """A JAX array as a torch tensor on ``device``: zero-copy where the devices match, through
+  the host otherwise (torch need not know JAX's device, e.g. a CPU torch beside a GPU JAX)."""
+  if {d.platform for d in x.devices()} == {"cpu" if device.type == "cpu" else "gpu"}:
+    return torch.from_dlpack(x).to(device)
+  return torch.from_numpy(np.asarray(jax.device_get(x))).to(device)
 
 
 def resolve_backend(sim_backend: str) -> str:
-  """"auto" -> "physx_cuda" where torch sees a GPU, else "physx_cpu"; checks the name."""
-  if sim_backend not in SIM_BACKENDS:
-    raise ValueError(
-        f"sim_backend={sim_backend!r} is unknown; use one of {', '.join(SIM_BACKENDS)}")
-  if sim_backend == "auto":
-    return "physx_cuda" if torch.cuda.is_available() else "physx_cpu"
-  return sim_backend
+  """"auto" -> "physx_cuda" where torch and JAX both see a GPU, else "physx_cpu"; an explicit
+  backend that cannot run is a ConfigError (``devices.resolve_sim_backend``)."""
+  return devices.resolve_sim_backend(sim_backend)
 
 
 class PhysXGpuUnavailableError(RunError):
-  """ManiSkill's GPU simulation cannot load SAPIEN's PhysX GPU library; the message says how
-  to get it."""
+  """ManiSkill's GPU simulation cannot start in this process; the message says why and how."""
 
 
 def require_physx_gpu() -> None:
@@ -96,12 +118,21 @@ def require_physx_gpu() -> None:
 
   The library is not in SAPIEN's wheel: ``sapien.physx.enable_gpu()`` downloads it from GitHub
   into ``~/.sapien/physx/<version>/`` on first use. A machine without access to GitHub (many
-  clusters) fails there with a network error deep inside the first ``gym.make``.
+  clusters) fails there with a network error deep inside the first ``gym.make``. SAPIEN also
+  refuses GPU PhysX in a process that already ran CPU PhysX.
   """
   import sapien.physx  # pylint: disable=g-import-not-at-top
+  if sapien.physx.is_gpu_enabled():
+    return
   try:
     sapien.physx.enable_gpu()
   except Exception as e:  # pylint: disable=broad-except  (requests, zipfile, ctypes errors)
+    if "only be enabled once" in str(e):
+      raise PhysXGpuUnavailableError(
+          "ManiSkill's GPU simulation (sim_backend='physx_cuda') cannot start in this process: "
+          "a CPU simulation (physx_cpu) ran in it first, and SAPIEN enables GPU PhysX only in "
+          f"a process that has run no CPU PhysX ({e}). Run GPU and CPU simulations in separate "
+          "processes") from e
     version = sapien.physx.version()
     folder = os.path.join(os.path.expanduser("~"), ".sapien", "physx", version)
     url = ("https://github.com/sapien-sim/physx-precompiled/releases/download/"
@@ -111,126 +142,243 @@ def require_physx_gpu() -> None:
         f"library, which SAPIEN downloads on first use, and loading it failed "
         f"({type(e).__name__}: {e}). Fix: download {url} on a machine with internet and unzip "
         f"it into {folder} (it holds libPhysXGpu_64.so), or simulate on the CPU with "
-        "--config.env.sim_backend=physx_cpu") from e
+        "--config.env.kwargs.sim_backend=physx_cpu") from e
 
 
-class _Observation(gym.ObservationWrapper):
-  """ManiSkill's batched torch observation -> the project's obs dict of torch tensors [n, ...].
+def _observation_spaces(obs_mode: str, image_size: int, full_dim: int,
+                        proprio_dim: int) -> gym.spaces.Dict:
+  """The per-env observation spaces of the project's obs dict (see the module doc)."""
+  box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+  spaces = {"privileged": box(full_dim)}
+  if obs_mode == "state":
+    spaces["state"] = box(full_dim)
+  elif obs_mode == "state_rgb":
+    spaces["state"] = box(proprio_dim)
+  if obs_mode != "state":
+    spaces["rgb"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+  return gym.spaces.Dict(spaces)
 
-  Applied to the batched ManiSkill env on both backends (inside ``ManiSkillVectorEnv`` on the
-  GPU, so that the final observation of an auto-reset episode carries its image too).
-  """
 
-  def __init__(self, env: gym.Env, obs_mode: str, camera: str, image_size: int):
-    super().__init__(env)
-    self._obs_mode = obs_mode
-    self._camera = camera
-    proprio = env.unwrapped.agent.get_proprioception()
+class _Sim:
+  """A batched ManiSkill env (torch in, torch out) with the project's semantics (module doc):
+  partial auto-reset inside ``step``, one camera image per step, ``final_obs`` of the asked keys
+  only, and per-env seeds. Runs all B envs in process, or one env inside a CPU worker."""
+
+  def __init__(self, env: gym.Env, obs_mode: str, camera: str, image_size: int,
+               final_obs_keys: Optional[Sequence[str]], ignore_terminations: bool):
+    self.env, self.base = env, env.unwrapped
+    self.num_envs = self.base.num_envs
+    self.device = self.base.device
+    self._obs_mode, self._camera = obs_mode, camera
+    self._ignore_terminations = ignore_terminations
+    proprio = self.base.agent.get_proprioception()
     # ManiSkill flattens {agent: proprioception, extra: task state} in that order, so the
     # robot's own state is the leading slice of the flat state.
-    self._proprio_dim = sum(int(np.prod(v.shape[1:])) for v in proprio.values())
-    # Spaces from ManiSkill's (computed when it was built) and the image size, not from a
-    # rendered observation: the first image of a process costs seconds on a CPU (lavapipe
-    # compiles its shaders), and AsyncVectorEnv builds one throwaway env just for the spaces.
-    space = env.unwrapped.single_observation_space
+    proprio_dim = sum(int(np.prod(v.shape[1:])) for v in proprio.values())
+    space = self.base.single_observation_space
     full_dim = (space["state"] if isinstance(space, gym.spaces.Dict) else space).shape[0]
-    box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
-    spaces = {"privileged": box(full_dim)}
-    if obs_mode == "state":
-      spaces["state"] = box(full_dim)
-    elif obs_mode == "state_rgb":
-      spaces["state"] = box(self._proprio_dim)
-    if obs_mode != "state":
-      spaces["rgb"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
-    self.single_observation_space = gym.spaces.Dict(spaces)
+    self.observation_space = _observation_spaces(obs_mode, image_size, full_dim, proprio_dim)
+    self.action_space = self.base.single_action_space
+    self._proprio_dim = proprio_dim
+    keys = tuple(self.observation_space.spaces)
+    self.final_obs_keys = keys if final_obs_keys is None else tuple(
+        k for k in keys if k in final_obs_keys)
 
-  def observation(self, obs: Any) -> dict[str, torch.Tensor]:
-    if isinstance(obs, dict):  # ManiSkill obs_mode "state+rgb": the sensor camera's image
-      privileged, rgb = obs["state"], obs["sensor_data"]["base_camera"]["rgb"]
-    else:
-      privileged, rgb = obs, None
-    out = {"privileged": privileged.float().contiguous()}
-    if self._obs_mode == "state":
-      out["state"] = out["privileged"]
-    elif self._obs_mode == "state_rgb":
-      out["state"] = out["privileged"][:, :self._proprio_dim].contiguous()
-    if self._obs_mode != "state":
-      if self._camera == "human":
-        rgb = self.env.render()
-      out["rgb"] = rgb.contiguous()
+  def frames(self) -> torch.Tensor:
+    """uint8 [B, H, W, 3]: the camera's view of the current state (one render)."""
+    if self._camera == "human":
+      return self.env.render()
+    # The sensor camera, rendered on demand (ManiSkill hides its hidden objects from it).
+    return self.base.get_sensor_images()["base_camera"]["rgb"]
+
+  def observe(self, state: torch.Tensor, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+    """The obs dict restricted to ``keys`` from ManiSkill's flat state [B, D]; renders the
+    camera only where ``keys`` has ``rgb``."""
+    privileged = state.float().contiguous()
+    out = {}
+    if "privileged" in keys:
+      out["privileged"] = privileged
+    if "state" in keys:
+      out["state"] = (privileged if self._obs_mode == "state"
+                      else privileged[:, :self._proprio_dim].contiguous())
+    if "rgb" in keys:
+      out["rgb"] = self.frames().contiguous()
     return out
 
+  def reset(self, seeds: Sequence[int]) -> dict[str, torch.Tensor]:
+    """Every env afresh, env i from ``seeds[i]`` alone: a batched reset, then (B > 1) each env
+    again on its own, since ManiSkill draws a batched reset's initial states from one generator
+    seeded with ``seeds[0]``. B + 1 resets: seconds for thousands of GPU envs."""
+    state, _ = self.env.reset(seed=list(seeds))
+    if self.num_envs > 1:
+      for i, seed in enumerate(seeds):
+        # The seed repeated: both the torch generator (seeded with the first) and the numpy
+        # generator of env i (ManiSkill's batched RNG, the i-th) start from ``seed``.
+        state, _ = self.env.reset(seed=[seed] * self.num_envs, options={
+            "env_idx": torch.tensor([i], device=self.device)})
+    return self.observe(state, tuple(self.observation_space.spaces))
 
-def _make_maniskill(env_id: str, num_envs: int, sim_backend: str, obs_mode: str,
-                    reward_mode: str, control_mode: str, image_size: int, camera: str,
-                    camera_variant: Optional[str],
-                    max_episode_steps: Optional[int]) -> gym.Env:
-  """The batched ManiSkill env (torch in, torch out) with the project's observation dict."""
+  def step(self, action: torch.Tensor):
+    """(obs, reward float32 [B], terminated, truncated, success bool [B], final_obs)."""
+    state, reward, terminated, truncated, info = self.env.step(action)
+    success = info.get("success", torch.zeros_like(truncated)).bool()
+    terminated = terminated.bool() & (not self._ignore_terminations)
+    done = terminated | truncated.bool()
+    final = None
+    if done.any():
+      final = self.observe(state, self.final_obs_keys)  # before the reset overwrites it
+      state, _ = self.env.reset(options={"env_idx": torch.nonzero(done).flatten()})
+    obs = self.observe(state, tuple(self.observation_space.spaces))
+    if final is None:
+      final_obs = {k: obs[k] for k in self.final_obs_keys}
+    else:
+      final_obs = {k: torch.where(done.reshape((-1,) + (1,) * (v.ndim - 1)), v, obs[k])
+                   for k, v in final.items()}
+    return obs, reward.float(), terminated, truncated.bool(), success, final_obs
+
+  def close(self) -> None:
+    self.env.close()
+
+
+def _make_sim(env_id: str, num_envs: int, sim_backend: str, obs_mode: str, reward_mode: str,
+              control_mode: str, image_size: int, camera: str, camera_variant: Optional[str],
+              max_episode_steps: Optional[int], final_obs_keys: Optional[Sequence[str]],
+              ignore_terminations: bool, render: bool = True) -> _Sim:
+  """The batched ManiSkill env behind ``_Sim``. ``sim_backend`` may name a GPU
+  (``physx_cuda:N``; its renderer then runs on the same GPU). ``render=False``: no renderer at
+  all (for the spaces alone, 20x faster to build)."""
   size = dict(width=image_size, height=image_size)
   human, sensor = dict(size), dict(size)
   if camera_variant is not None:
     eye, target = CAMERA_VARIANTS[camera_variant]
     (human if camera == "human" else sensor)["pose"] = sapien_utils.look_at(eye, target)
-  use_sensor = obs_mode != "state" and camera == "sensor"
-  kwargs = dict(
-      num_envs=num_envs,
-      sim_backend=sim_backend,
-      obs_mode="state+rgb" if use_sensor else "state",
-      reward_mode=reward_mode,
-      control_mode=control_mode,
-      render_mode="rgb_array",
-      human_render_camera_configs=human,
-      sensor_configs=sensor,
-  )
-  if sim_backend == "physx_cpu":
+  kwargs = dict(num_envs=num_envs, sim_backend=sim_backend, obs_mode="state",
+                reward_mode=reward_mode, control_mode=control_mode,
+                render_mode="rgb_array" if render else None,
+                human_render_camera_configs=human, sensor_configs=sensor)
+  if not render:
+    kwargs["render_backend"] = "none"
+  elif sim_backend == "physx_cpu":
     kwargs["render_backend"] = "cpu"  # without it SAPIEN first tries CUDA and warns
+  else:
+    kwargs["render_backend"] = "cuda" + sim_backend[len("physx_cuda"):]  # the same GPU
   if max_episode_steps is not None:
     kwargs["max_episode_steps"] = max_episode_steps
   env = gym.make(env_id, **kwargs)
-  return _Observation(env, obs_mode, camera, image_size)
+  return _Sim(env, obs_mode, camera, image_size, final_obs_keys, ignore_terminations)
 
 
-class _Worker(gym.Wrapper):
-  """One CPU env as a plain gymnasium env: numpy in and out, no batch dim, for AsyncVectorEnv."""
+class _Worker(gym.Env):
+  """One CPU env (a ``_Sim`` of one) as a plain gymnasium env for AsyncVectorEnv: numpy in and
+  out, no batch dim. It resets its own ended episodes (the vector env's autoreset is off) and
+  passes the final observation in ``info["final_obs"]``, only on steps that end an episode."""
 
-  def __init__(self, env: gym.Env, ignore_terminations: bool = False):
-    super().__init__(env)
-    self.observation_space = env.get_wrapper_attr("single_observation_space")
-    self.action_space = env.unwrapped.single_action_space
-    self._ignore_terminations = ignore_terminations
+  metadata = {"render_modes": ["rgb_array"]}
+  render_mode = "rgb_array"
 
-  def _unbatch(self, obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+  def __init__(self, sim: _Sim):
+    self._sim = sim
+    self.observation_space = sim.observation_space
+    self.action_space = sim.action_space
+
+  @staticmethod
+  def _unbatch(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     return {k: v[0].numpy() for k, v in obs.items()}
 
   @torch.inference_mode()
   def step(self, action: np.ndarray):
-    obs, reward, terminated, truncated, info = self.env.step(torch.from_numpy(action)[None])
-    terminated = bool(terminated[0]) and not self._ignore_terminations
-    return (self._unbatch(obs), float(reward[0]), terminated, bool(truncated[0]),
-            {"success": bool(info["success"][0])})
+    obs, reward, terminated, truncated, success, final_obs = self._sim.step(
+        torch.from_numpy(action)[None])
+    info = {"success": bool(success[0])}
+    if bool(terminated[0] | truncated[0]):
+      info["final_obs"] = self._unbatch(final_obs)
+    return (self._unbatch(obs), float(reward[0]), bool(terminated[0]), bool(truncated[0]),
+            info)
 
   @torch.inference_mode()
   def reset(self, *, seed: Optional[int] = None, options: Optional[dict] = None):
-    obs, _ = self.env.reset(seed=seed, options=options)
-    return self._unbatch(obs), {}
+    return self._unbatch(self._sim.reset([seed])), {}
 
   @torch.inference_mode()
   def render(self) -> np.ndarray:
-    return self.env.render()[0].numpy()
+    return self._sim.frames()[0].numpy()
+
+  def close(self) -> None:
+    self._sim.close()
 
 
-def _make_worker(ignore_terminations: bool = False, **kwargs) -> _Worker:
+class _Spaces(gym.Env):
+  """What AsyncVectorEnv builds in the trainer's process for the spaces alone: no simulator
+  (a CPU PhysX scene there would rule out GPU simulation in that process)."""
+
+  metadata = {"render_modes": ["rgb_array"]}
+  render_mode = "rgb_array"
+
+  def __init__(self, observation_space: gym.Space, action_space: gym.Space):
+    self.observation_space, self.action_space = observation_space, action_space
+
+
+def _quiet_worker() -> None:
   # Each worker is one process on a small machine: torch's intra-op threads would only compete
-  # with the other workers.
+  # with the other workers. Ctrl-C reaches the whole process group: the trainer handles it and
+  # closes the workers, which would otherwise raise KeyboardInterrupt mid-step and print
+  # tracebacks of their own (SIGTERM stays fatal and quiet: it is how the trainer stops them).
   torch.set_num_threads(1)
-  # Ctrl-C reaches the whole process group: the trainer handles it and closes the workers,
-  # which would otherwise raise KeyboardInterrupt mid-step and print tracebacks of their own.
-  # (SIGTERM stays fatal and quiet: it is how the trainer stops them. Only in a worker:
-  # AsyncVectorEnv also calls this in the trainer's process, for the spaces.)
-  if multiprocessing.parent_process() is not None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-  return _Worker(_make_maniskill(num_envs=1, sim_backend="physx_cpu", **kwargs),
-                 ignore_terminations)
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _probe_spaces(connection: Any, **kwargs) -> None:
+  """Sends (observation space, action space) of one CPU env, or the error that building it
+  raised, through ``connection``; runs in a child process."""
+  _quiet_worker()
+  try:
+    sim = _make_sim(num_envs=1, sim_backend="physx_cpu", render=False, **kwargs)
+    connection.send((sim.observation_space, sim.action_space))
+    sim.close()
+  except Exception as e:  # pylint: disable=broad-except  (re-raised in the parent)
+    connection.send(e)
+
+
+def _exit_status(code: Optional[int]) -> str:
+  return f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+
+
+def _cpu_spaces(env_id: str, make_kwargs: dict[str, Any]) -> tuple[gym.Space, gym.Space]:
+  """The workers' spaces, read from a short-lived child process (see the module doc)."""
+  context = multiprocessing.get_context("forkserver")
+  receive, send = context.Pipe(duplex=False)
+  child = context.Process(target=_probe_spaces, args=(send,), kwargs=make_kwargs, daemon=True)
+  child.start()
+  send.close()
+  try:
+    answer = receive.recv()
+  except EOFError:
+    child.join()
+    raise base.EnvWorkerError(
+        f"ManiSkill {env_id}: the process building one env for its spaces (pid {child.pid}) "
+        f"stopped ({_exit_status(child.exitcode)}) before answering: out of memory, or "
+        "killed") from None
+  child.join()
+  if isinstance(answer, Exception):
+    raise answer
+  return answer
+
+
+def _make_worker(spaces: tuple[gym.Space, gym.Space], **kwargs) -> gym.Env:
+  if multiprocessing.parent_process() is None:  # AsyncVectorEnv asking for the spaces
+    return _Spaces(*spaces)
+  _quiet_worker()
+  return _Worker(_make_sim(num_envs=1, sim_backend="physx_cpu", **kwargs))
+
+
+def _start_forkserver() -> None:
+  """Starts this process's forkserver, with the workers' modules preloaded, and its resource
+  tracker, where they are not running: each by fork + exec (``quiet.fork_exec``)."""
+  from multiprocessing import forkserver, resource_tracker  # pylint: disable=g-import-not-at-top
+  multiprocessing.set_forkserver_preload(_PRELOAD)
+  with quiet.fork_exec():
+    resource_tracker.ensure_running()  # for the workers' shared memory
+    forkserver.ensure_running()
 
 
 class ManiSkillVecEnv:
@@ -247,17 +395,26 @@ class ManiSkillVecEnv:
     camera: "human" (the paper's view, shows goal markers) or "sensor" (ManiSkill's base camera).
     camera_variant: None, or a key of CAMERA_VARIANTS that moves the camera named by ``camera``.
     control_mode: ManiSkill controller; actions are float32 [B, A] in [-1, 1].
-    sim_backend: "auto" (physx_cuda when torch sees a GPU, else physx_cpu), or either one.
+    sim_backend: "auto" (physx_cuda where torch and JAX both see a GPU, else physx_cpu), or
+      either one (``devices.resolve_sim_backend``).
     max_episode_steps: None for the task's own time limit.
     ignore_terminations: success does not end an episode (``terminated`` stays False); the
       published evaluation's fixed-step protocol.
+    final_obs_keys: the keys ``StepResult.final_obs`` holds (None: all); the trainer passes the
+      student's, evaluation none.
+    in_process: None: the GPU simulation in process, the CPU one in worker processes. True runs
+      a CPU simulation of one env in this process (no worker).
   """
+
+  holds_state = False  # re-seeded on resume (base.VecEnv)
 
   def __init__(self, num_envs: int, seed: int, reward_mode: str = "normalized_dense",
                env_id: str = "PushCube-v1", obs_mode: str = "state", image_size: int = 256,
                camera: str = "human", camera_variant: Optional[str] = None,
                control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto",
-               max_episode_steps: Optional[int] = None, ignore_terminations: bool = False):
+               max_episode_steps: Optional[int] = None, ignore_terminations: bool = False,
+               final_obs_keys: Optional[Sequence[str]] = None,
+               in_process: Optional[bool] = None):
     for name, value, choices in (("obs_mode", obs_mode, OBS_MODES), ("camera", camera, CAMERAS),
                                  ("reward_mode", reward_mode, REWARD_MODES)):
       if value not in choices:
@@ -267,70 +424,80 @@ class ManiSkillVecEnv:
                        f"{', '.join(CAMERA_VARIANTS)}")
     if num_envs < 1:
       raise ValueError(f"num_envs={num_envs} must be >= 1")
+    self.sim_backend = resolve_backend(sim_backend)
+    if in_process is None:
+      in_process = self.sim_backend == "physx_cuda"
+    if self.sim_backend == "physx_cpu" and in_process and num_envs != 1:
+      raise ValueError(f"in_process=True with physx_cpu runs one env (ManiSkill allows one CPU "
+                       f"env per process), not num_envs={num_envs}")
+    if self.sim_backend == "physx_cuda" and not in_process:
+      raise ValueError("physx_cuda runs in process (in_process=None or True)")
     vulkan.require_vulkan()
     self.num_envs = num_envs
     self.env_id = env_id
-    self.sim_backend = resolve_backend(sim_backend)
+    self._device = devices.default_device()  # where every array lands
     make_kwargs = dict(env_id=env_id, obs_mode=obs_mode, reward_mode=reward_mode,
                        control_mode=control_mode, image_size=image_size, camera=camera,
-                       camera_variant=camera_variant, max_episode_steps=max_episode_steps)
-    if self.sim_backend == "physx_cuda":
-      require_physx_gpu()
-      env = _make_maniskill(num_envs=num_envs, sim_backend="physx_cuda", **make_kwargs)
-      self._gpu = ManiSkillVectorEnv(env, num_envs, auto_reset=True,
-                                     ignore_terminations=ignore_terminations,
-                                     record_metrics=False)
-      self._device = self._gpu.device
-      self.action_dim = int(np.prod(self._gpu.single_action_space.shape))
+                       camera_variant=camera_variant, max_episode_steps=max_episode_steps,
+                       final_obs_keys=final_obs_keys, ignore_terminations=ignore_terminations)
+    self._sim, self._cpu = None, None
+    if in_process:
+      backend = self.sim_backend
+      if backend == "physx_cuda":
+        require_physx_gpu()
+        backend = f"physx_cuda:{devices.cuda_ordinal(self._device)}"  # JAX's own GPU
+      self._sim = _make_sim(num_envs=num_envs, sim_backend=backend, **make_kwargs)
+      self._torch_device = self._sim.device
+      self.action_dim = int(np.prod(self._sim.action_space.shape))
+      self.final_obs_keys = self._sim.final_obs_keys
     else:
-      self._gpu = None
-      self._device = torch.device("cpu")
-      # Workers fork from the forkserver process: with torch and ManiSkill imported there once,
-      # a worker starts in about a second instead of importing them again (seconds each).
-      multiprocessing.set_forkserver_preload(["rpd_jax.envs.maniskill", "mani_skill.envs"])
-      fns = [functools.partial(_make_worker, ignore_terminations, **make_kwargs)
-             for _ in range(num_envs)]
+      self._torch_device = torch.device("cpu")
+      _start_forkserver()
+      spaces = _cpu_spaces(env_id, make_kwargs)
+      fns = [functools.partial(_make_worker, spaces, **make_kwargs) for _ in range(num_envs)]
       self._cpu = gym.vector.AsyncVectorEnv(
           fns, copy=False, context="forkserver",
-          autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
-      self.action_dim = int(np.prod(self._cpu.single_action_space.shape))
+          autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+      self.action_dim = int(np.prod(spaces[1].shape))
+      keys = tuple(spaces[0].spaces)
+      self.final_obs_keys = keys if final_obs_keys is None else tuple(
+          k for k in keys if k in final_obs_keys)
     if max_episode_steps is None:
       # ManiSkill applies its own time limit (gym's env.spec.max_episode_steps is None).
       max_episode_steps = REGISTERED_ENVS[env_id].max_episode_steps
     self.max_episode_steps = int(max_episode_steps)
     self.observation_spec = base.spec_of(self.reset(seed))
 
+  def _jax(self, x: torch.Tensor | np.ndarray) -> jax.Array:
+    return to_jax(x, self._device)
+
   def reset(self, seed: int) -> base.Observation:
-    """Resets every env; env i is seeded with ``seed + i``. Returns obs [B, ...]."""
+    """Resets every env; env i is seeded with ``seed + i`` (see the module doc). Returns
+    obs [B, ...]."""
     seeds = [seed + i for i in range(self.num_envs)]
-    if self._gpu is not None:
-      obs, _ = self._gpu.reset(seed=seeds)
+    if self._sim is not None:
+      with torch.inference_mode():
+        obs = self._sim.reset(seeds)
       self._settle()
     else:
-      obs = self._own(self._cpu.reset(seed=seeds)[0])
-    return {k: to_jax(v) for k, v in obs.items()}
+      try:
+        obs = self._own(self._cpu.reset(seed=seeds)[0])
+      except (BrokenPipeError, EOFError, ConnectionError) as e:
+        raise self._worker_error() from e
+    return {k: self._jax(v) for k, v in obs.items()}
 
   def step(self, action: jax.Array) -> base.StepResult:
     """Steps every env with float32 action [B, A]; ended episodes are reset inside the step."""
     if action.shape != (self.num_envs, self.action_dim):
       raise ValueError(f"action has shape {action.shape}; expected (num_envs, action_dim) = "
                        f"{(self.num_envs, self.action_dim)}")
-    if self._gpu is not None:
-      return self._step_gpu(action)
-    return self._step_cpu(action)
-
-  def _step_gpu(self, action: jax.Array) -> base.StepResult:
-    act = to_torch(jnp.asarray(action, jnp.float32), self._device)
-    obs, reward, terminated, truncated, info = self._gpu.step(act)
-    done = terminated | truncated
-    final_obs, success = obs, info["success"]
-    if "final_observation" in info:  # some episode ended: ManiSkillVectorEnv reset it
-      success = info["final_info"]["success"]
-      final_obs = {k: torch.where(done.reshape((-1,) + (1,) * (v.ndim - 1)),
-                                  info["final_observation"][k], v)
-                   for k, v in obs.items()}
-    self._settle()
-    return self._result(obs, reward, terminated, truncated, success, final_obs)
+    act = to_torch(jnp.asarray(action, jnp.float32), self._torch_device)
+    if self._sim is not None:
+      with torch.inference_mode():
+        out = self._sim.step(act)
+      self._settle()
+      return self._result(*out)
+    return self._step_cpu(act.numpy())
 
   def _settle(self) -> None:
     """Waits for the GPU simulator's and renderer's writes before JAX reads their tensors.
@@ -343,10 +510,10 @@ class ManiSkillVecEnv:
     Torch cannot reuse a buffer JAX still reads: the DLPack capsule holds a reference to the
     tensor until the JAX array is deleted.
     """
-    torch.cuda.synchronize(self._device)
+    if self._torch_device.type == "cuda":
+      torch.cuda.synchronize(self._torch_device)
 
-  def _step_cpu(self, action: jax.Array) -> base.StepResult:
-    act = to_torch(jnp.asarray(action, jnp.float32), self._device).numpy()
+  def _step_cpu(self, act: np.ndarray) -> base.StepResult:
     try:
       obs, reward, terminated, truncated, info = self._cpu.step(act)
     except (BrokenPipeError, EOFError, ConnectionError) as e:
@@ -354,14 +521,12 @@ class ManiSkillVecEnv:
     obs = self._own(obs)
     no = np.zeros(self.num_envs, bool)
     success = info.get("success", no) & info.get("_success", no)
-    final_obs = obs
-    if "final_obs" in info:  # SAME_STEP: an object array of the ended episodes' last obs dicts
-      ended = info["_final_obs"]
-      final = info["final_info"]
-      success = np.where(final.get("_success", no), final.get("success", no), success)
-      final_obs = {k: torch.stack([torch.from_numpy(f[k]) if e else v[i]
-                                   for i, (f, e) in enumerate(zip(info["final_obs"], ended))])
-                   for k, v in obs.items()}
+    ended = info.get("final_obs")  # object array: an ended episode's last obs dict, else None
+    final_obs = {k: obs[k] for k in self.final_obs_keys}
+    if ended is not None:
+      final_obs = {k: torch.stack([v[i] if f is None else torch.from_numpy(f[k])
+                                   for i, f in enumerate(ended)])
+                   for k, v in final_obs.items()}
     return self._result(obs, reward, terminated, truncated, success, final_obs)
 
   @staticmethod
@@ -372,35 +537,35 @@ class ManiSkillVecEnv:
     return {k: torch.from_numpy(v).clone() for k, v in obs.items()}
 
   def _result(self, obs, reward, terminated, truncated, success, final_obs) -> base.StepResult:
-    # The CPU backend's reward/flags are small numpy arrays (DLPack copies them, see _own); on
-    # the GPU backend they already are torch tensors on the device and stay there.
-    as_bool = lambda x: to_jax(torch.as_tensor(x, dtype=torch.bool, device=self._device))
+    # The CPU workers' reward/flags are small numpy arrays (DLPack copies them, see _own); in
+    # process they already are torch tensors on the simulator's device and stay there.
+    device = self._torch_device
+    as_bool = lambda x: self._jax(torch.as_tensor(x, dtype=torch.bool, device=device))
     return base.StepResult(
-        obs={k: to_jax(v) for k, v in obs.items()},
-        reward=to_jax(torch.as_tensor(reward, dtype=torch.float32, device=self._device)),
+        obs={k: self._jax(v) for k, v in obs.items()},
+        reward=self._jax(torch.as_tensor(reward, dtype=torch.float32, device=device)),
         terminated=as_bool(terminated),
         truncated=as_bool(truncated),
         success=as_bool(success),
-        final_obs={k: to_jax(v) for k, v in final_obs.items()},
+        final_obs={k: self._jax(v) for k, v in final_obs.items()},
     )
 
   def render(self) -> jax.Array:
-    """uint8 [B, H, W, 3] frames of the current state from the human camera, for videos."""
-    if self._gpu is not None:
-      frames = self._gpu.render()
+    """uint8 [B, H, W, 3] frames of the current state from the camera, for videos."""
+    if self._sim is not None:
+      with torch.inference_mode():
+        frames = self._sim.frames()
       self._settle()
-      return to_jax(frames)
+      return self._jax(frames)
     try:
-      return to_jax(np.stack(self._cpu.render()))
+      return self._jax(np.stack(self._cpu.render()))
     except (BrokenPipeError, EOFError, ConnectionError) as e:
       raise self._worker_error() from e
 
   def _worker_error(self) -> base.EnvWorkerError:
     """The error for a CPU worker process that is gone, naming it and how it ended."""
     dead = [(i, p) for i, p in enumerate(self._cpu.processes) if not p.is_alive()]
-    how = lambda code: (f"killed by signal {-code}" if code is not None and code < 0
-                        else f"exit code {code}")
-    names = "; ".join(f"worker {i} (pid {p.pid}, {how(p.exitcode)})" for i, p in dead)
+    names = "; ".join(f"worker {i} (pid {p.pid}, {_exit_status(p.exitcode)})" for i, p in dead)
     return base.EnvWorkerError(
         f"ManiSkill {self.env_id}: {names or 'a worker'} of {self.num_envs} stopped answering "
         "(out of memory, or killed); the simulation cannot go on")
@@ -408,8 +573,8 @@ class ManiSkillVecEnv:
   def close(self, terminate: bool = False) -> None:
     """Closes the simulation; ``terminate`` (or a dead worker) stops CPU workers at once,
     without waiting for a step in flight."""
-    if self._gpu is not None:
-      self._gpu.close()
+    if self._sim is not None:
+      self._sim.close()
       return
     terminate = terminate or not all(p.is_alive() for p in self._cpu.processes)
     if terminate:
