@@ -44,7 +44,7 @@ def reset(env: VecEnv, make_env: Callable[[int], VecEnv], seed: int,
   """Fresh episodes for K x N envs. Where the env hands out its state, student k's N envs are
   reset exactly as a run of N envs with ``seed + k`` resets them; else env i gets
   ``seed + i``."""
-  if num_seeds == 1 or not hasattr(env, "set_state"):
+  if num_seeds == 1 or not env.holds_state:
     return rollout.reset(env, seed)
   carries, states = [], []
   for k in range(num_seeds):

@@ -30,11 +30,11 @@ from rpd_jax import config as config_lib
 from rpd_jax import evaluate as evaluate_lib
 from rpd_jax import parallel, ppo, preemption, rollout, seeds
 from rpd_jax.checkpoint import Checkpointer
-from rpd_jax.envs import make_env
+from rpd_jax.envs import devices, make_env
 from rpd_jax.envs.base import EnvWorkerError, VecEnv, describe
 from rpd_jax.errors import RunError
 from rpd_jax.networks import make_network
-from rpd_jax.teachers import make_teacher
+from rpd_jax.teachers import make_teacher, provenance
 from rpd_jax.teachers.base import auto_chunk_size, check_action_dim
 
 
@@ -63,8 +63,8 @@ def _check_finite(summary: dict[str, float], iteration: int, workdir: str) -> No
 
 
 def _env_state(env: VecEnv):
-  """The env's own state where it supports get_state/set_state (checkpointed), else ()."""
-  return env.get_state() if hasattr(env, "get_state") else ()
+  """The env's own state where it hands one out (``holds_state``: checkpointed), else ()."""
+  return env.get_state() if env.holds_state else ()
 
 
 def _restore(ckpt: Checkpointer, env: VecEnv, state: ppo.TrainState, carry: rollout.Carry,
@@ -77,7 +77,7 @@ def _restore(ckpt: Checkpointer, env: VecEnv, state: ppo.TrainState, carry: roll
   if not iteration:
     return 0, state, carry
   state, carry = restored["state"], restored["carry"]
-  if hasattr(env, "set_state"):
+  if env.holds_state:
     env.set_state(restored["env"])
   else:
     fresh = rollout.reset(env, seed=seed + 7919 * iteration)
@@ -96,9 +96,11 @@ class Logger:
   """
 
   def __init__(self, workdir: str, start: int, num_iterations: int, batch: int,
-               writer: bool = True):
+               writer: bool = True, tags: Optional[dict[str, str]] = None):
     """``writer``: False in every process but the first of a multi-process run, which keeps
-    the bookkeeping (the same summaries) but writes nothing."""
+    the bookkeeping (the same summaries) but writes nothing. ``tags``: text written into every
+    row of metrics.jsonl (the simulation backend), not to TensorBoard."""
+    self._tags = dict(tags or {})
     self.path = os.path.join(workdir, "metrics.jsonl") if writer else None
     # Drop what a stopped run logged after its last checkpoint (it will be logged again), and a
     # last line cut short by a kill.
@@ -148,7 +150,8 @@ class Logger:
     env_steps = iteration * self._batch
     if self.path is not None:
       with open(self.path, "a") as f:
-        f.write(json.dumps({"iteration": iteration, "env_steps": env_steps, **summary}) + "\n")
+        f.write(json.dumps({"iteration": iteration, "env_steps": env_steps, **self._tags,
+                            **summary}) + "\n")
       for k, v in summary.items():
         self._tb.add_scalar(k, v, env_steps)
       self._tb.flush()
@@ -200,12 +203,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       if mesh is not None and c.env.name != "jax_push":
         # A simulator outside JAX: one per process, its envs' arrays global over the mesh.
         env = parallel.ProcessEnvs(make_env(c.env, c.env.num_envs // jax.process_count(),
-                                            seed=c.seed), mesh)
+                                            seed=c.seed, final_obs_keys=c.network.obs_keys),
+                                   mesh)
       else:
-        env = make_env(c.env, num_seeds * c.env.num_envs, seed=c.seed)
+        env = make_env(c.env, num_seeds * c.env.num_envs, seed=c.seed,
+                       final_obs_keys=c.network.obs_keys)
       carry = seeds.reset(env, lambda seed: make_env(c.env, c.env.num_envs, seed=seed),
                           c.seed, num_seeds)
-      logging.info("env %s x%d: %s", c.env.name, env.num_envs, describe(env.observation_spec))
+      logging.info("env %s x%d on %s: %s", c.env.name, env.num_envs, env.sim_backend,
+                   describe(env.observation_spec))
       network = make_network(c.network, env.action_dim)
       # The acting network: K students (config.num_seeds) act on their slices of the envs.
       actor = rollout.SeedStack(network, num_seeds) if num_seeds > 1 else network
@@ -215,6 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           k_init, num_seeds)
       if teacher is not None:
         check_action_dim(teacher, env.observation_spec, env.action_dim, c.env.name)
+        warning = provenance.mismatch(teacher.name, teacher.made_on, env.sim_backend)
+        if warning:
+          logging.warning("%s", warning)
       chunk = c.teacher.chunk_size
       if teacher is not None and not chunk:
         chunk = auto_chunk_size(teacher, env.observation_spec, batch,
@@ -230,13 +239,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # and DLPack observations are, else the second iteration's arguments differ in
       # commitment and act and update compile again), the envs split over the mesh.
       state, carry = parallel.replicate(state, mesh), parallel.shard_envs(carry, mesh)
-      if mesh is not None and hasattr(env, "set_state"):
+      if mesh is not None and env.holds_state:
         env.set_state(parallel.shard_envs(env.get_state(), mesh))
       if start:
         logging.info("resumed from iteration %d (%d env steps)", start,
                      int(np.max(state.env_steps)))
       done = _Completed(start, state, carry, _env_state(env))
-      log = Logger(workdir, start, num_iterations, batch, writer=main_process)
+      log = Logger(workdir, start, num_iterations, batch, writer=main_process,
+                   tags={"sim_backend": env.sim_backend})
       last_eval: dict[str, float] = {}
       for iteration in range(start + 1, num_iterations + 1):
         k_rollout, k_update = seeds.iteration_keys(k_loop, iteration)
@@ -263,10 +273,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if last or iteration % c.eval_every == 0:
             if eval_env is None:
               eval_env = make_env(_eval_env_config(c), num_seeds * c.eval_envs,
-                                  seed=c.seed + 1)
-            # The evaluation envs live on one device of each process: a host copy of the
-            # params (every process evaluates alike; the first one records the videos).
-            params = state.params if mesh is None else parallel.fetch(state.params)
+                                  seed=c.seed + 1, final_obs_keys=())
+            # The evaluation envs live on one device of each process: the params copied there
+            # once per evaluation (every process evaluates alike; the first records videos).
+            params = state.params if mesh is None else jax.device_put(
+                parallel.fetch(state.params), devices.default_device())
             evaluate = functools.partial(
                 evaluate_lib.evaluate, eval_env, num_episodes=num_seeds * c.eval_episodes,
                 seed=10_000 + iteration,

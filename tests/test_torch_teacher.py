@@ -362,3 +362,26 @@ def test_per_image_loops_over_a_single_image_policy():
     expected = CNN(torch.from_numpy(np.array(obs["rgb"]))).numpy()
   np.testing.assert_allclose(np.asarray(call(teacher, obs, jax.random.key(0)).action), expected,
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kept", ["tensor", "view"])
+def test_a_policy_that_keeps_its_inputs_is_stopped_before_anything_runs(kept):
+  """The inputs are views of XLA's buffers, which XLA reuses after the call: a policy keeping
+  them (an action queue, ``self.last_obs``) is a ConfigError at the trace-time probe."""
+  store = []
+
+  def keeping(images_, seed):
+    store.append(images_ if kept == "tensor" else images_[0])
+    return cnn_policy(images_, seed)
+
+  teacher = torch_policy.teacher_from_torch(keeping, action_dim=A)
+  fn = jax.jit(lambda o, k: teacher.apply_fn(teacher.params, o, o, jnp.zeros(4, bool), k,
+                                             0).action)
+  with pytest.raises(ConfigError, match="kept its input tensors"):
+    fn({"rgb": images(4)}, jax.random.key(0))
+  # A copy is the policy's own.
+  teacher = torch_policy.teacher_from_torch(
+      lambda images_, seed: (store.append(images_.clone()), cnn_policy(images_, seed))[1],
+      action_dim=A)
+  jax.block_until_ready(teacher.apply_fn(teacher.params, {"rgb": images(4)}, None,
+                                         jnp.zeros(4, bool), jax.random.key(0), 0).action)

@@ -272,7 +272,8 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   def write_meta():
     meta.update(format_version=FORMAT_VERSION, env_id=env_id, instruction=info.instruction,
                 image_size=image_size, camera=camera, camera_variant=camera_variant,
-                control_mode="pd_ee_delta_pose", controller=teacher.name, noise=noise,
+                control_mode="pd_ee_delta_pose", sim_backend=env.sim_backend,
+                controller=teacher.name, noise=noise,
                 max_length=max_length, first_seed=seed, attempts=attempts, kept=kept,
                 success_rate=kept / max(attempts, 1), seconds=round(seconds, 1),
                 episodes_per_minute=round(60 * kept / max(seconds, 1e-9), 1))

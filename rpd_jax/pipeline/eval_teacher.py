@@ -93,15 +93,17 @@ def chunk_executor(chunks_fn: Callable, params, execution: str,
   return receding
 
 
-def make_policy(env_id: str, execution: str) -> tuple[rollout.Policy, Optional[int], str]:
-  """(policy, the teacher's image size or None, teacher label) for one task, from the flags."""
+def make_policy(env_id: str, execution: str
+                ) -> tuple[rollout.Policy, Optional[int], str, Optional[str]]:
+  """(policy, the teacher's image size or None, teacher label, the simulation backend it was
+  made on or None) for one task, from the flags."""
   from rpd_jax.teachers import maniskill_scripted, octo  # pylint: disable=g-import-not-at-top
   if _TEACHER.value == "scripted_maniskill":
     if execution != "first":
       raise ConfigError(f"--execution={execution}: scripted teachers output single actions; "
                         "use --execution=first")
     teacher = maniskill_scripted.make_teacher(task=env_id, noise=_NOISE.value)
-    return rollout.teacher_policy(teacher), None, teacher.name
+    return rollout.teacher_policy(teacher), None, teacher.name, teacher.made_on
   checkpoint = _CHECKPOINT.value
   if checkpoint == "shipped":
     checkpoint = tasks.task_info(env_id).teacher
@@ -109,18 +111,22 @@ def make_policy(env_id: str, execution: str) -> tuple[rollout.Policy, Optional[i
                               window=_WINDOW.value, tokenizer_dir=_TOKENIZER.value)
   horizon = dict(teacher.params["model"].spec.heads)["action"].action_horizon
   policy = chunk_executor(teacher.apply_fn.chunks, teacher.params, execution, horizon)
-  return policy, teacher.apply_fn.size[0], teacher.name
+  return policy, teacher.apply_fn.size[0], teacher.name, teacher.made_on
 
 
 def evaluate_task(env_id: str, out: str) -> dict:
   from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
   from rpd_jax.envs import maniskill  # pylint: disable=g-import-not-at-top
-  policy, image_size, label = make_policy(env_id, _EXECUTION.value)
+  from rpd_jax.teachers import provenance  # pylint: disable=g-import-not-at-top
+  policy, image_size, label, made_on = make_policy(env_id, _EXECUTION.value)
   obs_mode = "state" if image_size is None else "rgb"
   env = maniskill.ManiSkillVecEnv(
       num_envs=_NUM_ENVS.value, seed=_SEED.value, reward_mode="normalized_dense", env_id=env_id,
       obs_mode=obs_mode, image_size=image_size or 128, sim_backend=_SIM_BACKEND.value,
-      camera_variant=_CAMERA_VARIANT.value)
+      camera_variant=_CAMERA_VARIANT.value, final_obs_keys=())
+  warning = provenance.mismatch(label, made_on, env.sim_backend)
+  if warning:
+    logging.warning("%s", warning)
   started = time.perf_counter()
   try:
     result = evaluate.evaluate(env, policy, _EPISODES.value, seed=_SEED.value,
@@ -137,7 +143,7 @@ def evaluate_task(env_id: str, out: str) -> dict:
           "success_rate": p, "success_stderr": math.sqrt(p * (1 - p) / n),
           "normalized_reward": result["eval/reward_per_step"],
           "return": result["eval/return"], "episode_length": result["eval/episode_length"],
-          "seconds": round(time.perf_counter() - started, 1)}
+          "sim_backend": env.sim_backend, "seconds": round(time.perf_counter() - started, 1)}
 
 
 def markdown(rows: list[dict]) -> str:

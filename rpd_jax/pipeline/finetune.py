@@ -191,6 +191,12 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, action_dim: 
   full_config = {"model": model_config, "window_size": window,
                  "sampling": {"skip_first_step": True},
                  "rpd_jax_finetune": json.loads(config.to_json())}
+  # Where the demonstrations were simulated (teachers.provenance): folders recorded before the
+  # metadata said so were recorded on the CPU, the only backend demos used then.
+  backends = {demos_lib.read_metadata(f).get("sim_backend", "physx_cpu")
+              for f in config.data.folders}
+  if len(backends) == 1:
+    full_config["rpd_jax_sim_backend"] = backends.pop()
   t5_config = None
   if pretrained is not None and pretrained.spec.task_tokenizers:
     t5_config = pretrained.spec.task_tokenizers[0][1].t5  # the checkpoint's own encoder

@@ -41,6 +41,8 @@ class Teacher:
   params: Any
   apply_fn: TeacherFn = struct.field(pytree_node=False)
   name: str = struct.field(pytree_node=False, default="teacher")
+  # The simulation backend the teacher was made and measured on (teachers.provenance), or None.
+  made_on: Optional[str] = struct.field(pytree_node=False, default=None)
 
 
 def noisy_samples(mean: jax.Array, noise: jax.Array, key: jax.Array,

@@ -434,4 +434,6 @@ def make_teacher(task: str, noise: Optional[float] = None, gain: float = 2.0) ->
     return noisy_samples(mean, params["noise"], key, num_samples)
 
   params = {"noise": jnp.asarray(noise, jnp.float32), "gain": jnp.asarray(gain, jnp.float32)}
-  return Teacher(params=params, apply_fn=apply_fn, name=f"scripted_{task}")
+  # Its noise and measured success (TASK_NOISE, TASK_SUCCESS) come from the CPU simulation.
+  return Teacher(params=params, apply_fn=apply_fn, name=f"scripted_{task}",
+                 made_on="physx_cpu")

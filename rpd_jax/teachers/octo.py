@@ -37,6 +37,7 @@ from rpd_jax.envs.base import Observation
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo import text
 from rpd_jax.octo.transformer import ATTENTIONS
+from rpd_jax.teachers import provenance
 from rpd_jax.teachers.base import Teacher, TeacherOutput
 
 GRIPPER_MODES = ("maniskill", "raw")
@@ -284,10 +285,11 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
           f"config.teacher.kwargs.instruction (rpd_jax.envs.tasks.TASKS has the paper's)")
     tokenizer = text.T5Tokenizer.find(tokenizer_dir)
     embedding = model.embed_instructions([instruction], tokenizer)[0]
-  return teacher_from_model(model, embedding, window=window, dataset_name=dataset_name,
-                            center_crop=center_crop, gripper=gripper, image_key=image_key,
-                            dtype=dtype, transformer_batch=transformer_batch,
-                            attention=attention, name=f"octo:{pathlib.Path(folder).name}")
+  teacher = teacher_from_model(model, embedding, window=window, dataset_name=dataset_name,
+                               center_crop=center_crop, gripper=gripper, image_key=image_key,
+                               dtype=dtype, transformer_batch=transformer_batch,
+                               attention=attention, name=f"octo:{pathlib.Path(folder).name}")
+  return teacher.replace(made_on=provenance.made_on(folder))
 
 
 class TemporalEnsemble:

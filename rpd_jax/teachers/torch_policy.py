@@ -35,8 +35,17 @@ GPU, ``buffer`` mode is written to be zero-copy as well: the buffers are CUDA me
 ``torch.from_dlpack`` views in place, and the policy's kernels are queued on XLA's own CUDA
 stream (``torch.cuda.ExternalStream(ctx.stream)``), so they are ordered after the kernels that
 produced the images and before those that read the answer, without a device synchronisation;
-the seeds (a few bytes) are read back to the host, which waits for that stream. None of the
+the seeds (a few bytes) are read back to the host, which waits for that stream once per call
+(``torch.manual_seed`` and the policy's ``seed`` argument need host integers; the waiting is
+for the kernels queued before the teacher query, a small part of the update). None of the
 GPU path has been run.
+
+The input tensors are views of XLA's buffers, valid during the call only: XLA reuses them once
+it returns. A policy that keeps them past the call (an action queue, ``self.last_obs``) would
+read changing memory, so every call checks that it kept neither the tensors nor a view of them
+(their Python references and their storage's uses are what they were before the call) and
+stops with a ConfigError naming the fix otherwise; the trace-time probe call below finds it
+before anything runs.
 
 Shapes are checked twice: when the update is traced, the policy is called once on
 ``PROBE_BATCH`` (2) blank observations of the traced shape, so a wrong ``action_dim`` or a
@@ -104,6 +113,7 @@ import contextlib
 import dataclasses
 import functools
 import importlib
+import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import jax
@@ -276,6 +286,18 @@ class TorchApply:
     batch = tensors[0].shape[0]
     if self.device is not None:
       tensors = [t.to(self.device) for t in tensors]
+    before = _holders(tensors)
+    answers = self._answers(tensors, seeds, num_samples, batch)
+    if _holders(tensors) != before:
+      raise ConfigError(
+          "the torch teacher's policy kept its input tensors (or views of them) after the call: "
+          "they are views of XLA's buffers, which XLA reuses once the call returns, so what it "
+          "kept would change under it. Copy what the policy keeps (images.clone()), or set "
+          "config.teacher.kwargs.device to hand it copies")
+    return answers
+
+  def _answers(self, tensors: Sequence[torch.Tensor], seeds: Sequence[int], num_samples: int,
+               batch: int) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
     with torch.inference_mode():
       action = self._call(self.policy, seeds[0], tensors)
       self._check(action, (batch, self.action_dim), "policy")
@@ -315,6 +337,13 @@ class TorchApply:
     action, samples = self._answer(tensors, np.asarray(seeds).tolist(), num_samples)
     answers = [action] + ([samples] if num_samples else [])
     return [a.detach().cpu().numpy() for a in answers]
+
+
+def _holders(tensors: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+  """Who holds each tensor: its Python references and the uses of its storage (a view kept
+  anywhere adds one). Unchanged across a call unless the callee kept a tensor or a view."""
+  return [(sys.getrefcount(t), torch._C._storage_Use_Count(t.untyped_storage()._cdata))  # pylint: disable=protected-access
+          for t in tensors]
 
 
 def _cuda_devices() -> list[int]:
