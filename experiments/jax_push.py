@@ -29,7 +29,7 @@ def _smoke(c):
   c.eval_episodes = 4
   c.checkpoint_every = 2
   c.distill.ppd_samples = 4
-  c.teacher.chunk_size = 64
+  c.teacher.max_batch = 64
 
 
 def get_config(arg=None):

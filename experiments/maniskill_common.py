@@ -154,7 +154,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   c.eval_episodes = 1
   c.checkpoint_every = 2
   c.distill.ppd_samples = 4
-  c.teacher.chunk_size = 8
+  c.teacher.max_batch = 8
 
 
 def get_config(env_id: str, arg: str | None,

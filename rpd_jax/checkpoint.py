@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax.serialization
 import jax
@@ -86,17 +86,21 @@ class Checkpointer:
     restored = self._manager.restore(iteration, args=ocp.args.StandardRestore(abstract))
     return flax.serialization.from_state_dict(target, restored)
 
-  def restore_latest(self, target: Any) -> tuple[int, Any]:
+  def restore_latest(self, target: Any, legacy: Optional[tuple[Any, Callable[[Any], Any]]] = None
+                     ) -> tuple[int, Any]:
     """(step, tree) of the newest step that restores, or (0, None) without checkpoints.
 
-    Newer steps that do not restore are moved to ``damaged_checkpoints/`` with a warning. If no
-    step restores, ConfigError names the folder and the choices, and nothing is moved.
+    ``legacy``: (an older layout's target, its conversion to ``target``'s), tried where a step
+    does not restore into ``target``: a checkpoint written before a layout change resumes.
+    Newer steps that restore into neither are moved to ``damaged_checkpoints/`` with a
+    warning. If no step restores, ConfigError names the folder and the choices, and nothing is
+    moved.
     """
     steps = sorted(self._manager.all_steps(), reverse=True)
     failures = []
     for step in steps:
       try:
-        tree = self.restore(step, target)
+        tree = self._restore_either(step, target, legacy)
       except Exception as e:  # pylint: disable=broad-except  (any damage: truncated, missing)
         failures.append((step, e))
         continue
@@ -110,6 +114,22 @@ class Checkpointer:
           f"no checkpoint in {self.directory} can be restored ({detail}); move that folder "
           "away to start this run afresh, or restore it from a copy")
     return 0, None
+
+  def _restore_either(self, step: int, target: Any,
+                      legacy: Optional[tuple[Any, Callable[[Any], Any]]]) -> Any:
+    try:
+      return self.restore(step, target)
+    except Exception:  # pylint: disable=broad-except  (re-raised where the legacy fails too)
+      if legacy is None:
+        raise
+      try:
+        tree = legacy[1](self.restore(step, legacy[0]))
+      except Exception:  # pylint: disable=broad-except
+        pass
+      else:
+        logging.info("checkpoint %d has the layout of an earlier version; converted", step)
+        return tree
+      raise
 
   def _set_aside(self, restored: int, failures: list[tuple[int, Exception]]) -> None:
     self._manager.close()

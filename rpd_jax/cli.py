@@ -75,6 +75,9 @@ def _parse(argv: list[str], config_spec: list[str] | None, positional: bool = Fa
     if isinstance(e, (KeyError, AttributeError)):  # an override naming no config field
       field = str(e).strip("\"'")
       bad = [a for a in argv[1:] if a.startswith("--config.") and field in a]
+      path = bad[0].split("=")[0].removeprefix("--config.") if bad else field
+      if path in config_lib.RENAMED:
+        fail(f"{bad[0]}: config.{path} is now config.{config_lib.RENAMED[path]}")
       fail(f"{bad[0] if bad else field}: the config has no field {field!r}; see the "
            f"experiment file for the fields it sets")
     # config_flags wraps a config's own exception, traceback and all: keep its last line.

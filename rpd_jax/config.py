@@ -25,6 +25,8 @@ from rpd_jax.errors import ConfigError
 Variant = Callable[[ml_collections.ConfigDict], None]
 
 LOSSES = ("none", *losses.DISTILL)
+# Fields that were renamed: old dotted path -> new one (the command line names the new one).
+RENAMED = {"teacher.chunk_size": "teacher.max_batch"}
 ENCODERS = ("mlp", "cnn", "ppo_rgb")
 REWARDS = ("normalized_dense", "dense", "sparse")
 
@@ -45,10 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
   # Which teacher, by name (rpd_jax.teachers.make_teacher); "none" for plain PPO.
   c.teacher = ml_collections.ConfigDict()
   c.teacher.name = "none"
-  # Observations per teacher call inside the update, which bounds its memory; 0: the most that
-  # fit in a quarter of the device's memory (2 GiB on a CPU), from XLA's memory analysis of the
-  # teacher (rpd_jax.teachers.base.auto_chunk_size).
-  c.teacher.chunk_size = 0
+  # The most observations one teacher call inside the update takes (all students updating side
+  # by side together), which bounds its memory; 0: the most that fit in a quarter of the
+  # device's memory (2 GiB on a CPU), from XLA's memory analysis of the teacher
+  # (rpd_jax.teachers.base.auto_max_batch). Formerly teacher.chunk_size.
+  c.teacher.max_batch = 0
   # "transition": one teacher answer per collected transition serves every epoch; "epoch": a
   # fresh one at every epoch (the published code's per-minibatch query; 8x the teacher's work).
   c.teacher.resample = "transition"
@@ -105,7 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.network.log_std_min = ml_collections.config_dict.placeholder(float)
   c.network.log_std_max = ml_collections.config_dict.placeholder(float)
 
-  # Independent students trained at once (rpd_jax/seeds.py): student k is the run with seed
+  # Independent students trained at once (rpd_jax/students.py): student k is the run with seed
   # ``seed + k``; K x num_envs envs, one vmapped update, metrics per seed and their mean +- std.
   c.num_seeds = 1
   # How many students update side by side (vmapped) in the one jitted update; groups of that
@@ -251,27 +254,27 @@ def validate(c: ml_collections.ConfigDict) -> None:
                       ("log_every", c.log_every), ("eval_every", c.eval_every),
                       ("checkpoint_every", c.checkpoint_every)):
     check(value > 0, f"config.{name}={value} must be a positive integer")
-  check(c.teacher.get("resample", "transition") in ppo_lib.RESAMPLE,
-        f"config.teacher.resample={c.teacher.get('resample')!r} is unknown; use one of "
+  check(c.teacher.resample in ppo_lib.RESAMPLE,
+        f"config.teacher.resample={c.teacher.resample!r} is unknown; use one of "
         f"{', '.join(ppo_lib.RESAMPLE)}")
-  check(c.teacher.chunk_size >= 0,
-        f"config.teacher.chunk_size={c.teacher.chunk_size} must be >= 0 (0: chosen from the "
+  check(c.teacher.max_batch >= 0,
+        f"config.teacher.max_batch={c.teacher.max_batch} must be >= 0 (0: chosen from the "
         "device's memory)")
   batch = c.env.num_envs * c.ppo.num_steps
   check(batch % c.ppo.num_minibatches == 0,
         f"config.ppo.num_minibatches={c.ppo.num_minibatches} does not divide the batch of "
         f"num_envs * num_steps = {c.env.num_envs} * {c.ppo.num_steps} = {batch}; pick a divisor "
         f"of {batch}")
-  check(c.get("eval_protocol", "first_episode") in evaluate_lib.PROTOCOLS,
-        f"config.eval_protocol={c.get('eval_protocol')!r} is unknown; use one of "
+  check(c.eval_protocol in evaluate_lib.PROTOCOLS,
+        f"config.eval_protocol={c.eval_protocol!r} is unknown; use one of "
         f"{', '.join(evaluate_lib.PROTOCOLS)}")
-  check(c.get("num_seeds", 1) >= 1, f"config.num_seeds={c.get('num_seeds')} must be >= 1")
-  check(c.get("seeds_vmapped") is None or c.seeds_vmapped >= 1,
-        f"config.seeds_vmapped={c.get('seeds_vmapped')} must be >= 1 (students updated side by "
+  check(c.num_seeds >= 1, f"config.num_seeds={c.num_seeds} must be >= 1")
+  check(c.seeds_vmapped is None or c.seeds_vmapped >= 1,
+        f"config.seeds_vmapped={c.seeds_vmapped} must be >= 1 (students updated side by "
         "side), or None for the default")
-  data = c.get("mesh", {}).get("data", 1)
-  check(data == 1 or c.get("num_seeds", 1) == 1,
-        f"config.num_seeds={c.get('num_seeds')} with config.mesh.data={data}: seeds and data "
+  data = c.mesh.data
+  check(data == 1 or c.num_seeds == 1,
+        f"config.num_seeds={c.num_seeds} with config.mesh.data={data}: seeds and data "
         "parallelism do not combine yet; use one of them")
   check(data >= 1 and c.env.num_envs % data == 0,
         f"config.mesh.data={data} must be >= 1 and divide config.env.num_envs="

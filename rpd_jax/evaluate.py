@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import imageio
 import jax
@@ -17,12 +17,26 @@ from rpd_jax.envs.base import VecEnv
 PROTOCOLS = ("first_episode", "fixed_steps")
 
 
-def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, key: jax.Array,
+class Episodes(NamedTuple):
+  """What evaluation played, per episode: [rounds, B] arrays (episode r * B + i is env i's in
+  round r)."""
+  returns: np.ndarray  # float64: summed reward (over the alive steps)
+  successes: np.ndarray  # bool: solved at some step
+  lengths: np.ndarray  # int: steps
+  at_end: np.ndarray  # bool: solved at the last step
+
+  def groups(self, num: int) -> list["Episodes"]:
+    """The episodes of ``num`` equal groups of envs (group k: envs [k B / num, (k + 1) B /
+    num), e.g. student k's)."""
+    parts = [np.split(x, num, axis=1) for x in self]
+    return [Episodes(*(p[k] for p in parts)) for k in range(num)]
+
+
+def episodes(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, key: jax.Array,
              video_dir: Optional[str] = None, num_videos: int = 0,
              video_prefix: str = "eval", progress: bool = False,
-             protocol: str = "first_episode", steps: int = 50,
-             groups: int = 1) -> dict[str, float]:
-  """Runs ``num_episodes`` episodes, in rounds of one episode per env, and averages them.
+             protocol: str = "first_episode", steps: int = 50) -> Episodes:
+  """Runs ``num_episodes`` episodes, in rounds of one episode per env.
 
   Episode k starts from the env seed ``seed + k`` (round r resets env i with seed + r * B + i),
   so N episodes are N different initial states. ``protocol``:
@@ -30,13 +44,11 @@ def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, 
   - "first_episode": each env's first episode, to its end (success or the time limit).
     Success counts an episode in which the task was solved at any step.
   - "fixed_steps": the published RPD evaluation: exactly ``steps`` steps of an env whose
-    successes do not end episodes (``ignore_terminations``). ``eval/success_rate`` is
-    success_once (solved at any step), ``eval/success_at_end`` the success at the last step,
-    ``eval/reward_per_step`` the return over ``steps``.
+    successes do not end episodes (``ignore_terminations``); ``at_end`` is the success at the
+    last step.
 
-  ``groups`` = K splits the envs into K equal groups (K students, ``rollout.SeedStack``): the
-  metrics of group k come as ``seed<k>/eval/...`` besides those of all episodes. Videos of the
-  first ``num_videos`` envs of the first round go to ``video_dir/<video_prefix>_<i>.mp4``.
+  Videos of the first ``num_videos`` envs of the first round go to
+  ``video_dir/<video_prefix>_<i>.mp4``.
   """
   if num_episodes % env.num_envs:
     raise ValueError(f"num_episodes={num_episodes} is not a multiple of the eval env count "
@@ -74,25 +86,26 @@ def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, 
         with quiet.fork_exec():  # imageio runs ffmpeg as a subprocess
           imageio.mimsave(os.path.join(video_dir, f"{video_prefix}_{i}.mp4"),
                           list(frames[alive[:, i], i]), fps=20)
-  # [rounds, B] per episode; group k holds envs [k * B / K, (k + 1) * B / K).
-  per_env = {"returns": np.stack(returns), "successes": np.stack(successes),
-             "lengths": np.stack(lengths), "at_end": np.stack(at_end)}
-  out = _summary(per_env, protocol)
-  if groups > 1:
-    for k in range(groups):
-      part = {name: np.split(v, groups, axis=1)[k] for name, v in per_env.items()}
-      out.update({f"seed{k}/{name}": value
-                  for name, value in _summary(part, protocol).items()})
-  return out
+  return Episodes(*map(np.stack, (returns, successes, lengths, at_end)))
 
 
-def _summary(per_env: dict[str, np.ndarray], protocol: str) -> dict[str, float]:
-  returns, lengths = per_env["returns"].ravel(), per_env["lengths"].ravel()
-  extra = ({"eval/success_at_end": float(np.mean(per_env["at_end"]))}
+def summary(played: Episodes, protocol: str) -> dict[str, float]:
+  """``eval/`` metrics of the episodes: ``success_rate`` (solved at any step; the published
+  protocol's success_once), ``return``, ``reward_per_step`` (the return over the episode's
+  steps; with normalized_dense rewards in [0, 1]), ``episode_length``, ``episodes``, and under
+  the fixed-step protocol ``success_at_end``."""
+  returns, lengths = played.returns.ravel(), played.lengths.ravel()
+  extra = ({"eval/success_at_end": float(np.mean(played.at_end))}
            if protocol == "fixed_steps" else {})
-  return {**extra, "eval/success_rate": float(np.mean(per_env["successes"])),
+  return {**extra, "eval/success_rate": float(np.mean(played.successes)),
           "eval/return": float(np.mean(returns)),
-          # mean reward per step of an episode (with normalized_dense rewards: in [0, 1])
           "eval/reward_per_step": float(np.mean(returns / np.maximum(lengths, 1))),
           "eval/episode_length": float(np.mean(lengths)),
           "eval/episodes": float(returns.size)}
+
+
+def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, key: jax.Array,
+             protocol: str = "first_episode", **kwargs) -> dict[str, float]:
+  """``summary`` of ``episodes`` (same arguments): one policy's evaluation."""
+  return summary(episodes(env, policy, num_episodes, seed, key, protocol=protocol, **kwargs),
+                 protocol)

@@ -14,13 +14,12 @@ def sample(mean: jax.Array, log_std: jax.Array, key: jax.Array) -> jax.Array:
   """One sample [..., A] of N(mean, exp(log_std)^2).
 
   ``key`` may be K keys for K students stacked along the batch (mean [K * N, A]): student k's
-  rows then draw their noise from key k alone, as they would in a run of their own.
+  rows then draw their noise from key k alone, as they would in a run of their own (one key is
+  a batch of one: the same noise as ``jax.random.normal(key, mean.shape)``).
   """
-  if key.ndim:
-    rows = (mean.shape[0] // key.shape[0],) + mean.shape[1:]
-    noise = jax.vmap(lambda k: jax.random.normal(k, rows))(key).reshape(mean.shape)
-  else:
-    noise = jax.random.normal(key, mean.shape)
+  keys = key.reshape(-1)
+  rows = (mean.shape[0] // keys.shape[0],) + mean.shape[1:]
+  noise = jax.vmap(lambda k: jax.random.normal(k, rows))(keys).reshape(mean.shape)
   return mean + jnp.exp(log_std) * noise
 
 

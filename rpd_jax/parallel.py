@@ -111,6 +111,15 @@ def fetch(tree: Any) -> Any:
   return jax.tree.map(get, tree)
 
 
+def local_copy(tree: Any, mesh: Optional[Mesh]) -> Any:
+  """The tree whole on this process's default device, for work outside the mesh (evaluation):
+  as it is without a mesh, else gathered and copied there once (not uploaded again at every
+  step of an evaluation)."""
+  if mesh is None:
+    return tree
+  return jax.device_put(fetch(tree), devices.default_device())
+
+
 def check_same_config(config_json: str) -> None:
   """Raises ConfigError in every process when the processes were given different configs."""
   if jax.process_count() == 1:
@@ -144,6 +153,7 @@ class ProcessEnvs:
   """
 
   holds_state = False  # a simulator outside JAX: re-seeded on resume
+  jax_native = False
 
   def __init__(self, local: Any, mesh: Mesh):
     self._local, self._mesh = local, mesh

@@ -53,15 +53,23 @@ def _flatten(tree):
 
 
 def teacher_targets(teacher: Teacher, rollout: Rollout, key: jax.Array, num_samples: int,
-                    min_std: float, chunk_size: int) -> losses.TeacherTargets:
-  """The teacher, queried ONCE for every collected transition: targets [T * B, A].
+                    min_std: float, max_batch: int) -> losses.TeacherTargets:
+  """The teacher, queried ONCE for every collected transition: targets [T * B, A], in calls of
+  at most ``max_batch`` observations.
 
-  ``num_samples`` > 0 (PPD) also fits a Gaussian to that many samples per transition.
+  ``num_samples`` > 0 (PPD) also fits a Gaussian to that many samples per transition. Where the
+  update is vmapped over students (``students.Students``), their teacher calls run one
+  student after another (``sequential_vmap``): a call holds one student's chunk whatever the
+  number of students, and each student gets the answers its own run would.
   """
   prev_obs = jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest[:-1]]),
                           rollout.prev_obs0, rollout.obs)  # prev_obs[t] = obs[t - 1]
-  out = query(teacher, _flatten(rollout.obs), _flatten(prev_obs), _flatten(rollout.is_first),
-              key, num_samples, chunk_size)
+
+  @jax.custom_batching.sequential_vmap
+  def ask(teacher, obs, prev_obs, is_first, key):
+    return query(teacher, obs, prev_obs, is_first, key, num_samples, max_batch)
+
+  out = ask(teacher, _flatten(rollout.obs), _flatten(prev_obs), _flatten(rollout.is_first), key)
   if not num_samples:
     return jax.lax.stop_gradient(losses.TeacherTargets(out.action))
   mean, std = gaussian.fit(out.samples, min_std)
@@ -72,12 +80,12 @@ RESAMPLE = ("transition", "epoch")
 
 
 def make_update(network: ActorCritic, optimizer, ppo: ml_collections.ConfigDict,
-                distill: ml_collections.ConfigDict, teacher_chunk_size: int,
+                distill: ml_collections.ConfigDict, teacher_max_batch: int,
                 teacher_resample: str = "transition"):
   """The jitted ``update(state, teacher, rollout, key) -> (state, metrics)``.
 
-  ``ppo`` and ``distill`` are ``config.ppo`` and ``config.distill``; ``teacher_chunk_size``
-  bounds the observations per teacher call (``config.teacher.chunk_size``).
+  ``ppo`` and ``distill`` are ``config.ppo`` and ``config.distill``; ``teacher_max_batch``
+  bounds the observations per teacher call (``config.teacher.max_batch``).
   ``teacher_resample`` (``config.teacher.resample``): "transition" queries the teacher once per
   collected transition, and that answer serves every epoch; "epoch" draws a fresh answer for
   every transition at the start of each epoch, as the published code did per minibatch (8
@@ -141,7 +149,7 @@ def make_update(network: ActorCritic, optimizer, ppo: ml_collections.ConfigDict,
                                         rollout.values, advantages, advantages + rollout.values)))
     metrics = {}
     targets = lambda k: teacher_targets(teacher, rollout, k, num_samples, distill.ppd_min_std,
-                                        teacher_chunk_size)
+                                        teacher_max_batch)
     per_epoch = distill_loss is not None and teacher_resample == "epoch"
     if distill_loss is not None and not per_epoch:
       batch = batch._replace(teacher=targets(k_teacher))

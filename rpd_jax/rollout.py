@@ -18,7 +18,6 @@ Shapes: T = steps, B = envs, A = action dim.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import time
 from typing import Any, Callable, NamedTuple, Optional
@@ -36,36 +35,9 @@ Policy = Callable[[Observation, Observation, jax.Array, jax.Array],
                   tuple[jax.Array, dict[str, jax.Array]]]
 
 
-@dataclasses.dataclass(frozen=True)
-class SeedStack:
-  """K independent students (``config.num_seeds``) as one network over one batch of K x N envs.
-
-  Their params are stacked along a leading K axis; env rows [k * N, (k + 1) * N) belong to
-  student k. ``apply`` has the network's signature on the whole batch (mean [K * N, A], log-std
-  [K * N, A], value [K * N]), so the step loop, the value bootstraps and evaluation run K
-  students as they run one; their keys, a batch of K (``gaussian.sample``), keep each student's
-  noise its own.
-  """
-  network: ActorCritic
-  num_seeds: int
-
-  def apply(self, params, obs: Observation):
-    split = lambda x: x.reshape((self.num_seeds, -1) + x.shape[1:])
-    mean, log_std, value = jax.vmap(self.network.apply)(params, jax.tree.map(split, obs))
-    rows = mean.shape[1]
-    return (mean.reshape((-1,) + mean.shape[2:]), jnp.repeat(log_std, rows, axis=0),
-            value.reshape(-1))
-
-  def ensemble(self, params, obs: Observation) -> jax.Array:
-    """The K students' mean action on the same observations [B, ...]: one ensemble policy."""
-    return jax.vmap(lambda p: self.network.apply(p, obs)[0])(params).mean(axis=0)
-
-
 def fold_in(key: jax.Array, data: int) -> jax.Array:
-  """``jax.random.fold_in`` of one key, or of each of a batch of keys (K students)."""
-  if key.ndim:
-    return jax.vmap(jax.random.fold_in, (0, None))(key, data)
-  return jax.random.fold_in(key, data)
+  """``jax.random.fold_in`` of a key, or of each key of a batch (one per student)."""
+  return jax.vmap(jax.random.fold_in, (0, None))(key.reshape(-1), data).reshape(key.shape)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -87,20 +59,23 @@ def _teacher_action(teacher: Teacher, obs, prev_obs, is_first, key) -> jax.Array
 
 def student_policy(network: ActorCritic, params, deterministic: bool = False) -> Policy:
   """The student: a sample of its Gaussian, with ``log_prob`` and ``value`` [B] as extras (for
-  training), or its mean action (``deterministic``, for evaluation)."""
+  training), or its mean action (``deterministic``, for evaluation). ``network``: anything with
+  the actor-critic's ``apply`` (``students.Students``: K students on their rows of B, with a
+  batch of K keys)."""
   if deterministic:
     return lambda obs, prev_obs, is_first, key: (_student_mean(network, params, obs), {})
   return lambda obs, prev_obs, is_first, key: _student_sample(network, params, obs, key)
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _ensemble_mean(stack: SeedStack, params, obs: Observation) -> jax.Array:
-  return stack.ensemble(params, obs)
+def _ensemble_mean(students, params, obs: Observation) -> jax.Array:
+  return students.ensemble(params, obs)
 
 
-def ensemble_policy(stack: SeedStack, params) -> Policy:
-  """K students acting as one: the mean of their mean actions (for evaluation)."""
-  return lambda obs, prev_obs, is_first, key: (_ensemble_mean(stack, params, obs), {})
+def ensemble_policy(students, params) -> Policy:
+  """Students acting as one (``students.Students.ensemble``: the mean of their mean actions),
+  for evaluation."""
+  return lambda obs, prev_obs, is_first, key: (_ensemble_mean(students, params, obs), {})
 
 
 def teacher_policy(teacher: Teacher) -> Policy:

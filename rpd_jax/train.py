@@ -4,6 +4,8 @@ Override any value with ``--config.x.y=value`` (e.g. ``--config.distill.coef=0.5
 again with the same ``--workdir`` resumes from its last checkpoint.
 """
 
+import logging as std_logging
+
 from absl import flags, logging
 
 from rpd_jax import cli
@@ -17,11 +19,14 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(config, spec: str) -> None:
+  # Orbax logs every step of every save at INFO, and JAX its search for backends this machine
+  # lacks ("Unable to initialize backend 'tpu'"): keep the console for training progress.
+  logging.get_absl_handler().addFilter(
+      lambda r: "orbax" not in r.pathname and not (
+          "xla_bridge" in r.pathname and r.levelno < std_logging.WARNING))
   # Before anything touches a device: joins a multi-process run (RPD_JAX_COORDINATOR, ...).
   parallel.initialize()
   config_lib.validate(config)
-  # Orbax logs every step of every save at INFO; keep the console for training progress.
-  logging.get_absl_handler().addFilter(lambda record: "orbax" not in record.pathname)
   workdir = _WORKDIR.value or config_lib.default_workdir(spec)
   logging.info("workdir: %s", workdir)
   from rpd_jax import trainer  # after validation: nothing heavy is imported for a bad config

@@ -11,6 +11,8 @@ import pytest
 CASES = [
     ("rpd_jax.train", ["--config=experiments/jax_push.py:smoke", "--config.ppo.gamma=abc"],
      "flag --config.ppo.gamma=abc: could not convert string to float: 'abc'"),
+    ("rpd_jax.train", ["--config=experiments/jax_push.py:smoke", "--config.teacher.chunk_size=8"],
+     "--config.teacher.chunk_size=8: config.teacher.chunk_size is now config.teacher.max_batch"),
     ("rpd_jax.train", ["--config=experiments/pushcube.py:smoke",
                        "--config.teacher.kwargs.checkpoint=nope"],
      "checkpoint='nope' is neither a folder, nor a shipped teacher"),

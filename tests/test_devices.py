@@ -11,7 +11,7 @@ from rpd_jax import config as config_lib
 from rpd_jax.envs import devices, maniskill_config
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo import hub
-from rpd_jax.teachers import provenance
+from rpd_jax.teachers import records
 
 _GPU = types.SimpleNamespace(platform="gpu", id=0, local_hardware_id=0)
 
@@ -87,11 +87,11 @@ def test_the_command_line_overrides_a_geometry_left_to_the_backend(repo_root, tm
 
 
 def test_where_a_teacher_was_made(tmp_path):
-  shipped = provenance.made_on(str(hub.SHIPPED / "octo-tiny-pushcube"))
+  shipped = records.made_on(str(hub.SHIPPED / "octo-tiny-pushcube"))
   assert shipped == "physx_cpu"
-  assert provenance.made_on(str(tmp_path)) is None  # a released checkpoint names none
-  assert provenance.mismatch("octo:x", "physx_cpu", "physx_cpu") is None
-  assert provenance.mismatch("octo:x", None, "physx_cuda") is None
-  warning = provenance.mismatch("octo:x", "physx_cpu", "physx_cuda")
+  assert records.made_on(str(tmp_path)) is None  # a released checkpoint names none
+  assert records.mismatch("octo:x", "physx_cpu", "physx_cpu") is None
+  assert records.mismatch("octo:x", None, "physx_cuda") is None
+  warning = records.mismatch("octo:x", "physx_cpu", "physx_cuda")
   assert "made on physx_cpu" in warning and "simulates on physx_cuda" in warning
   assert "--config.env.kwargs.sim_backend=physx_cpu" in warning

@@ -156,7 +156,7 @@ def test_teacher_samples_under_jit():
   @jax.jit
   def action_sum(params):  # differentiable in the teacher's params, without NaNs
     out = query(teacher.replace(params=params), obs, obs, first, jax.random.key(0), 3,
-                chunk_size=8)
+                max_batch=8)
     return out.action.sum(), out
 
   grads, out = jax.grad(action_sum, has_aux=True)(teacher.params)

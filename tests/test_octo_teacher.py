@@ -293,7 +293,7 @@ def test_fixture_teacher(fixture_teacher):
   @jax.jit
   @chex.assert_max_traces(n=1)
   def query(teacher, obs, prev, is_first, key):
-    return base.query(teacher, obs, prev, is_first, key, num_samples=3, chunk_size=4)
+    return base.query(teacher, obs, prev, is_first, key, num_samples=3, max_batch=4)
 
   chex.clear_trace_counter()
   key = jax.random.key(0)

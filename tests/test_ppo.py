@@ -60,7 +60,7 @@ def setup(config):
   state = ppo.init_train_state(network, optimizer, {"state": jnp.zeros((B, D))},
                                jax.random.key(0))
   update = ppo.make_update(network, optimizer, config.ppo, config.distill,
-                           config.teacher.chunk_size or T * B, config.teacher.resample)
+                           config.teacher.max_batch or T * B, config.teacher.resample)
   return state, update
 
 
@@ -98,7 +98,7 @@ def test_teacher_called_once_per_transition_and_update_compiles_once():
   calls = []
   teacher = linear_teacher(calls=calls)
   config = make_config("ppd")
-  config.teacher.chunk_size = 8  # T * B = 24 rows in 3 chunks of 8
+  config.teacher.max_batch = 8  # T * B = 24 rows in 3 chunks of 8
   state, update = setup(config)
   for i in range(3):
     state, metrics = update(state, teacher, random_rollout(i), jax.random.key(i))
@@ -129,13 +129,14 @@ def test_target_kl_stops_the_update():
   assert float(metrics["loss/update_fraction"]) == pytest.approx(0.25)
 
 
-def test_a_chunk_size_that_does_not_divide_the_batch_pads_the_last_chunk():
+def test_a_max_batch_that_does_not_divide_the_batch_pads_the_last_chunk():
   teacher, key = linear_teacher(), jax.random.key(0)
   obs = {"state": jax.random.normal(key, (24, D))}
   first = jnp.zeros(24, bool)
-  whole = query(teacher, obs, obs, first, key, 2, chunk_size=24)
-  padded = query(teacher, obs, obs, first, key, 2, chunk_size=5)  # 5 chunks of 5: 1 row padded
-  np.testing.assert_allclose(padded.action, whole.action, rtol=1e-6)
+  whole = query(teacher, obs, obs, first, key, 2, max_batch=24)
+  padded = query(teacher, obs, obs, first, key, 2, max_batch=5)  # 5 chunks of 5: 1 row padded
+  # The same rows, in calls of other sizes: the matrix product may round differently (1 ulp).
+  np.testing.assert_allclose(padded.action, whole.action, rtol=1e-6, atol=1e-6)
   assert padded.samples.shape == whole.samples.shape == (2, 24, A)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax import ppo, trainer
+from rpd_jax import students, trainer
 from rpd_jax.checkpoint import CheckpointError, Checkpointer
 from rpd_jax.errors import ConfigError, RunError
 
@@ -131,18 +131,18 @@ def test_a_second_ctrl_c_quits_at_once_and_leaves_a_resumable_run(tmp_path, stra
 
 def _crash_after(iteration, monkeypatch):
   """Makes the trainer die (as a kill would) in the update after ``iteration``."""
-  make_update = ppo.make_update
+  make_update = students.Students.make_update
 
-  def crashing(*args):
-    update = make_update(*args)
+  def crashing(self, update_one):
+    update = make_update(self, update_one)
 
-    def wrapped(state, *rest):
-      if int(state.iteration) == iteration:
+    def wrapped(states, *rest):
+      if int(states.iteration[0]) == iteration:
         raise KeyboardInterrupt("simulated kill")
-      return update(state, *rest)
+      return update(states, *rest)
     return wrapped
 
-  monkeypatch.setattr(ppo, "make_update", crashing)
+  monkeypatch.setattr(students.Students, "make_update", crashing)
 
 
 def _damage(step_dir, how):

@@ -98,7 +98,7 @@ def test_chunked_padded_query_equals_one_call(callback):
   teacher = torch_policy.teacher_from_torch(counting, action_dim=A, callback=callback)
   obs = {"rgb": images(10)}
   first = jnp.zeros(10, bool)
-  chunked = jax.jit(lambda o, k: query(teacher, o, o, first, k, 0, chunk_size=4))(
+  chunked = jax.jit(lambda o, k: query(teacher, o, o, first, k, 0, max_batch=4))(
       obs, jax.random.key(0))
   jax.block_until_ready(chunked)
   # The trace-time probe (2 blank rows), then 10 rows in 3 chunks of 4, the last padded with
@@ -108,7 +108,7 @@ def test_chunked_padded_query_equals_one_call(callback):
   np.testing.assert_allclose(np.asarray(chunked.action), np.asarray(whole.action), rtol=1e-6)
   assert chunked.action.shape == (10, A)
   noisy = torch_policy.teacher_from_torch(noisy_policy, action_dim=A, callback=callback)
-  out = jax.jit(lambda o, k: query(noisy, o, o, first, k, 3, chunk_size=4))(
+  out = jax.jit(lambda o, k: query(noisy, o, o, first, k, 3, max_batch=4))(
       obs, jax.random.key(1))
   assert out.action.shape == (10, A) and out.samples.shape == (3, 10, A)
   assert np.all(np.isfinite(np.asarray(out.samples)))
@@ -241,7 +241,7 @@ def test_in_a_ppo_update_with_mse_and_ppd():
     state = ppo.init_train_state(network, optimizer, {"state": jnp.zeros((b, d))},
                                  jax.random.key(0))
     update = ppo.make_update(network, optimizer, config.ppo, config.distill,
-                             teacher_chunk_size=6)  # 16 rows: 3 chunks of 6, 2 padded
+                             teacher_max_batch=6)  # 16 rows: 3 chunks of 6, 2 padded
     state, metrics = update(state, teacher, data, jax.random.key(1))
     metrics = jax.device_get(metrics)
     assert all(np.isfinite(v).all() for v in metrics.values()), metrics

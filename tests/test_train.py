@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax import ppo, trainer
+from rpd_jax import students, trainer
 
 
 def load_config(repo_root, arg):
@@ -43,21 +43,21 @@ def test_crash_and_resume_continue_identically(repo_root, tmp_path, monkeypatch)
   trainer.train_and_evaluate(config, str(tmp_path / "straight"))
 
   # Crash in the middle of iteration 5: after the checkpoint at 4, with 5's rollout under way.
-  make_update = ppo.make_update
+  make_update = students.Students.make_update
 
-  def crashing_make_update(*args):
-    update = make_update(*args)
-    def wrapped(state, *rest):
-      if int(state.iteration) == 4:
+  def crashing_make_update(self, update_one):
+    update = make_update(self, update_one)
+    def wrapped(states, *rest):
+      if int(states.iteration[0]) == 4:
         raise KeyboardInterrupt("simulated kill")
-      return update(state, *rest)
+      return update(states, *rest)
     return wrapped
 
-  monkeypatch.setattr(ppo, "make_update", crashing_make_update)
+  monkeypatch.setattr(students.Students, "make_update", crashing_make_update)
   with pytest.raises(KeyboardInterrupt):
     trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
   assert [r["iteration"] for r in read_metrics(tmp_path / "resumed")] == [1, 2, 3, 4]
-  monkeypatch.setattr(ppo, "make_update", make_update)
+  monkeypatch.setattr(students.Students, "make_update", make_update)
   trainer.train_and_evaluate(config, str(tmp_path / "resumed"))
 
   straight, resumed = read_metrics(tmp_path / "straight"), read_metrics(tmp_path / "resumed")
@@ -117,20 +117,20 @@ def test_every_variant_combines_with_smoke(repo_root):
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(repo_root, tmp_path,
                                                                monkeypatch):
   config = load_config(repo_root, "smoke")
-  make_update = ppo.make_update
+  make_update = students.Students.make_update
 
-  def poisoning_make_update(*args):
-    update = make_update(*args)
-    def wrapped(state, *rest):
-      state, metrics = update(state, *rest)
-      if int(state.iteration) == 3:  # the third update diverges
-        params = jax.tree.map(lambda x: x * np.nan, state.params)
-        state = state.replace(params=params)
-        metrics["train/finite"] = np.bool_(False)
-      return state, metrics
+  def poisoning_make_update(self, update_one):
+    update = make_update(self, update_one)
+    def wrapped(states, *rest):
+      states, metrics = update(states, *rest)
+      if int(states.iteration[0]) == 3:  # the third update diverges
+        params = jax.tree.map(lambda x: x * np.nan, states.params)
+        states = states.replace(params=params)
+        metrics["train/finite"] = np.zeros(1, bool)
+      return states, metrics
     return wrapped
 
-  monkeypatch.setattr(ppo, "make_update", poisoning_make_update)
+  monkeypatch.setattr(students.Students, "make_update", poisoning_make_update)
   with pytest.raises(trainer.NonFiniteError, match="non-finite parameters or loss at iteration 3"):
     trainer.train_and_evaluate(config, str(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]

@@ -17,7 +17,7 @@ command that made it. Sections:
              teacher's share is RPD-MSE's update minus PPO's on the same rollouts' size
   learning   eval success against env steps, RPD-MSE against PPO, a fixed budget each (on a
              GPU: PushCube from state; with ``--quick``: the pure-JAX push task, sparse reward)
-  seeds      K students in one process (``config.num_seeds``, rpd_jax/seeds.py): env steps/s
+  seeds      K students in one process (``config.num_seeds``, rpd_jax/students.py): env steps/s
              per student at each K on the pure-JAX push task, from state and (not with
              ``--quick``) with the published run's rgb student, 256x256 images and geometry
 """

@@ -58,13 +58,19 @@ def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   return modes[obs_mode]
 
 
+def env_class(env_config: ml_collections.ConfigDict) -> type:
+  """The class of ``config.env.name`` (imports its module), whose class attributes declare
+  what the env can do (``base.VecEnv``: ``jax_native``, ``holds_state``)."""
+  observation_keys(env_config)
+  module, name = ENVS[env_config.name]
+  return getattr(importlib.import_module(module), name)
+
+
 def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int,
              final_obs_keys: Optional[Sequence[str]] = None) -> VecEnv:
   """Builds ``num_envs`` environments of ``env_config.name`` with ``env_config.kwargs``;
   ``final_obs_keys``: the keys of ``StepResult.final_obs`` (None: all)."""
-  observation_keys(env_config)
-  module, name = ENVS[env_config.name]
-  cls = getattr(importlib.import_module(module), name)
+  cls = env_class(env_config)
   kwargs = dict(env_config.kwargs)
   check_options(cls, kwargs, "env.kwargs", f"the {env_config.name} env",
                 fixed=("num_envs", "seed", "reward_mode", "final_obs_keys"))
@@ -72,5 +78,5 @@ def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int,
              final_obs_keys=final_obs_keys, **kwargs)
 
 
-__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "StepResult", "VecEnv", "configure", "make_env",
-           "observation_keys"]
+__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "StepResult", "VecEnv", "configure", "env_class",
+           "make_env", "observation_keys"]

@@ -13,6 +13,9 @@ boundary and ManiSkill's semantics:
 - ``holds_state``: True for envs that can hand out their whole state (``get_state() -> pytree``
   / ``set_state(pytree)``, the pure-JAX env): they are checkpointed with it, so a resumed run
   continues exactly; others are re-seeded on resume;
+- ``jax_native``: True for envs whose whole state is JAX arrays (the pure-JAX env): a mesh
+  shards their envs like any array; a simulator outside JAX (False) runs one per process
+  (``parallel.ProcessEnvs``). A class attribute, asked before the env is built;
 - ``sim_backend``: what simulates (``jax``, ``physx_cpu``, ``physx_cuda``), recorded with runs
   and compared with where a teacher was made;
 - auto-reset: an episode that ends at a step is reset inside that step; ``obs`` is then the first
@@ -56,6 +59,7 @@ class VecEnv(Protocol):
   action_dim: int
   max_episode_steps: int
   holds_state: bool  # get_state / set_state (see the module doc)
+  jax_native: bool  # its state is JAX arrays (see the module doc)
   sim_backend: str  # "jax", "physx_cpu", "physx_cuda", ...
   final_obs_keys: tuple[str, ...]
   # Per-env shapes and dtypes of the observation dict, without the batch dim.

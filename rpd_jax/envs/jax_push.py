@@ -228,6 +228,7 @@ class JaxPushVecEnv:
 
   action_dim = ACTION_DIM
   holds_state = True  # get_state / set_state: checkpointed, resumes exactly (base.VecEnv)
+  jax_native = True  # its state is JAX arrays: a mesh shards it like any other
   sim_backend = "jax"
 
   def __init__(self, num_envs: int, seed: int = 0, reward_mode: str = "normalized_dense",

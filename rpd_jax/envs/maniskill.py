@@ -407,6 +407,7 @@ class ManiSkillVecEnv:
   """
 
   holds_state = False  # re-seeded on resume (base.VecEnv)
+  jax_native = False  # a simulator outside JAX: one per process under a mesh
 
   def __init__(self, num_envs: int, seed: int, reward_mode: str = "normalized_dense",
                env_id: str = "PushCube-v1", obs_mode: str = "state", image_size: int = 256,

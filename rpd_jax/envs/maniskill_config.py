@@ -48,11 +48,11 @@ def configure(c: ml_collections.ConfigDict) -> None:
     c.eval_episodes = c.eval_envs * max(1, -(-eval_episodes // c.eval_envs))
   if c.ppo.num_minibatches is None:
     c.ppo.num_minibatches = minibatches
-  many = c.get("num_seeds", 1) * max(c.env.num_envs, c.eval_envs)
+  many = c.num_seeds * max(c.env.num_envs, c.eval_envs)
   if backend == "physx_cpu" and many > CPU_MAX_PROCESSES:
     raise ConfigError(
         f"config.env.num_envs={c.env.num_envs} / config.eval_envs={c.eval_envs}"
-        f"{f' x config.num_seeds={c.num_seeds}' if c.get('num_seeds', 1) > 1 else ''}: "
+        f"{f' x config.num_seeds={c.num_seeds}' if c.num_seeds > 1 else ''}: "
         f"ManiSkill on a CPU runs one process per env (about 600 MB each); {many} would not "
         f"fit. Use a GPU (sim_backend physx_cuda) or at most {CPU_MAX_PROCESSES}, e.g. "
         "--config.env.num_envs=4 --config.eval_envs=2")

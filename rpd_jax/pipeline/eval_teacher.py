@@ -117,14 +117,14 @@ def make_policy(env_id: str, execution: str
 def evaluate_task(env_id: str, out: str) -> dict:
   from rpd_jax import evaluate  # pylint: disable=g-import-not-at-top
   from rpd_jax.envs import maniskill  # pylint: disable=g-import-not-at-top
-  from rpd_jax.teachers import provenance  # pylint: disable=g-import-not-at-top
+  from rpd_jax.teachers import records  # pylint: disable=g-import-not-at-top
   policy, image_size, label, made_on = make_policy(env_id, _EXECUTION.value)
   obs_mode = "state" if image_size is None else "rgb"
   env = maniskill.ManiSkillVecEnv(
       num_envs=_NUM_ENVS.value, seed=_SEED.value, reward_mode="normalized_dense", env_id=env_id,
       obs_mode=obs_mode, image_size=image_size or 128, sim_backend=_SIM_BACKEND.value,
       camera_variant=_CAMERA_VARIANT.value, final_obs_keys=())
-  warning = provenance.mismatch(label, made_on, env.sim_backend)
+  warning = records.mismatch(label, made_on, env.sim_backend)
   if warning:
     logging.warning("%s", warning)
   started = time.perf_counter()

@@ -191,7 +191,7 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, action_dim: 
   full_config = {"model": model_config, "window_size": window,
                  "sampling": {"skip_first_step": True},
                  "rpd_jax_finetune": json.loads(config.to_json())}
-  # Where the demonstrations were simulated (teachers.provenance): folders recorded before the
+  # Where the demonstrations were simulated (teachers.records): folders recorded before the
   # metadata said so were recorded on the CPU, the only backend demos used then.
   backends = {demos_lib.read_metadata(f).get("sim_backend", "physx_cpu")
               for f in config.data.folders}

@@ -41,7 +41,7 @@ class Teacher:
   params: Any
   apply_fn: TeacherFn = struct.field(pytree_node=False)
   name: str = struct.field(pytree_node=False, default="teacher")
-  # The simulation backend the teacher was made and measured on (teachers.provenance), or None.
+  # The simulation backend the teacher was made and measured on (teachers.records), or None.
   made_on: Optional[str] = struct.field(pytree_node=False, default=None)
 
 
@@ -63,16 +63,16 @@ def noisy_samples(mean: jax.Array, noise: jax.Array, key: jax.Array,
 
 
 def query(teacher: Teacher, obs: Observation, prev_obs: Observation, is_first: jax.Array,
-          key: jax.Array, num_samples: int = 0, chunk_size: int = 4096) -> TeacherOutput:
-  """One teacher call on a flat batch [B, ...], in chunks of at most ``chunk_size``.
+          key: jax.Array, num_samples: int = 0, max_batch: int = 4096) -> TeacherOutput:
+  """One teacher call on a flat batch [B, ...], in chunks of at most ``max_batch``.
 
   A large vision model on thousands of images at once would not fit in memory, so the batch is
-  mapped over in equal chunks (``lax.map``); where ``chunk_size`` does not divide it, the last
+  mapped over in equal chunks (``lax.map``); where ``max_batch`` does not divide it, the last
   chunk is padded with copies of the last observation, whose answers are dropped. Pure and
   jittable. Returns action [B, A] and samples [N, B, A] (None when num_samples == 0).
   """
   batch = is_first.shape[0]
-  num_chunks = -(-batch // chunk_size)
+  num_chunks = -(-batch // max_batch)
   size = -(-batch // num_chunks)  # the smallest equal chunks: at most num_chunks - 1 padded rows
   pad = num_chunks * size - batch
 
@@ -121,11 +121,11 @@ def check_action_dim(teacher: Teacher, observation_spec: dict[str, jax.ShapeDtyp
         f"this robot and controller (config.teacher.kwargs)")
 
 
-def auto_chunk_size(teacher: Teacher, observation_spec: dict[str, jax.ShapeDtypeStruct],
-                    batch: int, num_samples: int = 0, budget: Optional[int] = None,
-                    probes: tuple[int, int] = (8, 16)) -> int:
-  """The largest chunk, at most ``batch``, whose teacher call fits in ``budget`` bytes
-  (``memory_budget()`` by default).
+def auto_max_batch(teacher: Teacher, observation_spec: dict[str, jax.ShapeDtypeStruct],
+                   batch: int, num_samples: int = 0, budget: Optional[int] = None,
+                   probes: tuple[int, int] = (8, 16)) -> int:
+  """The most observations, at most ``batch``, that one teacher call can take within
+  ``budget`` bytes (``memory_budget()`` by default).
 
   The memory of one call is modelled as fixed + per-sample bytes from XLA's memory analysis of
   the compiled call at two probe sizes; nothing runs. A large GPU thus queries octo-base in

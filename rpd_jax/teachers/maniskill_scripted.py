@@ -56,19 +56,6 @@ TASK_NOISE = {
     "LiftPegUpright-v1": 0.25,
     "RollBall-v1": 0.5,
 }
-# Success alone at TASK_NOISE, 100 episodes from distinct seeds (`python -m
-# rpd_jax.pipeline.eval_teacher --teacher=scripted_maniskill --tasks=<all six> --episodes=100
-# --execution=first`); rpd_jax.reproduce draws it as the teacher's line.
-TASK_SUCCESS = {
-    "PushCube-v1": 0.34,
-    "PullCube-v1": 0.51,
-    "PickCube-v1": 0.12,
-    "StackCube-v1": 0.01,
-    "LiftPegUpright-v1": 0.10,
-    "RollBall-v1": 0.20,
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class Layout:
   """Where the controller's inputs sit in a task's privileged state [P] (start indices)."""
@@ -434,6 +421,7 @@ def make_teacher(task: str, noise: Optional[float] = None, gain: float = 2.0) ->
     return noisy_samples(mean, params["noise"], key, num_samples)
 
   params = {"noise": jnp.asarray(noise, jnp.float32), "gain": jnp.asarray(gain, jnp.float32)}
-  # Its noise and measured success (TASK_NOISE, TASK_SUCCESS) come from the CPU simulation.
+  # Its noise (TASK_NOISE) and measured success (records.SCRIPTED_EVALUATIONS) come from the
+  # CPU simulation.
   return Teacher(params=params, apply_fn=apply_fn, name=f"scripted_{task}",
                  made_on="physx_cpu")

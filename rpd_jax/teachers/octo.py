@@ -37,7 +37,7 @@ from rpd_jax.envs.base import Observation
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo import text
 from rpd_jax.octo.transformer import ATTENTIONS
-from rpd_jax.teachers import provenance
+from rpd_jax.teachers import records
 from rpd_jax.teachers.base import Teacher, TeacherOutput
 
 GRIPPER_MODES = ("maniskill", "raw")
@@ -289,7 +289,7 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
                                center_crop=center_crop, gripper=gripper, image_key=image_key,
                                dtype=dtype, transformer_batch=transformer_batch,
                                attention=attention, name=f"octo:{pathlib.Path(folder).name}")
-  return teacher.replace(made_on=provenance.made_on(folder))
+  return teacher.replace(made_on=records.made_on(folder))
 
 
 class TemporalEnsemble:

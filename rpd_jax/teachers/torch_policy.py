@@ -52,8 +52,8 @@ Shapes are checked twice: when the update is traced, the policy is called once o
 policy that answers one row whatever the batch is a ConfigError before anything runs; and on
 every call, inside the callback, where the same message arrives wrapped in a JaxRuntimeError.
 
-Memory: XLA cannot see what torch allocates, so ``auto_chunk_size`` would choose the whole
-batch; set ``config.teacher.chunk_size`` to what the policy fits on the device.
+Memory: XLA cannot see what torch allocates, so ``auto_max_batch`` would choose the whole
+batch; set ``config.teacher.max_batch`` to what the policy fits on the device.
 
 Example, OpenVLA (documentation only: not run here; OpenVLA takes one image per call, so
 ``per_image`` loops over the batch; its gripper is 1 = open in [0, 1]; its "bridge_orig"
@@ -83,7 +83,7 @@ controller's normalised range if that differs)::
   config.teacher.kwargs.factory_kwargs = {"instruction": "push the cube away from the robot"}
   config.teacher.kwargs.action_dim = 7
   config.teacher.kwargs.gripper = "maniskill"
-  config.teacher.chunk_size = 64
+  config.teacher.max_batch = 64
 
 or, in Python, ``teacher_from_torch(openvla("..."), action_dim=7, gripper="maniskill")``.
 

@@ -1,8 +1,8 @@
 """One command per figure of the RPD paper: its trainings, then its plot and table.
 
-  python -m rpd_jax.reproduce --figure=3 --scale=cpu [--root=runs/reproduce] \\
+  python -m rpd_jax.tools.reproduce --figure=3 --scale=cpu [--root=runs/reproduce] \\
       [--tasks=PushCube-v1,PickCube-v1] [--seeds=3] [--parallel=1] [--steps=N] \\
-      [--set=key=value ...] [--dry_run]
+      [--set=key=value ...] [--dry_run] [--experiments=experiments]
 
 Figures (FIGURES):
   3       dense reward, the six fine-tuning tasks (PickCube, PushCube, PullCube, StackCube,
@@ -27,7 +27,7 @@ Scales (SCALES):
 
 One training per (task, loss): ``python -m rpd_jax.train --config=experiments/<task>.py:<variants>
 --workdir=<root>/figure<F>_<scale>/<task>/<rpd_mse|ppo> --config.num_seeds=K
---config.total_env_steps=N`` (K students in one process, rpd_jax/seeds.py), ``--parallel`` at
+--config.total_env_steps=N`` (K students in one process, rpd_jax/students.py), ``--parallel`` at
 once, logging to ``<workdir>/train.log``; ``--set=key=value`` adds ``--config.key=value`` to
 every run. A finished run leaves a ``done`` marker and is skipped when the command is run again;
 a killed one resumes from its checkpoint (rpd_jax.tools.sweep.run_all). ``--dry_run`` prints the
@@ -47,7 +47,6 @@ import dataclasses
 import json
 import math
 import os
-import pathlib
 import shlex
 import sys
 import textwrap
@@ -59,10 +58,9 @@ from absl import flags
 from rpd_jax import cli
 from rpd_jax import config as config_lib
 from rpd_jax.errors import ConfigError, RunError
-from rpd_jax.teachers import maniskill_scripted
+from rpd_jax.teachers import maniskill_scripted, records
 from rpd_jax.tools import plot, sweep
 
-EXPERIMENTS = pathlib.Path(__file__).resolve().parents[1] / "experiments"
 METRIC = "eval/success_rate"
 ENSEMBLE_METRIC = "ensemble/" + METRIC
 TARGETS = (0.5, 0.8)  # success rates the table reports the env steps to
@@ -138,12 +136,13 @@ class Run:
   config: ml_collections.ConfigDict = dataclasses.field(compare=False, repr=False)
 
 
-def config_path(task: str) -> str:
-  """``experiments/<task, lower case, without -v1>.py``, relative to the working directory
-  where the repository is under it."""
-  path = EXPERIMENTS / (task.lower().removesuffix("-v1") + ".py")
-  rel = os.path.relpath(path)
-  return str(path) if rel.startswith("..") else rel
+def config_path(task: str, experiments: str = "experiments") -> str:
+  """``<experiments>/<task, lower case, without -v1>.py``; ConfigError where ``experiments`` is
+  not a folder (the experiment files are the repository's, not the installed package's)."""
+  if not os.path.isdir(experiments):
+    raise ConfigError(f"--experiments={experiments!r} is not a folder; run from the repository's "
+                      "root, where experiments/ is, or name that folder with --experiments")
+  return os.path.join(experiments, task.lower().removesuffix("-v1") + ".py")
 
 
 def out_dir(root: str, figure: str, scale: str) -> str:
@@ -164,7 +163,7 @@ def _check_override(config: ml_collections.ConfigDict, override: str) -> None:
 
 def plan(figure: str, scale: str, root: str, tasks: Optional[Sequence[str]] = None,
          seeds: Optional[int] = None, steps: Optional[int] = None,
-         overrides: Sequence[str] = ()) -> list[Run]:
+         overrides: Sequence[str] = (), experiments: str = "experiments") -> list[Run]:
   """The runs of ``figure`` at ``scale``, in order; every config loaded (a bad figure, scale,
   task, variant or override raises ConfigError before anything runs)."""
   if figure not in FIGURES:
@@ -188,7 +187,7 @@ def plan(figure: str, scale: str, root: str, tasks: Optional[Sequence[str]] = No
     for loss, (loss_variant, _) in LOSSES.items():
       variants = ",".join(filter(None, ["sparse" if fig.sparse else "", sc.variant(task, fig),
                                         *fig.variants, loss_variant]))
-      path = config_path(task)
+      path = config_path(task, experiments)
       spec = f"{path}:{variants}" if variants else path
       config = config_lib.load(spec)
       if (config.distill.loss == "none") != (loss == "ppo"):
@@ -207,48 +206,13 @@ def plan(figure: str, scale: str, root: str, tasks: Optional[Sequence[str]] = No
   return runs
 
 
-def _shipped_or_folder(checkpoint: str) -> Optional[str]:
-  from rpd_jax.octo import hub  # pylint: disable=g-import-not-at-top
-  try:
-    return hub.resolve_checkpoint(checkpoint)
-  except FileNotFoundError:
-    return None
-
-
 def teacher_success(config: ml_collections.ConfigDict) -> Optional[float]:
-  """The success rate of the run's teacher alone on its task, where it was measured; else None.
-
-  The scripted ManiSkill teacher at its task's TASK_NOISE: maniskill_scripted.TASK_SUCCESS. An
-  Octo teacher: the row of its task (and camera variant) with execution "first" (how RPD
-  queries it) in ``teacher_eval.json`` inside its checkpoint folder, rows as
-  ``python -m rpd_jax.pipeline.eval_teacher`` writes them to teacher_table.json. A run without
-  distillation (PPO) has no teacher: None.
-  """
+  """The success rate of the run's teacher alone on its task, from the teacher's records
+  (``teachers.records.success``); None where it was not measured, and for a run without
+  distillation (PPO), which has no teacher."""
   if config.distill.loss == "none":
     return None
-  kwargs = config.teacher.kwargs
-  if config.teacher.name == "scripted_maniskill":
-    task = kwargs.get("task")
-    noise = kwargs.get("noise")
-    if task in maniskill_scripted.TASK_SUCCESS and (
-        noise is None or noise == maniskill_scripted.TASK_NOISE.get(task)):
-      return maniskill_scripted.TASK_SUCCESS[task]
-    return None
-  if config.teacher.name == "octo":
-    folder = _shipped_or_folder(kwargs.get("checkpoint", ""))
-    path = folder and os.path.join(folder, "teacher_eval.json")
-    if not path or not os.path.isfile(path):
-      return None
-    with open(path) as f:
-      rows = json.load(f)
-    if isinstance(rows, dict):  # one row
-      rows = [rows]
-    env = config.env.kwargs
-    for row in rows:
-      if (row.get("task") == env.get("env_id") and row.get("execution") == "first" and
-          row.get("camera_variant") == env.get("camera_variant")):
-        return float(row["success_rate"])
-  return None
+  return records.success(config.teacher, config.env)
 
 
 def _fmt_steps(steps: Optional[int]) -> str:
@@ -367,12 +331,12 @@ def _check_teachers(runs: Sequence[Run]) -> None:
 def reproduce(figure: str, scale: str, root: str, tasks: Optional[Sequence[str]] = None,
               seeds: Optional[int] = None, steps: Optional[int] = None, parallel: int = 1,
               overrides: Sequence[str] = (), dry_run: bool = False,
-              poll: float = 2.0) -> Optional[dict]:
+              poll: float = 2.0, experiments: str = "experiments") -> Optional[dict]:
   """Plans, runs (``parallel`` at once; finished ones skipped) and reports a figure. Returns
   the report (None for ``dry_run``); raises RunError after the report if a run failed."""
   if parallel < 1:
     raise ConfigError(f"--parallel={parallel} must be >= 1")
-  runs = plan(figure, scale, root, tasks, seeds, steps, overrides)
+  runs = plan(figure, scale, root, tasks, seeds, steps, overrides, experiments)
   if dry_run:
     for run in runs:
       done = "# done: " if sweep.finished(run.workdir) else ""
@@ -404,6 +368,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer("steps", None, "Env steps per student (default: paper the config's 30M, "
                        "cpu 50,000).")
   flags.DEFINE_bool("dry_run", False, "Print the commands and exit.")
+  flags.DEFINE_string("experiments", "experiments", "The folder of the experiment files (the "
+                      "repository's experiments/).")
   flags.declare_key_flag("parallel")
   flags.declare_key_flag("set")
 
@@ -414,7 +380,7 @@ def main() -> None:
     raise ConfigError(f"give --figure ({'|'.join(FIGURES)}) and --scale ({'|'.join(SCALES)}), "
                       "e.g. --figure=3 --scale=cpu")
   reproduce(f.figure, f.scale, f.root, f.tasks, f.seeds, f.steps, f.parallel, f.set,
-            f.dry_run)
+            f.dry_run, experiments=f.experiments)
 
 
 if __name__ == "__main__":
