@@ -58,7 +58,7 @@ import numpy as np
 from absl import flags
 
 from rpd_jax import cli, octo
-from rpd_jax.bench import markdown_table, table_row
+from rpd_jax.bench import Table
 from rpd_jax.errors import ConfigError
 from rpd_jax.octo.transformer import ATTENTIONS
 from rpd_jax.teachers import octo as octo_teacher
@@ -233,7 +233,7 @@ def run(args: Settings) -> list[dict[str, Any]]:
     peak = row.pop("_peak_flops")
     if peak and row["gflop_per_sample"]:
       row["mfu"] = row["gflop_per_sample"] * 1e9 * row["samples_per_s"] / peak
-    print(_format_row(row), file=sys.stderr, flush=True)
+    print(TABLE.row(row), file=sys.stderr, flush=True)
   if args.server_batch:
     window = args.window[0]
     start = time.perf_counter()
@@ -247,7 +247,7 @@ def run(args: Settings) -> list[dict[str, Any]]:
         row.update(bench_server(server, batch, args.image_size, args.repeats,
                                 answers.get(("float32", window, batch))))
         rows.append(row)
-        print(_format_row(row), file=sys.stderr, flush=True)
+        print(TABLE.row(row), file=sys.stderr, flush=True)
   return rows
 
 
@@ -260,26 +260,12 @@ HEADERS = ("mode", "model", "dtype", "W", "attention", "transformer slices", "ba
            "hop ms/call")
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
-  cells = []
-  for column in COLUMNS:
-    value = row.get(column)
-    if value is None:
-      cells.append("")
-    elif isinstance(value, float):
-      cells.append(f"{value:.2f}" if column in ("samples_per_s", "gflop_per_sample")
-                   else f"{value:.1%}" if column == "mfu" else f"{value:.1f}")
-    else:
-      cells.append(str(value))
-  return cells
-
-
-def _format_row(row: dict[str, Any]) -> str:
-  return table_row(_cells(row))
+TABLE = Table(COLUMNS, HEADERS, {"samples_per_s": "{:.2f}", "gflop_per_sample": "{:.2f}",
+                                 "mfu": "{:.1%}"}, float_format="{:.1f}")
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-  return markdown_table(HEADERS, [_cells(r) for r in rows])
+  return TABLE.markdown(rows)
 
 
 @dataclasses.dataclass(frozen=True)

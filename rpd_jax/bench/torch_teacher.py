@@ -50,7 +50,7 @@ import torch
 from absl import flags
 
 from rpd_jax import cli
-from rpd_jax.bench import markdown_table, table_row
+from rpd_jax.bench import Table
 from rpd_jax.bench import teacher as octo_bench
 from rpd_jax.errors import ConfigError
 from rpd_jax.teachers import torch_policy
@@ -211,7 +211,7 @@ def run(args: Settings) -> list[dict[str, Any]]:
     for row in batch_rows:
       if row["path"].startswith("jit+"):
         row["overhead_ms"] = row["ms_per_call"] - direct[row["model"]]
-      print(_format_row(row), file=sys.stderr, flush=True)
+      print(TABLE.row(row), file=sys.stderr, flush=True)
     rows += batch_rows
   return rows
 
@@ -222,28 +222,13 @@ HEADERS = ("model", "path", "batch", "GFLOP/sample", "ms/call (median)", "sample
            "CPU ms/call", "overhead ms/call vs torch")
 
 
-def _cells(row: dict[str, Any]) -> list[str]:
-  cells = []
-  for column in COLUMNS:
-    value = row.get(column)
-    if value is None:
-      cells.append("")
-    elif column == "gflop_per_sample":
-      cells.append(f"{value:.4f}")
-    elif isinstance(value, float):
-      cells.append(f"{value:.0f}" if column == "samples_per_s" and value >= 100 else
-                   f"{value:.2f}")
-    else:
-      cells.append(str(value))
-  return cells
-
-
-def _format_row(row: dict[str, Any]) -> str:
-  return table_row(_cells(row))
+TABLE = Table(COLUMNS, HEADERS, {
+    "gflop_per_sample": "{:.4f}",
+    "samples_per_s": lambda v: f"{v:.0f}" if v >= 100 else f"{v:.2f}"})
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-  return markdown_table(HEADERS, [_cells(r) for r in rows])
+  return TABLE.markdown(rows)
 
 
 def setup() -> dict[str, Any]:
