@@ -7,9 +7,9 @@ r"""The device suite: simulator, teacher, training and learning measured by one 
 Writes ``DIR/suite.md`` and ``DIR/suite.json`` after every section, so a run cut short keeps
 what it measured. A section that fails is reported with its error and the others still run;
 the exit status is 1 when any failed. Every table comes with the device, the versions and the
-command that made it. Every ManiSkill setting runs in a process of its own, with a time limit
-(``rpd_jax.bench.isolated``): SAPIEN keeps GPU memory after an env closes, and CPU and GPU
-PhysX cannot share a process. Sections:
+command that made it. On a GPU every ManiSkill setting runs in a process of its own, with a time
+limit (``rpd_jax.bench.isolated``): SAPIEN keeps GPU memory after an env closes, and CPU and GPU
+PhysX cannot share a process (``Plan.isolate``). Sections:
 
   simulator  raw ManiSkill against the bridge (``rpd_jax.bench.env``): env steps/s, overhead
   teacher    Octo samples/s against batch (``rpd_jax.bench.teacher``; random weights of the
@@ -85,6 +85,10 @@ class Plan:
   learning: Learning
   seeds: Seeds
   setting_timeout_s: float  # the limit of one ManiSkill setting's process
+  # Sections whose ManiSkill settings each run in a process of their own. The GPU plan: all.
+  # The quick plan (CPUs: CPU PhysX only, no GPU memory to keep) only the simulator's, which
+  # keeps that path tested and spares the ~10 CPU-seconds of imports a process costs.
+  isolate: tuple[str, ...]
 
 
 def plan(quick: bool) -> Plan:
@@ -121,7 +125,7 @@ def plan(quick: bool) -> Plan:
         seeds=Seeds((("state student, RPD-MSE, 16 envs x 16 steps", f"{jax_push}:rpd_mse",
                       {"env.num_envs": 16, "ppo.num_steps": 16, "ppo.num_minibatches": 4,
                        "ppo.update_epochs": 2, **no_eval}, (1, 2)),), iterations=2),
-        setting_timeout_s=600)
+        setting_timeout_s=600, isolate=("simulator",))
   # Ten compiled teachers: bf16 for both sizes (what a GPU run uses), the parity reference's
   # attention (flax) against jax.nn.dot_product_attention (auto), and float32 once.
   small = teacher_bench.Settings(size="small", batch=(1, 256, 2048), dtype=("bfloat16",),
@@ -145,7 +149,7 @@ def plan(quick: bool) -> Plan:
                     {"env.num_envs": 512, **no_eval}, (1, 5, 16)),
                    ("paper's rgb student (ppo_rgb, 256x256), RPD-MSE, 128 envs x 50 steps",
                     f"{jax_push}:rpd_mse", paper_student, (1, 5))), iterations=3),
-      setting_timeout_s=1800)
+      setting_timeout_s=1800, isolate=("simulator", "training", "learning"))
 
 
 def _override(config, overrides: dict[str, Any]):
@@ -162,10 +166,11 @@ def _maniskill(spec: str) -> bool:
   return config_lib.load(spec).env.name == "maniskill"
 
 
-def _row(p: Plan, function: Callable[..., dict[str, Any]], isolate: bool, **kwargs) -> Any:
-  """``function(**kwargs)``, in a process of its own with the plan's time limit if
-  ``isolate`` (every ManiSkill setting), else here."""
-  if isolate:
+def _row(p: Plan, section: str, function: Callable[..., dict[str, Any]], maniskill: bool,
+         **kwargs) -> Any:
+  """``function(**kwargs)``: a ManiSkill setting of a section the plan isolates in a process of
+  its own with the plan's time limit, anything else here."""
+  if maniskill and section in p.isolate:
     # by its import name: run as `python -m rpd_jax.bench.suite`, this module is __main__
     return isolated.call(f"rpd_jax.bench.suite:{function.__name__}", kwargs,
                          p.setting_timeout_s)
@@ -189,7 +194,8 @@ def simulator(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
   rows = []
   for obs, num_envs in p.simulator:
     steps = p.simulator_steps if obs == "state" else max(25, p.simulator_steps // 2)
-    rows.append(_row(p, simulator_row, True, obs=obs, num_envs=num_envs, steps=steps))
+    rows.append(_row(p, "simulator", simulator_row, True, obs=obs, num_envs=num_envs,
+                     steps=steps))
     r = rows[-1]
     _progress(f"simulator {obs} x{num_envs}: raw {r['raw_steps_per_s']:.0f}, bridge "
               f"{r['bridge_steps_per_s']:.0f} steps/s")
@@ -221,7 +227,7 @@ def training_row(label: str, spec: str, overrides: dict[str, Any],
 def training(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
   rows = []
   for label, spec in p.training:
-    rows.append(_row(p, training_row, _maniskill(spec), label=label, spec=spec,
+    rows.append(_row(p, "training", training_row, _maniskill(spec), label=label, spec=spec,
                      overrides=p.training_overrides, iterations=p.training_iterations))
     _progress(f"training {label}: {rows[-1]['env_steps_per_s']:.0f} env steps/s")
   ppo_update = {r["setting"].split(",")[0]: r["update_s"] for r in rows if r["loss"] == "none"}
@@ -271,8 +277,8 @@ def learning(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
   plan_ = p.learning
   rows, curves = [], {}
   for loss in plan_.losses:
-    rows.append(_row(p, learning_row, _maniskill(plan_.spec), spec=plan_.spec, loss=loss,
-                     overrides=plan_.overrides, env_steps=plan_.env_steps,
+    rows.append(_row(p, "learning", learning_row, _maniskill(plan_.spec), spec=plan_.spec,
+                     loss=loss, overrides=plan_.overrides, env_steps=plan_.env_steps,
                      run_dir=os.path.join(workdir, "learning", loss)))
     curves[loss] = [tuple(point) for point in rows[-1]["curve"]]
     _progress(f"learning {loss}: final success {rows[-1]['final_success']}, "
