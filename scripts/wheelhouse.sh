@@ -26,7 +26,7 @@
 #                         install with --pins -- --no-deps (the GPU check's house)
 #   --lean                leave out also what other uses may read (Panda camera assets,
 #                         SAPIEN's headers and depth-sensor patterns)
-#   --lzma                recompress every wheel with LZMA (pip reads it; sapien 38 -> 30 MB)
+#   --lzma                recompress every wheel with LZMA (pip reads it; sapien 41 -> 30 MB)
 #
 # install (bash, coreutils and the target's Python with pip; needs nothing from this repo):
 #   checks every file against DIR/SHA256SUMS, joins the split wheels into a scratch folder
