@@ -22,6 +22,11 @@
 #                         setuptools, is added so that `pip install -e .` works offline)
 #   mani_skill is repacked without the robot and scene assets that the eight tasks never load
 #   (about 28 MB instead of 102; same name and version; --norepack keeps the original).
+#   --no_deps             the requirements are every wheel (name==version), nothing resolved;
+#                         install with --pins -- --no-deps (the GPU check's house)
+#   --lean                leave out also what other uses may read (Panda camera assets,
+#                         SAPIEN's headers and depth-sensor patterns)
+#   --lzma                recompress every wheel with LZMA (pip reads it; sapien 41 -> 30 MB)
 #
 # install (bash, coreutils and the target's Python with pip; needs nothing from this repo):
 #   checks every file against DIR/SHA256SUMS, joins the split wheels into a scratch folder

@@ -65,3 +65,19 @@ def test_suite_rejects_unknown_sections_and_a_missing_out(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --")
+
+
+def test_isolated_call_returns_reports_and_kills_the_whole_group_on_a_timeout():
+  from rpd_jax.bench import isolated  # pylint: disable=g-import-not-at-top
+  from rpd_jax.errors import RunError  # pylint: disable=g-import-not-at-top
+  assert isolated.call("json:dumps", {"obj": [1, 2]}, timeout_s=60) == "[1, 2]"
+  with pytest.raises(RunError, match=r"json:loads failed \(exit status 1\):\n(.|\n)*"
+                     r"JSONDecodeError"):
+    isolated.call("json:loads", {"s": "not json"}, timeout_s=60)
+  # A child with a grandchild (as ManiSkill's workers are): both go at the limit.
+  marker = "sleep 987"
+  with pytest.raises(isolated.Timeout, match="ran past its limit of 3 s"):
+    isolated.call("subprocess:run", {"args": ["bash", "-c", f"{marker} & {marker}"]},
+                  timeout_s=3)
+  left = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout
+  assert not left.strip(), f"processes left behind: {left}"

@@ -89,6 +89,32 @@ def test_repack_rewrites_record_and_pip_installs_it(tmp_path):
   assert (site / "demo-1.0.dist-info" / wheelhouse.REPACK_NOTE).exists()
 
 
+def test_an_lzma_repack_is_smaller_and_pip_installs_it(tmp_path):
+  files = {**FILES, "demo/lib.bin": bytes(range(256)) * 4000}  # compressible, like a library
+  original = make_wheel(tmp_path, files)
+  summary = wheelhouse.repack_wheel(original, tmp_path / "out", drop=[], lzma=True)
+  with zipfile.ZipFile(summary["path"]) as z:
+    methods = {i.compress_type for i in z.infolist() if not i.filename.endswith("/RECORD")}
+  assert zipfile.ZIP_LZMA in methods and summary["repacked_bytes"] < summary["original_bytes"]
+  assert wheelhouse.check_record(summary["path"]) == []
+  result = pip_install(summary["path"], tmp_path / "site")
+  assert result.returncode == 0, result.stderr
+  assert (tmp_path / "site" / "demo" / "lib.bin").read_bytes() == files["demo/lib.bin"]
+
+
+def test_the_lean_profiles_keep_what_the_tasks_read():
+  lean = lambda path: (wheelhouse._matches(path, wheelhouse.MANISKILL_DROP)  # pylint: disable=protected-access
+                       and not wheelhouse._matches(path, wheelhouse.MANISKILL_KEEP_LEAN))  # pylint: disable=protected-access
+  panda = "mani_skill/assets/robots/panda/"
+  for read in ("panda_v2.urdf", "panda_v3.srdf", "franka_description/meshes/visual/link0.glb",
+               "realsense2_description/meshes/d415.stl"):
+    assert not lean(panda + read), read
+  for unread in ("realsense2_description/d415-pattern-sq.png",
+                 "realsense2_description/meshes/d435.dae",
+                 "sciurus17_description/meshes/visual/Body.stl"):
+    assert lean(panda + unread), unread
+
+
 def test_check_record_finds_a_wrong_hash(tmp_path):
   problems = wheelhouse.check_record(make_wheel(tmp_path, bad_record=True))
   assert len(problems) == 1 and problems[0].startswith("demo/__init__.py: RECORD says")

@@ -7,7 +7,9 @@ r"""The device suite: simulator, teacher, training and learning measured by one 
 Writes ``DIR/suite.md`` and ``DIR/suite.json`` after every section, so a run cut short keeps
 what it measured. A section that fails is reported with its error and the others still run;
 the exit status is 1 when any failed. Every table comes with the device, the versions and the
-command that made it. Sections:
+command that made it. On a GPU every ManiSkill setting runs in a process of its own, with a time
+limit (``rpd_jax.bench.isolated``): SAPIEN keeps GPU memory after an env closes, and CPU and GPU
+PhysX cannot share a process (``Plan.isolate``). Sections:
 
   simulator  raw ManiSkill against the bridge (``rpd_jax.bench.env``): env steps/s, overhead
   teacher    Octo samples/s against batch (``rpd_jax.bench.teacher``; random weights of the
@@ -42,6 +44,7 @@ from absl import flags
 from rpd_jax import cli
 from rpd_jax import config as config_lib
 from rpd_jax import trainer
+from rpd_jax.bench import isolated
 from rpd_jax.bench import markdown_table
 from rpd_jax.bench import teacher as teacher_bench
 from rpd_jax.bench import train as train_bench
@@ -81,6 +84,11 @@ class Plan:
   training_iterations: int
   learning: Learning
   seeds: Seeds
+  setting_timeout_s: float  # the limit of one ManiSkill setting's process
+  # Sections whose ManiSkill settings each run in a process of their own. The GPU plan: all.
+  # The quick plan (CPUs: CPU PhysX only, no GPU memory to keep) only the simulator's, which
+  # keeps that path tested and spares the ~10 CPU-seconds of imports a process costs.
+  isolate: tuple[str, ...]
 
 
 def plan(quick: bool) -> Plan:
@@ -116,7 +124,8 @@ def plan(quick: bool) -> Plan:
                           {"eval_every": 2, "eval_episodes": 64, "eval_videos": 0}),
         seeds=Seeds((("state student, RPD-MSE, 16 envs x 16 steps", f"{jax_push}:rpd_mse",
                       {"env.num_envs": 16, "ppo.num_steps": 16, "ppo.num_minibatches": 4,
-                       "ppo.update_epochs": 2, **no_eval}, (1, 2)),), iterations=2))
+                       "ppo.update_epochs": 2, **no_eval}, (1, 2)),), iterations=2),
+        setting_timeout_s=600, isolate=("simulator",))
   # Ten compiled teachers: bf16 for both sizes (what a GPU run uses), the parity reference's
   # attention (flax) against jax.nn.dot_product_attention (auto), and float32 once.
   small = teacher_bench.Settings(size="small", batch=(1, 256, 2048), dtype=("bfloat16",),
@@ -139,7 +148,8 @@ def plan(quick: bool) -> Plan:
       seeds=Seeds((("state student, RPD-MSE, 512 envs x 50 steps", f"{jax_push}:rpd_mse",
                     {"env.num_envs": 512, **no_eval}, (1, 5, 16)),
                    ("paper's rgb student (ppo_rgb, 256x256), RPD-MSE, 128 envs x 50 steps",
-                    f"{jax_push}:rpd_mse", paper_student, (1, 5))), iterations=3))
+                    f"{jax_push}:rpd_mse", paper_student, (1, 5))), iterations=3),
+      setting_timeout_s=1800, isolate=("simulator", "training", "learning"))
 
 
 def _override(config, overrides: dict[str, Any]):
@@ -148,28 +158,53 @@ def _override(config, overrides: dict[str, Any]):
     node = config
     for name in path:
       node = node[name]
-    node[leaf] = value
+    node[leaf] = tuple(value) if isinstance(value, list) else value  # lists: from JSON
   return config
 
 
-def simulator(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
+def _maniskill(spec: str) -> bool:
+  return config_lib.load(spec).env.name == "maniskill"
+
+
+def _row(p: Plan, section: str, function: Callable[..., dict[str, Any]], maniskill: bool,
+         **kwargs) -> Any:
+  """``function(**kwargs)``: a ManiSkill setting of a section the plan isolates in a process of
+  its own with the plan's time limit, anything else here."""
+  if maniskill and section in p.isolate:
+    # by its import name: run as `python -m rpd_jax.bench.suite`, this module is __main__
+    return isolated.call(f"rpd_jax.bench.suite:{function.__name__}", kwargs,
+                         p.setting_timeout_s)
+  return function(**kwargs)
+
+
+def simulator_row(obs: str, num_envs: int, steps: int) -> dict[str, Any]:
+  """One simulator setting: raw ManiSkill against the bridge, PushCube, random actions."""
   from rpd_jax.bench import env as env_bench  # imports ManiSkill: only when asked for
   from rpd_jax.envs import maniskill
   backend = maniskill.resolve_backend("auto")
+  size = int(obs[3:]) if obs.startswith("rgb") else 64
+  mode = "rgb" if obs.startswith("rgb") else "state"
+  raw, bridge = env_bench.bench("PushCube-v1", num_envs, mode, size, steps, backend)
+  return {"env_id": "PushCube-v1", "sim_backend": backend, "obs": obs, "num_envs": num_envs,
+          "steps": steps, "raw_steps_per_s": raw, "bridge_steps_per_s": bridge,
+          "overhead": 1 - bridge / raw}
+
+
+def simulator(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
   rows = []
   for obs, num_envs in p.simulator:
-    size = int(obs[3:]) if obs.startswith("rgb") else 64
     steps = p.simulator_steps if obs == "state" else max(25, p.simulator_steps // 2)
-    mode = "rgb" if obs.startswith("rgb") else "state"
-    raw, bridge = env_bench.bench("PushCube-v1", num_envs, mode, size, steps, backend)
-    rows.append({"env_id": "PushCube-v1", "sim_backend": backend, "obs": obs,
-                 "num_envs": num_envs, "steps": steps, "raw_steps_per_s": raw,
-                 "bridge_steps_per_s": bridge, "overhead": 1 - bridge / raw})
-    _progress(f"simulator {obs} x{num_envs}: raw {raw:.0f}, bridge {bridge:.0f} steps/s")
+    rows.append(_row(p, "simulator", simulator_row, True, obs=obs, num_envs=num_envs,
+                     steps=steps))
+    r = rows[-1]
+    _progress(f"simulator {obs} x{num_envs}: raw {r['raw_steps_per_s']:.0f}, bridge "
+              f"{r['bridge_steps_per_s']:.0f} steps/s")
   table = markdown_table(("obs", "envs", "timed steps", "raw steps/s", "bridge steps/s", "overhead"),
                  [(r["obs"], r["num_envs"], r["steps"], f"{r['raw_steps_per_s']:.0f}",
                    f"{r['bridge_steps_per_s']:.0f}", f"{r['overhead']:+.1%}") for r in rows])
-  return f"PushCube-v1, {backend}, random actions, alternating blocks of 25 steps.\n\n" + table, rows
+  backends = ", ".join(sorted({r["sim_backend"] for r in rows}))
+  return (f"PushCube-v1, {backends}, random actions, alternating blocks of 25 steps, each "
+          "setting in a process of its own.\n\n" + table), rows
 
 
 def teacher(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
@@ -179,15 +214,22 @@ def teacher(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
   return teacher_bench.markdown(rows), rows
 
 
+def training_row(label: str, spec: str, overrides: dict[str, Any],
+                 iterations: int) -> dict[str, Any]:
+  """One training setting: ``rpd_jax.bench.train.measure`` of ``spec`` with ``overrides``."""
+  config = _override(config_lib.load(spec), overrides)
+  config.eval_episodes = config.eval_envs
+  r = train_bench.measure(config, iterations)
+  return {"setting": label, "config": spec, "num_envs": config.env.num_envs,
+          "loss": config.distill.loss, **r}
+
+
 def training(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
   rows = []
   for label, spec in p.training:
-    config = _override(config_lib.load(spec), p.training_overrides)
-    config.eval_episodes = config.eval_envs
-    r = train_bench.measure(config, p.training_iterations)
-    rows.append({"setting": label, "config": spec, "num_envs": config.env.num_envs,
-                 "loss": config.distill.loss, **r})
-    _progress(f"training {label}: {r['env_steps_per_s']:.0f} env steps/s")
+    rows.append(_row(p, "training", training_row, _maniskill(spec), label=label, spec=spec,
+                     overrides=p.training_overrides, iterations=p.training_iterations))
+    _progress(f"training {label}: {rows[-1]['env_steps_per_s']:.0f} env steps/s")
   ppo_update = {r["setting"].split(",")[0]: r["update_s"] for r in rows if r["loss"] == "none"}
   lines = []
   for r in rows:
@@ -211,27 +253,36 @@ def training(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
           "one.\n\n" + table), rows
 
 
+def learning_row(spec: str, loss: str, overrides: dict[str, Any], env_steps: int,
+                 run_dir: str) -> dict[str, Any]:
+  """One fixed-budget run of ``spec`` with ``loss``: its evaluation curve."""
+  # The loss joins the spec's variants (the GPU plan's spec has none: a colon, not a comma).
+  config = config_lib.load(f"{spec}{',' if ':' in spec else ':'}{loss}")
+  config = _override(config, {**overrides, "total_env_steps": env_steps})
+  start = time.perf_counter()
+  trainer.train_and_evaluate(config, run_dir)
+  wall = time.perf_counter() - start
+  with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+    evals = [r for r in map(json.loads, f) if "eval/success_rate" in r]
+  curve = [(r["env_steps"], r["eval/success_rate"], r["time/elapsed_s"]) for r in evals]
+  reach = lambda level: next(((steps, s) for steps, success, s in curve if success >= level),
+                             (None, None))
+  return {"loss": loss, "env_steps": env_steps, "wall_s": wall,
+          "final_success": curve[-1][1] if curve else None,
+          "steps_to_50": reach(0.5)[0], "steps_to_80": reach(0.8)[0],
+          "seconds_to_80": reach(0.8)[1], "curve": curve}
+
+
 def learning(p: Plan, workdir: str) -> tuple[str, list[dict[str, Any]]]:
   plan_ = p.learning
   rows, curves = [], {}
   for loss in plan_.losses:
-    config = config_lib.load(f"{plan_.spec},{loss}")
-    config = _override(config, {**plan_.overrides, "total_env_steps": plan_.env_steps})
-    run_dir = os.path.join(workdir, "learning", loss)
-    start = time.perf_counter()
-    trainer.train_and_evaluate(config, run_dir)
-    wall = time.perf_counter() - start
-    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
-      evals = [r for r in map(json.loads, f) if "eval/success_rate" in r]
-    curve = [(r["env_steps"], r["eval/success_rate"], r["time/elapsed_s"]) for r in evals]
-    curves[loss] = curve
-    reach = lambda level: next(((steps, s) for steps, success, s in curve if success >= level),
-                               (None, None))
-    rows.append({"loss": loss, "env_steps": plan_.env_steps, "wall_s": wall,
-                 "final_success": curve[-1][1] if curve else None,
-                 "steps_to_50": reach(0.5)[0], "steps_to_80": reach(0.8)[0],
-                 "seconds_to_80": reach(0.8)[1], "curve": curve})
-    _progress(f"learning {loss}: final success {rows[-1]['final_success']}, {wall:.0f} s")
+    rows.append(_row(p, "learning", learning_row, _maniskill(plan_.spec), spec=plan_.spec,
+                     loss=loss, overrides=plan_.overrides, env_steps=plan_.env_steps,
+                     run_dir=os.path.join(workdir, "learning", loss)))
+    curves[loss] = [tuple(point) for point in rows[-1]["curve"]]
+    _progress(f"learning {loss}: final success {rows[-1]['final_success']}, "
+              f"{rows[-1]['wall_s']:.0f} s")
   plot = os.path.join(workdir, "learning.png")
   _plot(curves, plot, plan_.spec)
   table = markdown_table(("loss", "env steps", "wall s", "final eval success", "steps to 50%",

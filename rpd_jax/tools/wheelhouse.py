@@ -27,6 +27,10 @@ load (MANISKILL_DROP), splits every file of ``--max_file_mb`` or more into parts
 Excluded packages (``--exclude``, ``--exclude_from``: what the target already has) stand in the
 resolution as empty stand-in wheels (no dependencies), so that neither they nor their own
 dependencies (a CUDA torch's nvidia-* wheels) are resolved, downloaded or carried.
+
+``--no_deps`` skips the resolution: the requirements file lists every wheel (the GPU check's
+requirements-gpu-check.txt); ``--lean`` drops more (MANISKILL_KEEP_LEAN, SAPIEN_DROP_LEAN);
+``--lzma`` recompresses every wheel with LZMA.
 """
 
 from __future__ import annotations
@@ -80,6 +84,26 @@ MANISKILL_DROP = (
 # with a wrist camera keep working.
 MANISKILL_KEEP = ("mani_skill/assets/robots/panda/*",)
 REPACK_NOTE = "WHEELHOUSE_REPACK.txt"  # written into the repacked wheel's .dist-info
+
+# ``--lean`` (the GPU check's wheelhouse, which travels with the repository) also leaves out
+# what the eight tasks never read but the default keeps for other uses: of the Panda's folder
+# only the robot descriptions, the Franka meshes and StackCube's d415.stl stay (the strace
+# measurement above), not the wrist and stereo camera assets or another robot's meshes filed
+# under panda/; and from SAPIEN its C++ headers, its
+# macOS loader and the projector patterns of its simulated stereo depth sensors (none of the
+# tasks has one). SAPIEN's largest library, OpenImageDenoise (17 MB, for ray tracing), stays:
+# libsvulkan2.so links to it.
+MANISKILL_KEEP_LEAN = (
+    "mani_skill/assets/robots/panda/*.urdf",
+    "mani_skill/assets/robots/panda/*.srdf",
+    "mani_skill/assets/robots/panda/franka_description/*",
+    "mani_skill/assets/robots/panda/realsense2_description/meshes/d415.stl",
+)
+SAPIEN_DROP_LEAN = (
+    "sapien/include/*",
+    "sapien/sensor/assets/patterns/*",
+    "sapien/vulkan_library/*.dylib",
+)
 
 
 def canonical(name: str) -> str:
@@ -145,7 +169,7 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
 
 
 def repack_wheel(wheel: str, out_dir: str, drop: Sequence[str],
-                 keep: Sequence[str] = ()) -> dict:
+                 keep: Sequence[str] = (), lzma: bool = False) -> dict:
   """Writes ``out_dir/<same file name>``: ``wheel`` without the files matching a ``drop`` glob
   (fnmatch on the path in the wheel; ``*`` crosses ``/``) unless they match a ``keep`` glob,
   with a RECORD rewritten for what is left and a note of what went (REPACK_NOTE) in its
@@ -190,7 +214,7 @@ def repack_wheel(wheel: str, out_dir: str, drop: Sequence[str],
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as out:
       for info in kept:
         data = src.read(info)
-        out.writestr(info, data, compress_type=info.compress_type)
+        out.writestr(info, data, compress_type=zipfile.ZIP_LZMA if lzma else info.compress_type)
         writer.writerow([info.filename, record_hash(data), len(data)])
       for path, data in ((f"{dist_info}/{REPACK_NOTE}", note.encode("utf-8")),):
         out.writestr(zipfile.ZipInfo(path, stamp), data, compress_type=zipfile.ZIP_DEFLATED)
@@ -499,12 +523,51 @@ def _human(n: int) -> str:
   return f"{n / MB:.1f} MB"
 
 
+def _resolve(exe: str, work: str, stubs: str, constraints: str, resolve: list[str],
+             roots: list[str], target_args: list[str], index_args: list[str], torch: str,
+             python: str) -> tuple[list[tuple[str, str]], set[str]]:
+  """pip's resolution of ``resolve`` for the target: the (name, version) pins, sorted, and the
+  names the excluded packages' stand-ins filled."""
+  report_path = os.path.join(work, "report.json")
+  try:
+    _pip(exe, ["install", "--dry-run", "--quiet", "--ignore-installed", "--target",
+               os.path.join(work, "target"), "--report", report_path, "--find-links", stubs,
+               "--constraint", constraints,
+               *target_args, *index_args, *resolve], "resolving the requirements")
+  except RunError as e:
+    if torch == "cpu" and "torch==" in str(e) and "+cpu" in str(e):
+      raise ConfigError(
+          f"no CPU build of {[r for r in roots if r.startswith('torch')][0]} for Python "
+          f"{python} is reachable from pip's indexes (PyPI has only CUDA builds for Linux). "
+          "Give --torch_index=https://download.pytorch.org/whl/cpu (or a folder of wheels "
+          "in pip's --find-links), --torch=cuda for PyPI's CUDA build (several GB), or "
+          "--exclude=torch if the target has torch") from None
+    raise
+  with open(report_path) as f:
+    report = json.load(f)
+  pins, stood_in = [], set()
+  for item in report["install"]:
+    name, version = canonical(item["metadata"]["name"]), item["metadata"]["version"]
+    if STUB_LABEL in version:
+      stood_in.add(name)
+    else:
+      pins.append((name, version))
+  return sorted(pins), stood_in
+
+
 def build(python: str, out: str, requirements: str, exclude: dict[str, Optional[str]],
           torch: str = "cpu", torch_index: Optional[str] = None, glibc: str = "2.28",
           arch: str = "x86_64", max_file_mb: float = MAX_FILE_MB,
-          interpreter: Optional[str] = None, repack: bool = True, log=print) -> dict:
+          interpreter: Optional[str] = None, repack: bool = True, no_deps: bool = False,
+          lean: bool = False, lzma: bool = False, log=print) -> dict:
   """Builds a wheelhouse for Python ``python`` in ``out`` (see the module's docstring); returns
-  its wheelhouse.json content."""
+  its wheelhouse.json content.
+
+  ``no_deps``: the requirements are the exact list of wheels (every line ``name==version``),
+  nothing is resolved (install with ``--pins -- --no-deps``). ``lean``: the smaller repack
+  profiles (MANISKILL_KEEP_LEAN, SAPIEN_DROP_LEAN). ``lzma``: every wheel recompressed with
+  LZMA (zip method 14, which pip reads; about 25% smaller for SAPIEN's libraries).
+  """
   repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   if os.path.exists(out) and os.listdir(out):
     raise ConfigError(f"--out={out} is not empty: give a new folder (a wheelhouse is built whole)")
@@ -517,7 +580,8 @@ def build(python: str, out: str, requirements: str, exclude: dict[str, Optional[
     log(f"warning: no Python {python} with pip here; resolving with {sys.version.split()[0]}'s "
         f"pip for --python-version={python}: dependency markers are then evaluated for "
         f"{sys.version_info[0]}.{sys.version_info[1]} (give --interpreter=PATH to avoid that)")
-  lines = read_requirements(requirements) + build_requirements(repo)
+  # (the build backend lets `pip install -e .` work offline; a --no_deps house is run in place)
+  lines = read_requirements(requirements) + ([] if no_deps else build_requirements(repo))
   # roots: what the target installs from the house; resolve: what the house is resolved for,
   # the roots and the requirements the target's own copies of excluded packages must meet
   # (given bare, they are taken to meet requirements.txt; given with a version, that is final).
@@ -549,33 +613,21 @@ def build(python: str, out: str, requirements: str, exclude: dict[str, Optional[
           stub_wheel(stubs, name, stub_version(v))
         if version:
           f.write(f"{name}=={version}\n")
-    log(f"resolving {len(resolve)} requirements for Python {python} ({exe}); "
-        f"left out: {', '.join(sorted(exclude)) or 'nothing'}")
-    report_path = os.path.join(work, "report.json")
-    try:
-      _pip(exe, ["install", "--dry-run", "--quiet", "--ignore-installed", "--target",
-                 os.path.join(work, "target"), "--report", report_path, "--find-links", stubs,
-                 "--constraint", constraints,
-                 *target_args, *index_args, *resolve], "resolving the requirements")
-    except RunError as e:
-      if torch == "cpu" and "torch==" in str(e) and "+cpu" in str(e):
-        raise ConfigError(
-            f"no CPU build of {[r for r in roots if r.startswith('torch')][0]} for Python "
-            f"{python} is reachable from pip's indexes (PyPI has only CUDA builds for Linux). "
-            "Give --torch_index=https://download.pytorch.org/whl/cpu (or a folder of wheels "
-            "in pip's --find-links), --torch=cuda for PyPI's CUDA build (several GB), or "
-            "--exclude=torch if the target has torch") from None
-      raise
-    with open(report_path) as f:
-      report = json.load(f)
-    pins, stood_in = [], set()
-    for item in report["install"]:
-      name, version = canonical(item["metadata"]["name"]), item["metadata"]["version"]
-      if STUB_LABEL in version:
-        stood_in.add(name)
-      else:
-        pins.append((name, version))
-    pins.sort()
+    if no_deps:
+      pins, stood_in = [], set()
+      for line in roots:
+        m = re.fullmatch(r"([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*(\S+)", line)
+        if not m:
+          raise ConfigError(f"--no_deps: {line!r} in {requirements} is not name==version; "
+                            "pin every wheel of the house")
+        pins.append((canonical(m.group(1)), m.group(2)))
+      log(f"{len(pins)} wheels as listed (no dependencies resolved); left out: "
+          f"{', '.join(sorted(exclude)) or 'nothing'}")
+    else:
+      log(f"resolving {len(resolve)} requirements for Python {python} ({exe}); "
+          f"left out: {', '.join(sorted(exclude)) or 'nothing'}")
+      pins, stood_in = _resolve(exe, work, stubs, constraints, resolve, roots, target_args,
+                                index_args, torch, python)
     real = sorted(n for n, _ in pins if n in exclude)
     if real:
       raise RunError(f"pip resolved a real {real[0]} although it is excluded (its stand-ins do "
@@ -591,18 +643,24 @@ def build(python: str, out: str, requirements: str, exclude: dict[str, Optional[
       raise RunError(f"pip downloaded no wheel for {', '.join(missing)}")
     os.makedirs(out, exist_ok=True)
     info = dict(python=python, glibc=glibc, arch=arch, interpreter=exe, torch=torch,
-                torch_index=torch_index, excluded=dict(sorted(exclude.items())),
+                torch_index=torch_index, no_deps=no_deps, lean=lean, lzma=lzma,
+                excluded=dict(sorted(exclude.items())),
                 stood_in=sorted(stood_in), roots=roots, max_file_mb=max_file_mb,
                 pins=[f"{n}=={v}" for n, v in pins], repacked=[], files={})
+    profiles = {"mani-skill": (MANISKILL_DROP, MANISKILL_KEEP_LEAN if lean else MANISKILL_KEEP)}
+    if lean:
+      profiles["sapien"] = (SAPIEN_DROP_LEAN, ())
     for name, path in sorted(files.items()):
-      if repack and name == "mani-skill":
-        summary = repack_wheel(path, out, MANISKILL_DROP, MANISKILL_KEEP)
+      drop, keep = profiles.get(name, ((), ())) if repack else ((), ())
+      if drop or lzma:
+        summary = repack_wheel(path, out, drop, keep, lzma=lzma)
         problems = check_record(summary.pop("path"))
         if problems:
           raise RunError(f"the repacked {os.path.basename(path)} is inconsistent: {problems[0]}")
         info["repacked"].append(summary)
-        log(f"repacked {summary['wheel']}: {_human(summary['original_bytes'])} -> "
-            f"{_human(summary['repacked_bytes'])} ({summary['files_dropped']} asset files out)")
+        if drop:
+          log(f"repacked {summary['wheel']}: {_human(summary['original_bytes'])} -> "
+              f"{_human(summary['repacked_bytes'])} ({summary['files_dropped']} files out)")
       else:
         shutil.move(path, os.path.join(out, os.path.basename(path)))
     joined = {}
@@ -681,6 +739,13 @@ def _define_flags():
   flags.DEFINE_float("max_file_mb", MAX_FILE_MB, "build, split, check: every file must be "
                      "under this many MB (1e6 bytes); bigger ones are split into parts.")
   flags.DEFINE_bool("repack", True, "build: repack mani_skill without unused assets.")
+  flags.DEFINE_bool("no_deps", False, "build: the requirements are every wheel, as "
+                    "name==version; resolve nothing (install with --pins -- --no-deps).")
+  flags.DEFINE_bool("lean", False, "build: leave out also what the eight tasks never read but "
+                    "other uses may (Panda camera assets, SAPIEN's headers and depth-sensor "
+                    "patterns): the GPU check's wheelhouse.")
+  flags.DEFINE_bool("lzma", False, "build: recompress every wheel with LZMA (smaller; pip "
+                    "reads it).")
   flags.DEFINE_list("drop", list(MANISKILL_DROP), "repack: globs of files to leave out.")
   flags.DEFINE_list("keep", list(MANISKILL_KEEP), "repack: globs kept although --drop matches.")
 
@@ -719,7 +784,8 @@ def main(args: list[str]) -> None:
           f.requirements or os.path.join(repo, "requirements.txt"),
           parse_exclusions(f.exclude, f.exclude_from), torch=f.torch,
           torch_index=f.torch_index, glibc=f.glibc, arch=f.arch, max_file_mb=f.max_file_mb,
-          interpreter=f.interpreter, repack=f.repack)
+          interpreter=f.interpreter, repack=f.repack, no_deps=f.no_deps, lean=f.lean,
+          lzma=f.lzma)
     print(size_table(out))
     print(f"\nwheelhouse: {out}; install with: bash {out}/wheelhouse.sh install {out}")
   elif command == "repack":
