@@ -22,11 +22,18 @@ ENVS: Mapping[str, tuple[str, str]] = {
 ENV_NAMES = tuple(ENVS)
 # The observation keys each env gives per ``obs_mode`` (``env.kwargs.obs_mode``, default
 # "state"); tests hold every env to this table.
+_ROBOT_STATE = ("qpos", "qvel", "tcp_pose")  # ManiSkill's robot state, for Octo's proprio
 OBSERVATION_KEYS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "jax_push": {"state": ("privileged", "state"), "state_rgb": ("privileged", "rgb", "state"),
                  "rgb": ("privileged", "rgb", "state")},
-    "maniskill": {"state": ("privileged", "state"), "rgb": ("privileged", "rgb"),
-                  "state_rgb": ("privileged", "rgb", "state")},
+    "maniskill": {"state": ("privileged", "state") + _ROBOT_STATE,
+                  "rgb": ("privileged", "rgb") + _ROBOT_STATE,
+                  "state_rgb": ("privileged", "rgb", "state") + _ROBOT_STATE},
+}
+# Keys an env gives in any obs_mode when the env kwarg named here is set: (kwarg, what it does).
+OPTIONAL_OBSERVATIONS: Mapping[str, Mapping[str, tuple[str, str]]] = {
+    "maniskill": {"rgb_wrist": ("wrist_image_size", "renders the Panda's hand camera at that "
+                                                    "size")},
 }
 
 
@@ -40,7 +47,22 @@ def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   if obs_mode not in modes:
     raise ConfigError(f"config.env.kwargs.obs_mode={obs_mode!r} is unknown for the "
                       f"{env_config.name} env; use one of {', '.join(modes)}")
-  return modes[obs_mode]
+  optional = OPTIONAL_OBSERVATIONS.get(env_config.name, {})
+  return modes[obs_mode] + tuple(key for key, (kwarg, _) in optional.items()
+                                 if env_config.kwargs.get(kwarg))
+
+
+def how_to_observe(env_config: ml_collections.ConfigDict, key: str) -> str:
+  """How to make the env of ``config.env`` give observation ``key``: the env kwarg that turns
+  it on, else the obs_modes that have it (or that none does)."""
+  optional = OPTIONAL_OBSERVATIONS.get(env_config.name, {})
+  if key in optional:
+    kwarg, what = optional[key]
+    return f"set config.env.kwargs.{kwarg} (it {what})"
+  modes = [m for m, keys in OBSERVATION_KEYS.get(env_config.name, {}).items() if key in keys]
+  if modes:
+    return f"pick an obs_mode that includes it ({', '.join(modes)})"
+  return f"the {env_config.name} env gives it in no obs_mode"
 
 
 def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int) -> VecEnv:
@@ -54,5 +76,5 @@ def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int) ->
   return cls(num_envs=num_envs, seed=seed, reward_mode=env_config.reward_mode, **kwargs)
 
 
-__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "StepResult", "VecEnv", "make_env",
-           "observation_keys"]
+__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "OPTIONAL_OBSERVATIONS", "StepResult", "VecEnv",
+           "how_to_observe", "make_env", "observation_keys"]

@@ -18,6 +18,13 @@ scripted teachers) whatever the student sees, and apply the same observation wra
 - ``rgb``: uint8 [B, H, W, 3] from the ``human`` render camera (the paper's 256x256 view, which
   shows goal markers such as PickCube's hidden goal sphere) or ManiSkill's ``sensor`` camera.
 - ``privileged``: float32 [B, P], ManiSkill's flat ``state`` observation.
+- ``qpos``, ``qvel``: float32 [B, J], the robot's joint positions and velocities (ManiSkill's
+  joint order; the Panda's 7 arm joints and 2 fingers), and ``tcp_pose``: float32 [B, 7], the
+  tool centre point's position and wxyz quaternion in the world frame: what an Octo
+  checkpoint's ``proprio`` is made of (``config.teacher.kwargs.proprio``).
+- ``rgb_wrist``: uint8 [B, S, S, 3], only with ``wrist_image_size=S``: the Panda's hand camera
+  (ManiSkill's ``panda_wristcam`` robot, whose ``hand_camera`` sensor sits on the hand; objects
+  ManiSkill hides from sensors, such as goal markers, stay hidden), rendered only then.
 
 Episodes end on success (``terminated``, ManiSkill's partial-reset convention, as in its PPO
 baseline and the RPD runs) or at the task's time limit (``truncated``).
@@ -36,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import mani_skill.envs  # noqa: F401  (registers the tasks with gymnasium)
 import numpy as np
+import sapien
 import torch
 from mani_skill.utils import sapien_utils
 from mani_skill.utils.registration import REGISTERED_ENVS
@@ -114,6 +122,41 @@ def require_physx_gpu() -> None:
         "--config.env.sim_backend=physx_cpu") from e
 
 
+# The robot ManiSkill mounts a camera on the hand of (the Panda otherwise), and that camera.
+WRIST_ROBOT, WRIST_CAMERA = "panda_wristcam", "hand_camera"
+
+
+def robot_state(env: gym.Env) -> dict[str, torch.Tensor]:
+  """The robot's own state as separate keys: qpos, qvel float32 [n, J], tcp_pose [n, 7]."""
+  agent = env.unwrapped.agent
+  return {"qpos": agent.robot.get_qpos().float().contiguous(),
+          "qvel": agent.robot.get_qvel().float().contiguous(),
+          "tcp_pose": agent.tcp.pose.raw_pose.float().contiguous()}
+
+
+def wrist_image(env: gym.Env) -> torch.Tensor:
+  """uint8 [n, S, S, 3] from the hand camera, rendered alone, as ManiSkill renders sensors:
+  the objects it hides from them (goal markers) hidden first."""
+  base = env.unwrapped
+  for obj in base._hidden_objects:  # pylint: disable=protected-access  (ManiSkill's own list)
+    obj.hide_visual()
+  base.scene.update_render(update_sensors=True, update_human_render_cameras=False)
+  camera = base.scene.sensors[WRIST_CAMERA]
+  camera.capture()
+  return camera.get_obs(rgb=True, depth=False, position=False, segmentation=False)["rgb"]
+
+
+def _extra_spaces(env: gym.Env, wrist_image_size: Optional[int]) -> dict[str, gym.Space]:
+  """The spaces of robot_state's keys and, with a wrist camera, of rgb_wrist."""
+  box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+  joints = int(env.unwrapped.agent.robot.get_qpos().shape[-1])
+  spaces = {"qpos": box(joints), "qvel": box(joints), "tcp_pose": box(7)}
+  if wrist_image_size:
+    spaces["rgb_wrist"] = gym.spaces.Box(0, 255, (wrist_image_size, wrist_image_size, 3),
+                                         np.uint8)
+  return spaces
+
+
 class _Observation(gym.ObservationWrapper):
   """ManiSkill's batched torch observation -> the project's obs dict of torch tensors [n, ...].
 
@@ -121,10 +164,12 @@ class _Observation(gym.ObservationWrapper):
   GPU, so that the final observation of an auto-reset episode carries its image too).
   """
 
-  def __init__(self, env: gym.Env, obs_mode: str, camera: str, image_size: int):
+  def __init__(self, env: gym.Env, obs_mode: str, camera: str, image_size: int,
+               wrist_image_size: Optional[int] = None):
     super().__init__(env)
     self._obs_mode = obs_mode
     self._camera = camera
+    self._wrist_image_size = wrist_image_size
     proprio = env.unwrapped.agent.get_proprioception()
     # ManiSkill flattens {agent: proprioception, extra: task state} in that order, so the
     # robot's own state is the leading slice of the flat state.
@@ -142,6 +187,7 @@ class _Observation(gym.ObservationWrapper):
       spaces["state"] = box(self._proprio_dim)
     if obs_mode != "state":
       spaces["rgb"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    spaces.update(_extra_spaces(env, wrist_image_size))
     self.single_observation_space = gym.spaces.Dict(spaces)
 
   def observation(self, obs: Any) -> dict[str, torch.Tensor]:
@@ -158,13 +204,17 @@ class _Observation(gym.ObservationWrapper):
       if self._camera == "human":
         rgb = self.env.render()
       out["rgb"] = rgb.contiguous()
+    out.update(robot_state(self.env))
+    if self._wrist_image_size:
+      out["rgb_wrist"] = wrist_image(self.env).contiguous()
     return out
 
 
 def _make_maniskill(env_id: str, num_envs: int, sim_backend: str, obs_mode: str,
                     reward_mode: str, control_mode: str, image_size: int, camera: str,
                     camera_variant: Optional[str],
-                    max_episode_steps: Optional[int]) -> gym.Env:
+                    max_episode_steps: Optional[int],
+                    wrist_image_size: Optional[int] = None) -> gym.Env:
   """The batched ManiSkill env (torch in, torch out) with the project's observation dict."""
   size = dict(width=image_size, height=image_size)
   human, sensor = dict(size), dict(size)
@@ -186,8 +236,21 @@ def _make_maniskill(env_id: str, num_envs: int, sim_backend: str, obs_mode: str,
     kwargs["render_backend"] = "cpu"  # without it SAPIEN first tries CUDA and warns
   if max_episode_steps is not None:
     kwargs["max_episode_steps"] = max_episode_steps
+  if wrist_image_size:
+    kwargs.update(_wrist_kwargs(sensor, wrist_image_size))
   env = gym.make(env_id, **kwargs)
-  return _Observation(env, obs_mode, camera, image_size)
+  return _Observation(env, obs_mode, camera, image_size, wrist_image_size)
+
+
+def _wrist_kwargs(sensor: dict, size: int) -> dict:
+  """gym.make kwargs for the Panda with ManiSkill's hand camera at ``size`` x ``size``.
+
+  Settings of ``sensor`` without a camera name apply to every sensor camera, a moved sensor
+  camera's pose included: the hand camera's own entry keeps it at its mount, as
+  ``panda_wristcam`` defines it.
+  """
+  return dict(robot_uids=WRIST_ROBOT, sensor_configs={
+      **sensor, WRIST_CAMERA: dict(width=size, height=size, pose=sapien.Pose())})
 
 
 class _Worker(gym.Wrapper):
@@ -251,13 +314,16 @@ class ManiSkillVecEnv:
     max_episode_steps: None for the task's own time limit.
     ignore_terminations: success does not end an episode (``terminated`` stays False); the
       published evaluation's fixed-step protocol.
+    wrist_image_size: S, to render the Panda's hand camera as ``rgb_wrist`` [B, S, S, 3] (an
+      Octo teacher whose checkpoint reads a wrist camera); None renders none.
   """
 
   def __init__(self, num_envs: int, seed: int, reward_mode: str = "normalized_dense",
                env_id: str = "PushCube-v1", obs_mode: str = "state", image_size: int = 256,
                camera: str = "human", camera_variant: Optional[str] = None,
                control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto",
-               max_episode_steps: Optional[int] = None, ignore_terminations: bool = False):
+               max_episode_steps: Optional[int] = None, ignore_terminations: bool = False,
+               wrist_image_size: Optional[int] = None):
     for name, value, choices in (("obs_mode", obs_mode, OBS_MODES), ("camera", camera, CAMERAS),
                                  ("reward_mode", reward_mode, REWARD_MODES)):
       if value not in choices:
@@ -267,13 +333,17 @@ class ManiSkillVecEnv:
                        f"{', '.join(CAMERA_VARIANTS)}")
     if num_envs < 1:
       raise ValueError(f"num_envs={num_envs} must be >= 1")
+    if wrist_image_size is not None and wrist_image_size < 1:
+      raise ValueError(f"wrist_image_size={wrist_image_size} must be >= 1 (or None: no wrist "
+                       "camera)")
     vulkan.require_vulkan()
     self.num_envs = num_envs
     self.env_id = env_id
     self.sim_backend = resolve_backend(sim_backend)
     make_kwargs = dict(env_id=env_id, obs_mode=obs_mode, reward_mode=reward_mode,
                        control_mode=control_mode, image_size=image_size, camera=camera,
-                       camera_variant=camera_variant, max_episode_steps=max_episode_steps)
+                       camera_variant=camera_variant, max_episode_steps=max_episode_steps,
+                       wrist_image_size=wrist_image_size)
     if self.sim_backend == "physx_cuda":
       require_physx_gpu()
       env = _make_maniskill(num_envs=num_envs, sim_backend="physx_cuda", **make_kwargs)
