@@ -414,3 +414,29 @@ def test_a_signal_to_the_process_group_stops_a_maniskill_run_without_tracebacks(
   last = err.strip().splitlines()[-1]
   assert last.startswith(f"stopped by {signal.Signals(signum).name} after iteration ")
   assert "resume with:" in last
+
+
+def test_robot_state_and_the_wrist_camera(_renderer):
+  """qpos, qvel and tcp_pose (what an Octo checkpoint's proprio is made of) are the robot's
+  slices of the privileged state; with wrist_image_size the Panda's hand camera is rendered as
+  rgb_wrist, and the keys are what the config check expects."""
+  env = maniskill._make_maniskill(
+      env_id="PushCube-v1", num_envs=1, sim_backend="physx_cpu", obs_mode="state",
+      reward_mode="normalized_dense", control_mode="pd_ee_delta_pose", image_size=64,
+      camera="human", camera_variant=None, max_episode_steps=None, wrist_image_size=32)
+  try:
+    env.reset(seed=0)
+    obs, *_ = env.step(torch.zeros(1, 7))
+    c = config_lib.load("experiments/pushcube.py:scripted")
+    c.env.kwargs.wrist_image_size = 32
+    assert set(obs) == set(envs.observation_keys(c.env))
+    assert set(env.single_observation_space) == set(obs)
+    # PushCube's flat state: qpos (9), qvel (9), then the task's tcp_pose (7), ...
+    np.testing.assert_array_equal(obs["qpos"], obs["privileged"][:, :9])
+    np.testing.assert_array_equal(obs["qvel"], obs["privileged"][:, 9:18])
+    np.testing.assert_allclose(obs["tcp_pose"], obs["privileged"][:, 18:25], atol=1e-6)
+    wrist = obs["rgb_wrist"]
+    assert wrist.shape == (1, 32, 32, 3) and wrist.dtype == torch.uint8
+    assert wrist.float().std() > 10  # a rendered view, not a blank frame
+  finally:
+    env.close()

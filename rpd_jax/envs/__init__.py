@@ -37,6 +37,16 @@ OPTIONAL_OBSERVATIONS: Mapping[str, Mapping[str, tuple[str, str]]] = {
 }
 
 
+# The env kwarg that sets each camera observation's (square) frame size, where an env has it.
+FRAME_SIZE_KWARGS = {"rgb": "image_size", "rgb_wrist": "wrist_image_size"}
+
+
+def frame_sizes(env_config: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+  """(H, W) of the camera observations whose size ``config.env.kwargs`` sets."""
+  return {key: (size, size) for key, kwarg in FRAME_SIZE_KWARGS.items()
+          if (size := env_config.kwargs.get(kwarg))}
+
+
 def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   """The observation keys of ``config.env``; ConfigError for an unknown env or obs_mode."""
   if env_config.name not in ENVS:
@@ -76,5 +86,6 @@ def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int) ->
   return cls(num_envs=num_envs, seed=seed, reward_mode=env_config.reward_mode, **kwargs)
 
 
-__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "OPTIONAL_OBSERVATIONS", "StepResult", "VecEnv",
-           "how_to_observe", "make_env", "observation_keys"]
+__all__ = ["ENV_NAMES", "FRAME_SIZE_KWARGS", "OBSERVATION_KEYS", "OPTIONAL_OBSERVATIONS",
+           "StepResult", "VecEnv", "frame_sizes", "how_to_observe", "make_env",
+           "observation_keys"]

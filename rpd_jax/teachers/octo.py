@@ -724,12 +724,13 @@ class OctoApply:
     return TeacherOutput(action=chunks[0, :, 0], samples=samples)
 
 
-def _read_files(checkpoint: str) -> octo.CheckpointFiles:
-  """The checkpoint's files but its weights; ConfigError naming the kwarg when missing."""
+def read_files(checkpoint: str) -> octo.CheckpointFiles:
+  """The checkpoint's files but its weights; ConfigError (saying what is missing) when it is
+  not found or incomplete."""
   try:
     return octo.read_checkpoint(checkpoint)
   except FileNotFoundError as e:
-    raise ConfigError(f"{_KWARGS}.checkpoint={checkpoint!r}: {e}") from None
+    raise ConfigError(str(e)) from None
 
 
 def feed_of(files: octo.CheckpointFiles, teacher_kwargs: Mapping[str, Any]) -> Feed:
@@ -779,7 +780,7 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
     ConfigError (one line) for anything that cannot be fed exactly, a missing file, or a
     checkpoint whose files cannot be read.
   """
-  files = _read_files(checkpoint)
+  files = read_files(checkpoint)
   feed = plan_feed(files, checkpoint_spec(files), step=step, instruction=instruction,
                    window=window, dataset_name=dataset_name,
                    normalization_type=normalization_type, proprio=proprio,
