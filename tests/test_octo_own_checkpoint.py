@@ -338,7 +338,7 @@ def test_inspect_describes_two_checkpoints(repo_root, monkeypatch, tmp_path):
                        "privileged, rgb, qpos, qvel, tcp_pose, rgb_wrist)")
   with pytest.raises(ConfigError, match=f"config.teacher.kwargs.tokenizer_dir='{tmp_path}' has "
                                         "no spiece.model"):
-    inspect.find_tokenizer(str(tmp_path))
+    octo.tokenizer_path(str(tmp_path))
   lines = inspect.report(_pushcube(checkpoint="octo-tiny-pushcube"))
   assert any("instruction: none, the model takes no language input; "
              "config.teacher.kwargs.instruction" in line for line in lines)
@@ -348,8 +348,8 @@ def test_inspect_describes_two_checkpoints(repo_root, monkeypatch, tmp_path):
 
 def test_make_teacher_names_the_tokenizer_kwarg_and_logs_the_feed(tmp_path, caplog,
                                                                   tiny_tokenizer_dir):
-  with pytest.raises(ConfigError, match="Set config.teacher.kwargs.tokenizer_dir to the folder "
-                                        "holding spiece.model"):
+  with pytest.raises(ConfigError, match=f"config.teacher.kwargs.tokenizer_dir='{tmp_path}' has "
+                                        "no spiece.model"):
     octo.make_teacher(str(EXT / A), instruction=INSTRUCTION, proprio="qpos[:8]",
                       tokenizer_dir=str(tmp_path))
   with caplog.at_level(logging.INFO):

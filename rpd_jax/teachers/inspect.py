@@ -13,38 +13,17 @@ where the t5-base tokenizer a language model needs is found, and whether the who
 
 from __future__ import annotations
 
-import os
-
 import ml_collections
 from absl import flags
 
 from rpd_jax import cli, envs
 from rpd_jax import config as config_lib
 from rpd_jax.errors import ConfigError
-from rpd_jax.octo import text
 from rpd_jax.teachers import octo
 
 _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "the Octo checkpoint (folder, shipped teacher, released name or hub "
     "id); default: the experiment's config.teacher.kwargs.checkpoint")
-
-
-def find_tokenizer(tokenizer_dir: str | None) -> str:
-  """The t5-base ``spiece.model`` make_teacher would use; ConfigError naming the kwarg when
-  there is none."""
-  if tokenizer_dir is not None:
-    path = os.path.join(tokenizer_dir, text.SPIECE)
-    if not os.path.isfile(path):
-      raise ConfigError(f"config.teacher.kwargs.tokenizer_dir={tokenizer_dir!r} has no "
-                        f"{text.SPIECE}; point it at t5-base's (third_party/README.md)")
-    return path
-  folders = text.find_t5_folders()
-  if not folders:
-    raise ConfigError(f"the checkpoint takes a language instruction and no t5-base "
-                      f"{text.SPIECE} is in third_party/downloads/t5-base or the Hugging Face "
-                      "cache; set config.teacher.kwargs.tokenizer_dir or download it as "
-                      "third_party/README.md says")
-  return str(folders[0] / text.SPIECE)
 
 
 def report(config: ml_collections.ConfigDict) -> list[str]:
@@ -72,7 +51,7 @@ def main(config: ml_collections.ConfigDict, spec: str) -> None:
     print(line, flush=True)
   files = octo.read_files(config.teacher.kwargs.checkpoint)
   if octo.checkpoint_spec(files).task_tokenizers:
-    print(f"T5 tokenizer: {find_tokenizer(config.teacher.kwargs.get('tokenizer_dir'))}",
+    print(f"T5 tokenizer: {octo.tokenizer_path(config.teacher.kwargs.get('tokenizer_dir'))}",
           flush=True)
   config_lib.validate(config)
   print("config: passes rpd_jax.config.validate")

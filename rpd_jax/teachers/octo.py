@@ -733,6 +733,25 @@ def read_files(checkpoint: str) -> octo.CheckpointFiles:
     raise ConfigError(str(e)) from None
 
 
+def tokenizer_path(tokenizer_dir: Optional[str]) -> str:
+  """The t5-base ``spiece.model`` a language model's instruction is tokenised with:
+  ``tokenizer_dir``'s, else the first ``text.find_t5_folders()`` has; ConfigError naming
+  ``config.teacher.kwargs.tokenizer_dir`` when there is none."""
+  if tokenizer_dir is not None:
+    path = os.path.join(tokenizer_dir, text.SPIECE)
+    if not os.path.isfile(path):
+      raise ConfigError(f"{_KWARGS}.tokenizer_dir={tokenizer_dir!r} has no {text.SPIECE}; point "
+                        "it at t5-base's tokenizer folder (third_party/README.md)")
+    return path
+  folders = text.find_t5_folders()
+  if not folders:
+    raise ConfigError(
+        f"the checkpoint takes a language instruction, and no t5-base {text.SPIECE} is in "
+        f"third_party/downloads/t5-base or the Hugging Face cache: set {_KWARGS}.tokenizer_dir "
+        "to its folder, or download it as third_party/README.md says")
+  return str(folders[0] / text.SPIECE)
+
+
 def feed_of(files: octo.CheckpointFiles, teacher_kwargs: Mapping[str, Any]) -> Feed:
   """``plan_feed`` of the checkpoint in ``files`` for ``config.teacher.kwargs`` (the kwargs
   that do not decide the feed, and unset ones, are left out)."""
@@ -772,7 +791,8 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
       paper's); required by language-conditioned models (every released checkpoint), unused
       (and said so in the log) by models without language input.
     step: the checkpoint step to load (None: the latest).
-    tokenizer_dir: folder with the t5-base ``spiece.model`` (None: ``T5Tokenizer.find()``).
+    tokenizer_dir: folder with the t5-base ``spiece.model`` (None: ``tokenizer_path``'s search),
+      for checkpoints with language input; looked up before the weights are read.
     window, dataset_name, normalization_type, proprio, goal_image, center_crop, gripper,
       image_key, wrist_image_key, dtype, transformer_batch, attention: ``teacher_from_model``'s.
 
@@ -786,6 +806,12 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
                    normalization_type=normalization_type, proprio=proprio,
                    goal_image=goal_image, center_crop=center_crop, gripper=gripper,
                    image_key=image_key, wrist_image_key=wrist_image_key)
+  tokenizer = None
+  if feed.language is not None:
+    try:
+      tokenizer = text.T5Tokenizer.from_file(tokenizer_path(tokenizer_dir))
+    except ValueError as e:  # a SentencePiece model without T5's pad and eos ids
+      raise ConfigError(f"{_KWARGS}.tokenizer_dir={tokenizer_dir!r}: {e}") from e
   # Loaded in float32: the instruction is embedded once, at full precision, whatever the
   # teacher's compute dtype.
   try:
@@ -793,14 +819,7 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
   except octo.CheckpointReadError as e:
     raise ConfigError(f"the Octo checkpoint {files.folder}: {e}") from e
   embedding = None
-  if feed.language is not None:
-    try:
-      tokenizer = text.T5Tokenizer.find(tokenizer_dir)
-    except (FileNotFoundError, ValueError) as e:
-      raise ConfigError(
-          f"the Octo checkpoint {files.folder} takes a language instruction, tokenised with "
-          f"t5-base's SentencePiece model: {e}. Set {_KWARGS}.tokenizer_dir to the folder "
-          "holding spiece.model (third_party/README.md says how to get it)") from e
+  if tokenizer is not None:
     embedding = model.embed_instructions([instruction], tokenizer)[0]
   teacher = teacher_from_model(
       model, embedding, window=window, dataset_name=dataset_name,
