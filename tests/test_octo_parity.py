@@ -10,6 +10,7 @@ tokens, transformer outputs, eps and deterministic actions 1e-4; one sampler ste
 sampled actions 5e-3.
 """
 
+import enum
 import functools
 import pathlib
 
@@ -38,6 +39,12 @@ ATOL = 1e-4
 ACTION_ATOL = 5e-3
 STEP_ATOL = 1e-5
 MODEL_CASES = [(name, case) for name, (_, _, cases) in MODELS.items() for case in cases]
+
+
+class NormalizationType(str, enum.Enum):
+  """As octo.data.utils.data_utils.NormalizationType."""
+  NORMAL = "normal"
+  BOUNDS = "bounds"
 
 
 @pytest.fixture(autouse=True)
@@ -159,6 +166,17 @@ def test_sampled_actions(version):
                                     normalization_type=normalization_type)
     np.testing.assert_allclose(unnormalized, g[f"{case}/out/actions_unnormalized"],
                                atol=ACTION_ATOL, rtol=0, err_msg=case)
+
+
+def test_the_official_call_with_bounds():
+  """Octo's own call (keyword rng, the type as its NormalizationType, a str Enum) works with
+  "bounds", which the official jitted sample_actions cannot take."""
+  g, m = goldens("ext_mse_bounds"), model("ext_mse_bounds")
+  obs, task = subtree(g, "a/obs/"), subtree(g, "a/task/")
+  actions = m.sample_actions(obs, task, unnormalization_statistics=m.dataset_statistics["action"],
+                             normalization_type=NormalizationType.BOUNDS,
+                             rng=jnp.asarray(g["a/in/rng_key"]))
+  np.testing.assert_allclose(actions, g["a/out/actions_unnormalized"], atol=ATOL, rtol=0)
 
 
 @pytest.mark.parametrize("version", DETERMINISTIC)
