@@ -13,11 +13,11 @@ import logging
 import pathlib
 
 import flax
+import imageio.v3 as iio
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from PIL import Image
 
 import rpd_jax.octo as rpd_octo
 from rpd_jax import config as config_lib
@@ -269,13 +269,15 @@ def test_the_adapter_reproduces_the_official_goal_image_bounds_model(tmp_path):
   from the checkpoint's config.json, the official actions."""
   g = goldens(B)
   goal = tmp_path / "goal.png"
-  Image.fromarray(g["b/task/image_primary"][0]).save(goal)
+  iio.imwrite(goal, g["b/task/image_primary"][0])
   teacher = _teacher_for_golden(B, "b", goal_image=str(goal))
   obs = {"rgb": jnp.asarray(g["b/obs/image_primary"][:, -1])}
   out = jax.jit(base.query, static_argnums=(5,))(teacher, obs, obs, jnp.array([True]),
                                                  jax.random.key(0), 0)
   np.testing.assert_allclose(out.action, g["b/out/actions_unnormalized"][:, 0], atol=ATOL,
                              rtol=0)
+  with pytest.raises(ConfigError, match="goal_image=.* cannot be read as an image"):
+    octo.read_goal_image(__file__)
 
 
 def test_proprio_is_windowed_normalised_and_checked():

@@ -534,10 +534,9 @@ def describe(feed: Feed, frame_sizes: Optional[Mapping[str, Sequence[int]]] = No
 
 def read_goal_image(path: str) -> np.ndarray:
   """An image file -> uint8 [H, W, 3] (RGB)."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top  (only for goal images)
+  import imageio.v3 as iio  # pylint: disable=g-import-not-at-top  (only for goal images)
   try:
-    with Image.open(path) as image:
-      return np.asarray(image.convert("RGB"), np.uint8)
+    return np.asarray(iio.imread(path, mode="RGB"), np.uint8)
   except (OSError, ValueError) as e:
     raise ConfigError(f"{_KWARGS}.goal_image={path!r} cannot be read as an image ({e}); give a "
                       "PNG or JPEG") from e
