@@ -21,11 +21,6 @@ from rpd_jax import config as config_lib
 from rpd_jax.errors import ConfigError
 from rpd_jax.teachers import octo
 
-_CHECKPOINT = flags.DEFINE_string(
-    "checkpoint", None, "the Octo checkpoint (folder, shipped teacher, released name or hub "
-    "id); default: the experiment's config.teacher.kwargs.checkpoint")
-
-
 def report(config: ml_collections.ConfigDict) -> list[str]:
   """The lines the command prints for ``config`` (its teacher must be Octo); ConfigError for a
   checkpoint it cannot feed."""
@@ -45,8 +40,8 @@ def report(config: ml_collections.ConfigDict) -> list[str]:
 
 def main(config: ml_collections.ConfigDict, spec: str) -> None:
   del spec
-  if _CHECKPOINT.value is not None:
-    config.teacher.kwargs.checkpoint = _CHECKPOINT.value
+  if flags.FLAGS.checkpoint is not None:
+    config.teacher.kwargs.checkpoint = flags.FLAGS.checkpoint
   for line in report(config):
     print(line, flush=True)
   files = octo.read_files(config.teacher.kwargs.checkpoint)
@@ -58,4 +53,9 @@ def main(config: ml_collections.ConfigDict, spec: str) -> None:
 
 
 if __name__ == "__main__":
+  # Defined only for the command: importing this module (tests do, next to eval_teacher's
+  # --checkpoint) defines no flag.
+  flags.DEFINE_string("checkpoint", None, "the Octo checkpoint (folder, shipped teacher, "
+                      "released name or hub id); default: the experiment's "
+                      "config.teacher.kwargs.checkpoint")
   cli.run_with_config(main)
