@@ -10,7 +10,8 @@ Variants (besides the common ones of rpd_jax.config, combine with commas):
   state_rgb  rgb plus the robot's proprioception (joint positions and velocities)
   octo       the paper's teacher: an Octo checkpoint on the human camera, rgb student, RPD-MSE
              (default: the task's shipped Octo teacher, the human camera at 128x128 for the
-             teacher only, a state student)
+             teacher only, a state student). Your own checkpoint:
+             --config.teacher.kwargs.checkpoint=<folder> (README, "Your own Octo checkpoint")
   paper      the published run's settings, for a GPU (:paper, :sparse,paper, :paper,ppo)
   scripted   (tasks with a scripted controller) state student, scripted teacher, no rendering
   smoke      seconds on a CPU: 1 env, a few short iterations, a tiny evaluation
@@ -55,12 +56,25 @@ def _octo(c: ml_collections.ConfigDict) -> None:
 
 
 def _octo_kwargs(c: ml_collections.ConfigDict, checkpoint: str) -> ml_collections.ConfigDict:
-  """An Octo teacher's own config: the checkpoint and the task's instruction."""
+  """An Octo teacher's own config: the checkpoint, the task's instruction, and how the
+  checkpoint is fed (rpd_jax.teachers.octo.make_teacher; README, "Your own Octo checkpoint").
+  Unset fields come from the checkpoint itself; the trainer logs what each one became."""
+  optional = ml_collections.config_dict.placeholder
   return ml_collections.ConfigDict({
       "checkpoint": checkpoint,
       "instruction": tasks.task_info(c.env.kwargs.env_id).instruction,
-      "window": 1,  # the published runs used one frame
-      "tokenizer_dir": ml_collections.config_dict.placeholder(str),
+      "tokenizer_dir": optional(str),  # the t5-base spiece.model's folder (language models)
+      "window": optional(int),  # frames per query; unset: the checkpoint's window (1 or 2)
+      # Observations concatenated into the checkpoint's proprio, e.g. "qpos" or
+      # "qpos[:7],tcp_pose" (ManiSkill gives qpos, qvel, tcp_pose); for checkpoints that read it.
+      "proprio": optional(str),
+      "goal_image": optional(str),  # an image file of the goal, for goal-image checkpoints
+      # "normal" or "bounds"; unset: what the checkpoint's config.json records, else "normal".
+      "normalization_type": optional(str),
+      "dataset_name": optional(str),  # whose statistics, for checkpoints with several
+      # The checkpoint's gripper: "maniskill" (Octo's [0, 1], 1 = open, mapped to ManiSkill's
+      # [-1, 1]), "clip" (already ManiSkill's [-1, 1]) or "raw" (untouched); all but raw clip.
+      "gripper": "maniskill",
   })
 
 
@@ -121,6 +135,7 @@ def _paper(c: ml_collections.ConfigDict) -> None:
   c.network.encoder, c.network.obs_keys = "ppo_rgb", ("rgb",)
   c.network.cnn_features = 256
   c.teacher.kwargs.gripper = "raw"
+  c.teacher.kwargs.window = 1  # the published runs used one frame
   c.teacher.resample = "epoch"
   c.env.num_envs = 128
   c.ppo.num_steps = 50
@@ -177,6 +192,9 @@ def get_config(env_id: str, arg: str | None,
   c.ppo.num_minibatches = ml_collections.config_dict.placeholder(int)
   c.eval_envs = ml_collections.config_dict.placeholder(int)
   c.eval_episodes = ml_collections.config_dict.placeholder(int)
+  # The Panda's hand camera as "rgb_wrist" at this size, for a teacher whose checkpoint reads a
+  # wrist camera (rendered only when set).
+  c.env.kwargs.wrist_image_size = ml_collections.config_dict.placeholder(int)
   c.total_env_steps = 1_000_000
   c.ppo.num_steps = info.max_episode_steps
   c.eval_every = 10

@@ -234,7 +234,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
       check(key in produced,
             f"the {c.teacher.name!r} teacher reads observation {key!r}, which the {c.env.name} "
             f"env does not give with obs_mode={c.env.kwargs.get('obs_mode', 'state')!r} (it "
-            f"gives {', '.join(produced)}); pick an obs_mode that includes it")
+            f"gives {', '.join(produced)}); {envs.how_to_observe(c.env, key)}")
   for name in ("learning_rate", "clip_coef", "vf_coef", "ent_coef", "max_grad_norm",
                "target_kl", "gae_lambda", "reward_scale"):
     value = c.ppo[name]

@@ -567,3 +567,24 @@ def test_gpu_simulation_in_a_process_of_its_own(repo_root):
        "physx_cuda"], cwd=repo_root, capture_output=True, text=True, timeout=1800,
       env={**os.environ, "RPD_JAX_TEST_SIM_BACKENDS": "physx_cuda"})
   assert out.returncode == 0, out.stdout[-5000:]
+
+
+def test_robot_state_and_the_wrist_camera(_renderer):
+  """qpos, qvel and tcp_pose (what an Octo checkpoint's proprio is made of) are the robot's
+  slices of the privileged state; with wrist_image_size the Panda's hand camera is rendered as
+  rgb_wrist, and the keys are what the config check expects."""
+  env = _env(backend="in_process", image_size=64, wrist_image_size=32)
+  try:
+    obs = env.step(jnp.zeros((1, 7))).obs
+    c = config_lib.load("experiments/pushcube.py:scripted")
+    c.env.kwargs.wrist_image_size = 32
+    assert set(obs) == set(envs.observation_keys(c.env)) == set(env.observation_spec)
+    # PushCube's flat state: qpos (9), qvel (9), then the task's tcp_pose (7), ...
+    np.testing.assert_array_equal(obs["qpos"], obs["privileged"][:, :9])
+    np.testing.assert_array_equal(obs["qvel"], obs["privileged"][:, 9:18])
+    np.testing.assert_allclose(obs["tcp_pose"], obs["privileged"][:, 18:25], atol=1e-6)
+    wrist = obs["rgb_wrist"]
+    assert wrist.shape == (1, 32, 32, 3) and wrist.dtype == jnp.uint8
+    assert np.asarray(wrist, np.float32).std() > 10  # a rendered view, not a blank frame
+  finally:
+    env.close()

@@ -13,7 +13,11 @@ import rpd_jax.octo as octo
 from rpd_jax.octo import sizes
 
 DATA = pathlib.Path(__file__).parent / "data" / "octo_parity"
+EXT = pathlib.Path(__file__).parent / "data" / "octo_parity_ext"
 FULL_SIZE = ("octo-small-1.5", "octo-base-1.5", "octo-small", "octo-base")
+EXT_TINY = ("ext_l1_proprio_wrist", "ext_mse_bounds", "ext_diffusion_proprio_w2")
+# Octo's fine-tuning example (a proprio tokenizer and an L1 head on octo-small/base-1.5).
+EXT_FULL_SIZE = ("octo-small-1.5-finetune-example", "octo-base-1.5-finetune-example")
 
 
 def flat_shapes(tree):
@@ -21,17 +25,24 @@ def flat_shapes(tree):
   return {"/".join(k.key for k in path): (list(x.shape), str(x.dtype)) for path, x in leaves}
 
 
-@pytest.mark.parametrize("name", FULL_SIZE + ("tiny_v15", "tiny_v10"))
+@pytest.mark.parametrize("name", FULL_SIZE + ("tiny_v15", "tiny_v10") + EXT_TINY
+                         + EXT_FULL_SIZE)
 def test_param_tree_equals_official(name):
   """Paths, shapes and dtypes of our init (eval_shape only) equal the official trees.
 
-  The full-size trees were taken at primary 256x256, wrist 128x128, window 2, 16 tokens.
+  The released full-size trees were taken at primary 256x256, wrist 128x128, window 2, 16
+  tokens; the fine-tuning example's at primary 256x256, proprio 14 dims, window 1.
   """
-  with open(DATA / "param_trees" / f"{name}.json") as f:
+  data = EXT if name in EXT_TINY + EXT_FULL_SIZE else DATA
+  with open(data / "param_trees" / f"{name}.json") as f:
     official = json.load(f)
-  if name.startswith("tiny"):
-    spec = octo.parse_model_config(official["model_config"], t5_search_dirs=[str(DATA)])
-    batch = octo.checkpoint.read_example_batch(str(DATA / name / "example_batch.msgpack"))
+  if name.startswith("tiny") or name in EXT_TINY:
+    spec = octo.parse_model_config(official["model_config"], t5_search_dirs=[str(data)])
+    batch = octo.checkpoint.read_example_batch(str(data / name / "example_batch.msgpack"))
+  elif name in EXT_FULL_SIZE:
+    spec = octo.parse_model_config(official["model_config"])
+    batch = sizes.example_batch(window=1, primary_size=256)
+    batch["observation"]["proprio"] = np.zeros((1, 1, 14), np.float32)
   else:
     spec = octo.parse_model_config(official["model_config"])
     batch = sizes.example_batch(window=2, primary_size=256, wrist_size=128)
@@ -88,18 +99,42 @@ def test_load_errors(tmp_path):
                                        r"\(64,\), config needs \(32,\)"):
     octo.load_pretrained(str(folder))
 
-  config["model"]["heads"]["action"]["name"] = "L1ActionHead"
+  config["model"]["heads"]["action"]["name"] = "UNetDDPMActionHead"
   (folder / "config.json").write_text(json.dumps(config))
   with pytest.raises(octo.UnsupportedConfigError,
-                     match="heads.action names module spec "
-                           "'octo.model.components.action_heads.L1ActionHead'"):
+                     match="heads.action is octo.model.components.action_heads."
+                           "UNetDDPMActionHead, which rpd_jax's Octo does not implement; "
+                           "supported action heads: DiffusionActionHead, L1ActionHead"):
     octo.load_pretrained(str(folder))
 
   shutil.rmtree(folder / "5000")
-  with pytest.raises(FileNotFoundError, match="no <step>/default/checkpoint"):
+  with pytest.raises(FileNotFoundError, match="no parameters in .*the checkpoint is incomplete"):
     octo.load_pretrained(str(folder))
   with pytest.raises(FileNotFoundError, match="huggingface-cli download nobody/nothing"):
     octo.load_pretrained("nobody/nothing")
+
+  folder = copy_checkpoint(tmp_path / "c")
+  blob = folder / "5000" / "default" / "checkpoint"
+  blob.write_bytes(blob.read_bytes()[:1000])  # a download cut short
+  with pytest.raises(octo.CheckpointReadError, match="cannot be read .*incomplete or damaged"):
+    octo.load_pretrained(str(folder))
+
+
+def test_orbax_pytree_checkpoint(tmp_path):
+  """Parameters saved by current orbax (OCDBT, as Octo's save_pretrained writes them on a newer
+  stack) load bit for bit like the msgpack blob."""
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  folder = copy_checkpoint(tmp_path)
+  want = octo.load_pretrained(str(folder)).params
+  shutil.rmtree(folder / "5000")
+  manager = ocp.CheckpointManager(folder, ocp.PyTreeCheckpointer())
+  manager.save(4000, jax.tree.map(jnp.asarray, want))
+  manager.wait_until_finished()
+  assert (folder / "4000" / "default" / "manifest.ocdbt").is_file()
+  got = octo.load_pretrained(str(folder)).params
+  assert jax.tree.structure(got) == jax.tree.structure(want)
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_array_equal(a, b)
 
 
 def test_load_from_hub_cache(tmp_path, monkeypatch):
@@ -115,16 +150,36 @@ def test_load_from_hub_cache(tmp_path, monkeypatch):
 
 
 def test_unsupported_specs_are_named():
+  """One line naming the piece, the value and what is supported instead."""
+  cases = [
+      (("observation_tokenizers", "proprio"),
+       {"module": "octo.model.components.tokenizers", "name": "LowdimObsTokenizer", "args": [],
+        "kwargs": {"obs_keys": ["proprio"], "discretize": True}},
+       "observation_tokenizers.proprio sets discretize=True; rpd_jax's Octo supports only "
+       "discretize=False"),
+      (("observation_tokenizers", "depth"),
+       {"module": "octo.model.components.tokenizers", "name": "BinTokenizer", "args": [],
+        "kwargs": {}},
+       "supported observation tokenizers: ImageTokenizer, LowdimObsTokenizer"),
+      (("task_tokenizers", "goal"),
+       {"module": "octo.model.components.tokenizers", "name": "ImageTokenizer", "args": [],
+        "kwargs": {}},
+       "task_tokenizers.goal is octo.model.components.tokenizers.ImageTokenizer, which "
+       "rpd_jax's Octo does not implement; supported task tokenizers: LanguageTokenizer"),
+      (("heads", "action"),
+       {"module": "octo.model.components.action_heads", "name": "DiscreteActionHead",
+        "args": [], "kwargs": {}},
+       "supported action heads: DiffusionActionHead, L1ActionHead, MSEActionHead"),
+  ]
+  for (section, key), spec, message in cases:
+    config = sizes.model_config("tiny")
+    config[section][key] = spec
+    with pytest.raises(octo.UnsupportedConfigError) as error:
+      octo.parse_model_config(config)
+    assert message in str(error.value) and "\n" not in str(error.value)
   config = sizes.model_config("tiny")
-  config["observation_tokenizers"]["proprio"] = {
-      "module": "octo.model.components.tokenizers", "name": "LowdimObsTokenizer",
-      "args": [], "kwargs": {"obs_keys": ["proprio"]}}
-  with pytest.raises(octo.UnsupportedConfigError, match="LowdimObsTokenizer"):
-    octo.parse_model_config(config)
-  config = sizes.model_config("tiny")
-  config["heads"]["action"]["kwargs"]["use_map"] = True
-  with pytest.raises(octo.UnsupportedConfigError, match="use_map=True"):
-    octo.parse_model_config(config)
+  config["heads"]["action"]["kwargs"]["use_map"] = True  # supported: MAP pooling
+  assert dict(octo.parse_model_config(config).heads)["action"].use_map
 
 
 def batch_inputs(batch=3, window=2):

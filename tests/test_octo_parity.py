@@ -1,11 +1,16 @@
-"""Parity of rpd_jax.octo with the official Octo code on the fixture's two tiny checkpoints.
+"""Parity of rpd_jax.octo with the official Octo code on the fixtures' tiny checkpoints.
 
-Every golden in tests/data/octo_parity (see its README) was produced by the official code
-(octo-models/octo 241fb35) with random weights, under legacy threefry. Tolerances are the
-fixture's suggested acceptance thresholds: masks exact; tokens, transformer outputs and eps
-1e-4; one sampler step 1e-5; sampled actions 5e-3.
+Every golden in tests/data/octo_parity and tests/data/octo_parity_ext (see their READMEs) was
+produced by the official code (octo-models/octo 241fb35) with random weights, under legacy
+threefry. octo_parity: Octo 1.0 and 1.5 with diffusion heads; octo_parity_ext: what Octo's
+fine-tuning example produces (a proprio LowdimObsTokenizer, a wrist camera, window 2, an
+L1ActionHead), an MSEActionHead goal-image model with "bounds" normalisation, and a diffusion
+head with proprio. Tolerances are the fixtures' suggested acceptance thresholds: masks exact;
+tokens, transformer outputs, eps and deterministic actions 1e-4; one sampler step 1e-5;
+sampled actions 5e-3.
 """
 
+import enum
 import functools
 import pathlib
 
@@ -20,11 +25,26 @@ from rpd_jax.octo import heads as heads_lib
 from rpd_jax.octo.module import OctoModule
 
 DATA = pathlib.Path(__file__).parent / "data" / "octo_parity"
-VERSIONS = ("v15", "v10")
-CASES = "abcdef"
+EXT = pathlib.Path(__file__).parent / "data" / "octo_parity_ext"
+# name -> (checkpoint folder, goldens file, cases)
+MODELS = {
+    "v15": (DATA / "tiny_v15", DATA / "goldens_v15.npz", "abcdef"),
+    "v10": (DATA / "tiny_v10", DATA / "goldens_v10.npz", "abcdef"),
+    **{name: (EXT / name, EXT / f"goldens_{name}.npz", "abc")
+       for name in ("ext_l1_proprio_wrist", "ext_mse_bounds", "ext_diffusion_proprio_w2")},
+}
+VERSIONS = ("v15", "v10")  # the fixtures with head and sampler trajectory goldens
+DETERMINISTIC = ("ext_l1_proprio_wrist", "ext_mse_bounds")
 ATOL = 1e-4
 ACTION_ATOL = 5e-3
 STEP_ATOL = 1e-5
+MODEL_CASES = [(name, case) for name, (_, _, cases) in MODELS.items() for case in cases]
+
+
+class NormalizationType(str, enum.Enum):
+  """As octo.data.utils.data_utils.NormalizationType."""
+  NORMAL = "normal"
+  BOUNDS = "bounds"
 
 
 @pytest.fixture(autouse=True)
@@ -38,12 +58,12 @@ def legacy_threefry():
 
 @functools.lru_cache(maxsize=None)
 def model(version):
-  return octo.load_pretrained(str(DATA / f"tiny_{version}"))
+  return octo.load_pretrained(str(MODELS[version][0]))
 
 
 @functools.lru_cache(maxsize=None)
 def goldens(version):
-  with np.load(DATA / f"goldens_{version}.npz") as f:
+  with np.load(MODELS[version][1]) as f:
     return dict(f)
 
 
@@ -58,6 +78,10 @@ def transformer_with_intermediates(m, observations, tasks):
       {"params": m.params}, observations, tasks, observations["timestep_pad_mask"],
       method=OctoModule.transformer, mutable=["intermediates"])
   inter = {k: v[0] for k, v in state["intermediates"]["octo_transformer"].items()}
+  # The head's input: the mean of the readout tokens, or its MAP head's output.
+  inter["readout_embedding"] = m.module.apply({"params": m.params}, "action",
+                                              outputs["readout_action"],
+                                              method=OctoModule.head_embedding)
   return outputs, inter
 
 
@@ -82,7 +106,7 @@ def ours(version, case, part):
   if part == "out/t5_last_hidden_state":
     return inter["tokenizer/language"][0]
   if part == "out/readout_embedding":
-    return outputs["readout_action"][0].mean(axis=-2)
+    return inter["readout_embedding"]
   if kind in ("tokenizer", "pre"):
     return inter[f"{kind}/{name}"][index]
   return outputs[name][index]
@@ -94,8 +118,7 @@ def compared_parts(version, case):
   return sorted(k[2:] for k in g if k.startswith(f"{case}/") and not k[2:].startswith(skip))
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("version, case", MODEL_CASES)
 def test_groups_in_sequence_order(version, case):
   """Our groups, concatenated in the golden's order, are exactly our transformer input."""
   g = goldens(version)
@@ -111,8 +134,7 @@ def test_groups_in_sequence_order(version, case):
   np.testing.assert_array_equal(sequence, inter["transformer_input"])
 
 
-@pytest.mark.parametrize("version", VERSIONS)
-@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("version, case", MODEL_CASES)
 def test_tokens_masks_and_outputs(version, case):
   g = goldens(version)
   for part in compared_parts(version, case):
@@ -126,22 +148,56 @@ def test_tokens_masks_and_outputs(version, case):
       np.testing.assert_allclose(got, want, atol=ATOL, rtol=0, err_msg=part)
 
 
-@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("version", MODELS)
 def test_sampled_actions(version):
-  """The official samples for the same key, in every case (b, d, e reuse a's compilation).
+  """The official samples for the same key, in every case (cases of one batch size share a
+  compilation), normalised and unnormalised with the golden's normalisation type.
 
-  The fixture's statistics cover all 7 dims, so unnormalising the samples afterwards equals
-  passing the statistics to sample_actions (tested in test_octo_model).
+  Every fixture's statistics cover all 7 dims, so unnormalising the samples afterwards equals
+  passing the statistics to sample_actions (tested in test_octo_model, and below for
+  "bounds"), without compiling the sampler twice.
   """
   g, m = goldens(version), model(version)
-  for case in CASES:
+  for case in MODELS[version][2]:
     obs, task = subtree(g, f"{case}/obs/"), subtree(g, f"{case}/task/")
     actions = m.sample_actions(obs, task, jnp.asarray(g[f"{case}/in/rng_key"]))
     np.testing.assert_allclose(actions, g[f"{case}/out/actions_normalized"], atol=ACTION_ATOL,
                                rtol=0, err_msg=case)
-    np.testing.assert_allclose(octo.unnormalize(actions, m.dataset_statistics["action"]),
-                               g[f"{case}/out/actions_unnormalized"], atol=ACTION_ATOL, rtol=0,
-                               err_msg=case)
+    normalization_type = str(g[f"{case}/meta/normalization_type"]) if (
+        f"{case}/meta/normalization_type" in g) else "normal"
+    unnormalized = octo.unnormalize(actions, m.dataset_statistics["action"], normalization_type)
+    np.testing.assert_allclose(unnormalized, g[f"{case}/out/actions_unnormalized"],
+                               atol=ACTION_ATOL, rtol=0, err_msg=case)
+
+
+def test_the_official_call_with_bounds():
+  """Octo's own call (keyword rng, the type as its NormalizationType, a str Enum) works with
+  "bounds", which the official jitted sample_actions cannot take."""
+  g, m = goldens("ext_mse_bounds"), model("ext_mse_bounds")
+  obs, task = subtree(g, "a/obs/"), subtree(g, "a/task/")
+  actions = m.sample_actions(obs, task, unnormalization_statistics=m.dataset_statistics["action"],
+                             normalization_type=NormalizationType.BOUNDS,
+                             rng=jnp.asarray(g["a/in/rng_key"]))
+  np.testing.assert_allclose(actions, g["a/out/actions_unnormalized"], atol=ATOL, rtol=0)
+
+
+@jax.jit
+def deterministic_chunks(m, embedding):
+  return m.module.apply({"params": m.params}, "action", embedding, method=OctoModule.head_predict)
+
+
+@pytest.mark.parametrize("version", DETERMINISTIC)
+def test_deterministic_heads(version):
+  """L1/MSE heads: the chunk of every window timestep, and the last one's (what sample_actions
+  returns for every sample, whatever the key), within 1e-4."""
+  g = goldens(version)
+  for case in MODELS[version][2]:
+    _, inter = case_outputs(version, case)
+    chunks = deterministic_chunks(model(version), inter["readout_embedding"])
+    np.testing.assert_allclose(chunks, g[f"{case}/out/actions_all_timesteps"], atol=ATOL,
+                               rtol=0, err_msg=case)
+    np.testing.assert_allclose(chunks[:, -1], g[f"{case}/out/actions_deterministic"],
+                               atol=ATOL, rtol=0, err_msg=case)
 
 
 @pytest.mark.parametrize("version", VERSIONS)
@@ -169,26 +225,34 @@ def test_sampled_actions_with_the_transformer_in_slices(version):
   np.testing.assert_allclose(sliced, whole, atol=1e-3, rtol=0)
 
 
+@jax.jit
+def run_transformer(m, observations, tasks):
+  return m.run_transformer(observations, tasks)
+
+
 @pytest.mark.parametrize("version", VERSIONS)
 def test_the_fused_attention_path_matches_the_official_outputs(version):
   """jax.nn.dot_product_attention (XLA here; cuDNN on a GPU) instead of Flax's attention:
-  every transformer output and the samples of every case within the fixture's tolerances,
-  padded rows (no valid key) included."""
+  every transformer output of every case within the fixture's tolerances, padded rows (no
+  valid key) included, and the samples of the cases of case a's batch size (one compilation
+  of the sampler)."""
   g, base = goldens(version), model(version)
   m = base.replace(module=base.module.clone(attention="xla"))
   compared = 0
-  for case in CASES:
+  cases = MODELS[version][2]
+  for case in cases:
     obs, task = subtree(g, f"{case}/obs/"), subtree(g, f"{case}/task/")
-    outputs = jax.device_get(jax.jit(lambda m, o, t: m.run_transformer(o, t))(m, obs, task))
+    outputs = jax.device_get(run_transformer(m, obs, task))
     for part in compared_parts(version, case):
       if part.startswith("out/") and part[4:] in outputs:
         np.testing.assert_allclose(outputs[part[4:]][0], g[f"{case}/{part}"], atol=ATOL,
                                    rtol=0, err_msg=f"{case}/{part}")
         compared += 1
-    actions = m.sample_actions(obs, task, jnp.asarray(g[f"{case}/in/rng_key"]))
-    np.testing.assert_allclose(actions, g[f"{case}/out/actions_normalized"], atol=ACTION_ATOL,
-                               rtol=0, err_msg=case)
-  assert compared >= 3 * len(CASES)  # every case's token groups, not just the samples
+    if len(obs["timestep_pad_mask"]) == len(g["a/obs/timestep_pad_mask"]):
+      actions = m.sample_actions(obs, task, jnp.asarray(g[f"{case}/in/rng_key"]))
+      np.testing.assert_allclose(actions, g[f"{case}/out/actions_normalized"],
+                                 atol=ACTION_ATOL, rtol=0, err_msg=case)
+  assert compared >= 3 * len(cases)  # every case's token groups, not just the samples
 
 
 def head_fn(version):

@@ -41,13 +41,17 @@ class ProbeModel:
   example_batch: Any
   dataset_statistics: Any
   gripper: jax.Array
+  spec: Any = struct.field(pytree_node=False, default=None)
+  config: Any = struct.field(pytree_node=False, default=None)
 
-  def create_tasks(self, language_embeddings):
+  def create_tasks(self, goals=None, language_embeddings=None):
+    assert goals is None
     return {"language_instruction": language_embeddings}
 
   def sample_actions(self, observations, tasks, rng, unnormalization_statistics=None,
-                     num_samples=None, transformer_batch=None):
+                     num_samples=None, normalization_type="normal", transformer_batch=None):
     del transformer_batch  # a probe has no transformer
+    assert normalization_type == "normal"
     images = observations["image_primary"].astype(jnp.float32)  # [B, W, H, W, 3]
     chex.assert_shape(images, (None, None) + self.example_batch["observation"][
         "image_primary"].shape[2:])
@@ -68,12 +72,18 @@ class ProbeModel:
     return jnp.where(stats["mask"], actions * stats["std"] + stats["mean"], actions)
 
 
+# A language-conditioned single-camera model's config (only its spec is used by the probe).
+PROBE_CONFIG = {"model": rpd_octo.model_config("tiny", goal_images=False)}
+
+
 def probe_model(gripper=0.75, size=8, window=2, statistics=None):
-  example = {"observation": {"image_primary": np.zeros((1, window, size, size, 3), np.uint8)}}
+  example = {"observation": {"image_primary": np.zeros((1, window, size, size, 3), np.uint8),
+                             "timestep_pad_mask": np.ones((1, window), bool)}}
   if statistics is None:  # identity unnormalisation: actions come out as computed
     statistics = {"action": {"mean": [0.0] * 7, "std": [1.0] * 7, "mask": [True] * 6 + [False],
                              "p01": [0.0] * 7, "p99": [1.0] * 7}}
-  return ProbeModel(example, statistics, jnp.float32(gripper))
+  return ProbeModel(example, statistics, jnp.float32(gripper),
+                    rpd_octo.parse_model_config(PROBE_CONFIG["model"]), PROBE_CONFIG)
 
 
 def gray(batch, value, size=8):
@@ -119,8 +129,10 @@ def test_window_one_ignores_prev_obs():
   out = query(teacher, obs, {"rgb": gray(2, 7)}, jnp.array([True, False]),
                          jax.random.key(0))
   np.testing.assert_allclose(out.action[:, :3], [[100, 100, 1], [100, 100, 1]])
-  with pytest.raises(ValueError, match="window of 2"):
+  with pytest.raises(ConfigError, match="window=3: it was trained with a window of 2"):
     raw_teacher(probe_model(), window=3)
+  # Unset, the window is the checkpoint's.
+  assert raw_teacher(probe_model(window=2)).apply_fn.window == 2
 
 
 def test_resize_to_checkpoint_size():
@@ -167,14 +179,16 @@ def test_unnormalisation_statistics():
                                    "mask": [True] * 6 + [False]}, "num_transitions": 3}
                  for i, name in enumerate(["bridge_dataset", "fractal20220817_data"])}
   model = probe_model(statistics=per_dataset)
-  with pytest.raises(ValueError, match="bridge_dataset, fractal20220817_data"):
+  with pytest.raises(ConfigError, match="config.teacher.kwargs.dataset_name=None: this "
+                     "checkpoint has statistics per dataset; set it to one of bridge_dataset, "
+                     "fractal20220817_data"):
     raw_teacher(model)
   teacher = raw_teacher(model, window=1, dataset_name="fractal20220817_data")
   obs = {"rgb": gray(1, 10)}
   out = query(teacher, obs, obs, jnp.zeros(1, bool), jax.random.key(0))
   np.testing.assert_allclose(out.action[0, :3], [10 * 2 + 1, 10 * 2 + 1, 1 * 2 + 1])
   np.testing.assert_allclose(out.action[0, 6], 0.75)  # mask False: gripper stays raw
-  with pytest.raises(ValueError, match="single statistics dict"):
+  with pytest.raises(ConfigError, match="one statistics dict"):
     raw_teacher(probe_model(), dataset_name="bridge_dataset")
 
 
@@ -282,12 +296,14 @@ def fixture_teacher(request, tiny_tokenizer_dir):
 def test_fixture_teacher(fixture_teacher):
   """Shapes, bounds, compile-once and padding of the previous frame, on the real model.
 
-  Images are 48x48, resized to the checkpoint's 64x64. Rows 0, 3 and 6 start an episode.
+  Images are 48x48, resized to the checkpoint's 64x64 (primary) and 32x32 (wrist). Rows 0, 3
+  and 6 start an episode.
   """
   teacher = fixture_teacher
   rng = np.random.default_rng(0)
-  images = lambda: jnp.asarray(rng.integers(0, 256, (8, 48, 48, 3)), jnp.uint8)
-  obs, prev, other_prev = {"rgb": images()}, {"rgb": images()}, {"rgb": images()}
+  images = lambda: {key: jnp.asarray(rng.integers(0, 256, (8, 48, 48, 3)), jnp.uint8)
+                    for key in ("rgb", "rgb_wrist")}
+  obs, prev, other_prev = images(), images(), images()
   is_first = jnp.arange(8) % 3 == 0
 
   @jax.jit
@@ -314,7 +330,9 @@ def test_fixture_teacher_bfloat16(tiny_tokenizer_dir):
   assert teacher.params["model"].module.dtype == jnp.bfloat16
   # The instruction was embedded once, in float32.
   assert teacher.params["task"]["language_instruction"].dtype == jnp.float32
-  obs = {"rgb": jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 64, 64, 3)), jnp.uint8)}
+  rng = np.random.default_rng(1)
+  obs = {"rgb": jnp.asarray(rng.integers(0, 256, (2, 64, 64, 3)), jnp.uint8),
+         "rgb_wrist": jnp.asarray(rng.integers(0, 256, (2, 32, 32, 3)), jnp.uint8)}
   out = query(teacher, obs, obs, jnp.array([True, False]), jax.random.key(0), 2, 2)
   assert out.action.dtype == jnp.float32 and out.samples.shape == (2, 2, 7)
   assert np.isfinite(out.samples).all() and np.abs(out.samples).max() <= 1.0

@@ -279,7 +279,8 @@ def test_a_damaged_teacher_checkpoint_fails_before_any_simulator_starts(tmp_path
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert result.returncode == 2
   last = result.stderr.strip().splitlines()[-1]
-  assert last.startswith(f"error: the Octo checkpoint {folder} cannot be loaded"), last
+  assert last.startswith(f"error: the Octo checkpoint {folder}: the parameters in "), last
+  assert "cannot be read" in last and "incomplete or damaged" in last
   assert "Traceback" not in result.stderr and "env maniskill" not in result.stderr
 
 

@@ -101,10 +101,13 @@ def build_teacher(size: Optional[str] = None, checkpoint: Optional[str] = None,
       dtype=dtype, gripper="raw", attention=attention, name=f"octo-{size or checkpoint}")
 
 
-def _inputs(batch: int, image_size: int, seed: int = 0):
+def _inputs(batch: int, image_size: int, keys: tuple[str, ...] = ("rgb",), seed: int = 0):
+  """(obs, prev_obs, is_first): random frames for each camera observation the teacher reads
+  (``teacher.apply_fn.observation_keys``: a checkpoint's wrist camera too)."""
   rng = np.random.default_rng(seed)
-  frames = lambda: rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)
-  return {"rgb": frames()}, {"rgb": frames()}, np.arange(batch) % 50 == 0
+  frames = lambda: {k: rng.integers(0, 256, (batch, image_size, image_size, 3), np.uint8)
+                    for k in keys}
+  return frames(), frames(), np.arange(batch) % 50 == 0
 
 
 # Dense peak FLOP/s by device (the vendors' sheets), for MFU; devices not listed get none.
@@ -123,7 +126,7 @@ class InProcess:
 
   def __init__(self, teacher: Teacher, batch: int, image_size: int):
     self.batch = batch
-    self._inputs = jax.device_put(_inputs(batch, image_size))
+    self._inputs = jax.device_put(_inputs(batch, image_size, teacher.apply_fn.observation_keys))
     fn = jax.jit(lambda p, o, q, f, k: teacher.apply_fn(p, o, q, f, k, 0).action)
     self._params = teacher.params
     start = time.perf_counter()
@@ -148,8 +151,8 @@ def flops_per_sample(teacher: Teacher, image_size: int, batch: int = 8) -> Optio
   whole = teacher.replace(apply_fn=dataclasses.replace(teacher.apply_fn, transformer_batch=0))
   fn = jax.jit(lambda p, o, q, f, k: whole.apply_fn(p, o, q, f, k, 0).action)
   cpu = jax.devices("cpu")[0]  # arguments committed to the CPU: compiled for the CPU
-  params, inputs, key = jax.device_put((whole.params, _inputs(batch, image_size),
-                                        jax.random.key(0)), cpu)
+  inputs = _inputs(batch, image_size, whole.apply_fn.observation_keys)
+  params, inputs, key = jax.device_put((whole.params, inputs, jax.random.key(0)), cpu)
   cost = fn.lower(params, *inputs, key).compile().cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
   return cost["flops"] / batch if cost and "flops" in cost else None
@@ -172,7 +175,8 @@ def interleaved_ms(calls: list[Callable[[int], Any]], repeats: int
 
 
 def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: int,
-                 local: Optional[Callable[[int], np.ndarray]] = None) -> dict[str, float]:
+                 local: Optional[Callable[[int], np.ndarray]] = None,
+                 keys: tuple[str, ...] = ("rgb",)) -> dict[str, float]:
   """First-call seconds (compile in the server), ms per call and samples/s through ``server``.
 
   With ``local`` (the in-process teacher on the same inputs, as a function of a seed; see
@@ -180,7 +184,7 @@ def bench_server(server: RemoteTeacher, batch: int, image_size: int, repeats: in
   of the two medians, is measured under the same machine load; the answers, computed from the
   same weights, inputs and key, are compared too (max_abs_diff).
   """
-  obs, prev, is_first = _inputs(batch, image_size)
+  obs, prev, is_first = _inputs(batch, image_size, keys)
   start = time.perf_counter()
   server(obs, prev, is_first, seed=0)
   first_s = time.perf_counter() - start
@@ -245,7 +249,8 @@ def run(args: Settings) -> list[dict[str, Any]]:
                "model": label, "dtype": "float32", "window": window, "batch": batch,
                "server_startup_s": startup_s}
         row.update(bench_server(server, batch, args.image_size, args.repeats,
-                                answers.get(("float32", window, batch))))
+                                answers.get(("float32", window, batch)),
+                                teacher.apply_fn.observation_keys))
         rows.append(row)
         print(TABLE.row(row), file=sys.stderr, flush=True)
   return rows

@@ -22,12 +22,29 @@ ENVS: Mapping[str, tuple[str, str]] = {
 ENV_NAMES = tuple(ENVS)
 # The observation keys each env gives per ``obs_mode`` (``env.kwargs.obs_mode``, default
 # "state"); tests hold every env to this table.
+_ROBOT_STATE = ("qpos", "qvel", "tcp_pose")  # ManiSkill's robot state, for Octo's proprio
 OBSERVATION_KEYS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "jax_push": {"state": ("privileged", "state"), "state_rgb": ("privileged", "rgb", "state"),
                  "rgb": ("privileged", "rgb", "state")},
-    "maniskill": {"state": ("privileged", "state"), "rgb": ("privileged", "rgb"),
-                  "state_rgb": ("privileged", "rgb", "state")},
+    "maniskill": {"state": ("privileged", "state") + _ROBOT_STATE,
+                  "rgb": ("privileged", "rgb") + _ROBOT_STATE,
+                  "state_rgb": ("privileged", "rgb", "state") + _ROBOT_STATE},
 }
+# Keys an env gives in any obs_mode when the env kwarg named here is set: (kwarg, what it does).
+OPTIONAL_OBSERVATIONS: Mapping[str, Mapping[str, tuple[str, str]]] = {
+    "maniskill": {"rgb_wrist": ("wrist_image_size", "renders the Panda's hand camera at that "
+                                                    "size")},
+}
+
+
+# The env kwarg that sets each camera observation's (square) frame size, where an env has it.
+FRAME_SIZE_KWARGS = {"rgb": "image_size", "rgb_wrist": "wrist_image_size"}
+
+
+def frame_sizes(env_config: ml_collections.ConfigDict) -> dict[str, tuple[int, int]]:
+  """(H, W) of the camera observations whose size ``config.env.kwargs`` sets."""
+  return {key: (size, size) for key, kwarg in FRAME_SIZE_KWARGS.items()
+          if (size := env_config.kwargs.get(kwarg))}
 
 
 # name -> module with ``configure(config)``: the env's own word on a run's config before anything
@@ -55,7 +72,22 @@ def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
   if obs_mode not in modes:
     raise ConfigError(f"config.env.kwargs.obs_mode={obs_mode!r} is unknown for the "
                       f"{env_config.name} env; use one of {', '.join(modes)}")
-  return modes[obs_mode]
+  optional = OPTIONAL_OBSERVATIONS.get(env_config.name, {})
+  return modes[obs_mode] + tuple(key for key, (kwarg, _) in optional.items()
+                                 if env_config.kwargs.get(kwarg))
+
+
+def how_to_observe(env_config: ml_collections.ConfigDict, key: str) -> str:
+  """How to make the env of ``config.env`` give observation ``key``: the env kwarg that turns
+  it on, else the obs_modes that have it (or that none does)."""
+  optional = OPTIONAL_OBSERVATIONS.get(env_config.name, {})
+  if key in optional:
+    kwarg, what = optional[key]
+    return f"set config.env.kwargs.{kwarg} (it {what})"
+  modes = [m for m, keys in OBSERVATION_KEYS.get(env_config.name, {}).items() if key in keys]
+  if modes:
+    return f"pick an obs_mode that includes it ({', '.join(modes)})"
+  return f"the {env_config.name} env gives it in no obs_mode"
 
 
 def env_class(env_config: ml_collections.ConfigDict) -> type:
@@ -78,5 +110,6 @@ def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int,
              final_obs_keys=final_obs_keys, **kwargs)
 
 
-__all__ = ["ENV_NAMES", "OBSERVATION_KEYS", "StepResult", "VecEnv", "configure", "env_class",
+__all__ = ["ENV_NAMES", "FRAME_SIZE_KWARGS", "OBSERVATION_KEYS", "OPTIONAL_OBSERVATIONS",
+           "StepResult", "VecEnv", "configure", "env_class", "frame_sizes", "how_to_observe",
            "make_env", "observation_keys"]

@@ -20,6 +20,13 @@ scripted teachers) whatever the student sees, and ``_Sim`` adds the camera itsel
   shows goal markers such as PickCube's hidden goal sphere) or ManiSkill's ``sensor`` camera,
   rendered ONCE per step, after ended episodes were reset.
 - ``privileged``: float32 [B, P], ManiSkill's flat ``state`` observation.
+- ``qpos``, ``qvel``: float32 [B, J], the robot's joint positions and velocities (ManiSkill's
+  joint order; the Panda's 7 arm joints and 2 fingers), and ``tcp_pose``: float32 [B, 7], the
+  tool centre point's position and wxyz quaternion in the world frame: what an Octo
+  checkpoint's ``proprio`` is made of (``config.teacher.kwargs.proprio``).
+- ``rgb_wrist``: uint8 [B, S, S, 3], only with ``wrist_image_size=S``: the Panda's hand camera
+  (ManiSkill's ``panda_wristcam`` robot, whose ``hand_camera`` sensor sits on the hand; objects
+  ManiSkill hides from sensors, such as goal markers, stay hidden), rendered only then.
 
 Episodes end on success (``terminated``, ManiSkill's partial-reset convention, as in its PPO
 baseline and the RPD runs) or at the task's time limit (``truncated``); they are reset inside
@@ -51,6 +58,7 @@ import jax
 import jax.numpy as jnp
 import mani_skill.envs  # noqa: F401  (registers the tasks with gymnasium)
 import numpy as np
+import sapien
 import torch
 from gymnasium.vector.async_vector_env import AsyncState
 from mani_skill.utils import sapien_utils
@@ -145,6 +153,41 @@ def require_physx_gpu() -> None:
         "--config.env.kwargs.sim_backend=physx_cpu") from e
 
 
+# The robot ManiSkill mounts a camera on the hand of (the Panda otherwise), and that camera.
+WRIST_ROBOT, WRIST_CAMERA = "panda_wristcam", "hand_camera"
+
+
+def robot_state(env: gym.Env) -> dict[str, torch.Tensor]:
+  """The robot's own state as separate keys: qpos, qvel float32 [n, J], tcp_pose [n, 7]."""
+  agent = env.unwrapped.agent
+  return {"qpos": agent.robot.get_qpos().float().contiguous(),
+          "qvel": agent.robot.get_qvel().float().contiguous(),
+          "tcp_pose": agent.tcp.pose.raw_pose.float().contiguous()}
+
+
+def wrist_image(env: gym.Env) -> torch.Tensor:
+  """uint8 [n, S, S, 3] from the hand camera, rendered alone, as ManiSkill renders sensors:
+  the objects it hides from them (goal markers) hidden first."""
+  base = env.unwrapped
+  for obj in base._hidden_objects:  # pylint: disable=protected-access  (ManiSkill's own list)
+    obj.hide_visual()
+  base.scene.update_render(update_sensors=True, update_human_render_cameras=False)
+  camera = base.scene.sensors[WRIST_CAMERA]
+  camera.capture()
+  return camera.get_obs(rgb=True, depth=False, position=False, segmentation=False)["rgb"]
+
+
+def _extra_spaces(env: gym.Env, wrist_image_size: Optional[int]) -> dict[str, gym.Space]:
+  """The spaces of robot_state's keys and, with a wrist camera, of rgb_wrist."""
+  box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+  joints = int(env.unwrapped.agent.robot.get_qpos().shape[-1])
+  spaces = {"qpos": box(joints), "qvel": box(joints), "tcp_pose": box(7)}
+  if wrist_image_size:
+    spaces["rgb_wrist"] = gym.spaces.Box(0, 255, (wrist_image_size, wrist_image_size, 3),
+                                         np.uint8)
+  return spaces
+
+
 def _observation_spaces(obs_mode: str, image_size: int, full_dim: int,
                         proprio_dim: int) -> gym.spaces.Dict:
   """The per-env observation spaces of the project's obs dict (see the module doc)."""
@@ -165,7 +208,8 @@ class _Sim:
   only, and per-env seeds. Runs all B envs in process, or one env inside a CPU worker."""
 
   def __init__(self, env: gym.Env, obs_mode: str, camera: str, image_size: int,
-               final_obs_keys: Optional[Sequence[str]], ignore_terminations: bool):
+               final_obs_keys: Optional[Sequence[str]], ignore_terminations: bool,
+               wrist_image_size: Optional[int] = None):
     self.env, self.base = env, env.unwrapped
     self.num_envs = self.base.num_envs
     self.device = self.base.device
@@ -177,7 +221,9 @@ class _Sim:
     proprio_dim = sum(int(np.prod(v.shape[1:])) for v in proprio.values())
     space = self.base.single_observation_space
     full_dim = (space["state"] if isinstance(space, gym.spaces.Dict) else space).shape[0]
-    self.observation_space = _observation_spaces(obs_mode, image_size, full_dim, proprio_dim)
+    self.observation_space = gym.spaces.Dict({
+        **_observation_spaces(obs_mode, image_size, full_dim, proprio_dim).spaces,
+        **_extra_spaces(env, wrist_image_size)})
     self.action_space = self.base.single_action_space
     self._proprio_dim = proprio_dim
     keys = tuple(self.observation_space.spaces)
@@ -203,6 +249,9 @@ class _Sim:
                       else privileged[:, :self._proprio_dim].contiguous())
     if "rgb" in keys:
       out["rgb"] = self.frames().contiguous()
+    out.update({k: v for k, v in robot_state(self.env).items() if k in keys})
+    if "rgb_wrist" in keys:
+      out["rgb_wrist"] = wrist_image(self.env).contiguous()
     return out
 
   def reset(self, seeds: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -243,7 +292,8 @@ class _Sim:
 def _make_sim(env_id: str, num_envs: int, sim_backend: str, obs_mode: str, reward_mode: str,
               control_mode: str, image_size: int, camera: str, camera_variant: Optional[str],
               max_episode_steps: Optional[int], final_obs_keys: Optional[Sequence[str]],
-              ignore_terminations: bool, render: bool = True) -> _Sim:
+              ignore_terminations: bool, wrist_image_size: Optional[int] = None,
+              render: bool = True) -> _Sim:
   """The batched ManiSkill env behind ``_Sim``. ``sim_backend`` may name a GPU
   (``physx_cuda:N``; its renderer then runs on the same GPU). ``render=False``: no renderer at
   all (for the spaces alone, 20x faster to build)."""
@@ -264,8 +314,22 @@ def _make_sim(env_id: str, num_envs: int, sim_backend: str, obs_mode: str, rewar
     kwargs["render_backend"] = "cuda" + sim_backend[len("physx_cuda"):]  # the same GPU
   if max_episode_steps is not None:
     kwargs["max_episode_steps"] = max_episode_steps
+  if wrist_image_size:
+    kwargs.update(_wrist_kwargs(sensor, wrist_image_size))
   env = gym.make(env_id, **kwargs)
-  return _Sim(env, obs_mode, camera, image_size, final_obs_keys, ignore_terminations)
+  return _Sim(env, obs_mode, camera, image_size, final_obs_keys, ignore_terminations,
+              wrist_image_size)
+
+
+def _wrist_kwargs(sensor: dict, size: int) -> dict:
+  """gym.make kwargs for the Panda with ManiSkill's hand camera at ``size`` x ``size``.
+
+  Settings of ``sensor`` without a camera name apply to every sensor camera, a moved sensor
+  camera's pose included: the hand camera's own entry keeps it at its mount, as
+  ``panda_wristcam`` defines it.
+  """
+  return dict(robot_uids=WRIST_ROBOT, sensor_configs={
+      **sensor, WRIST_CAMERA: dict(width=size, height=size, pose=sapien.Pose())})
 
 
 class _Worker(gym.Env):
@@ -404,6 +468,8 @@ class ManiSkillVecEnv:
       student's, evaluation none.
     in_process: None: the GPU simulation in process, the CPU one in worker processes. True runs
       a CPU simulation of one env in this process (no worker).
+    wrist_image_size: S, to render the Panda's hand camera as ``rgb_wrist`` [B, S, S, 3] (an
+      Octo teacher whose checkpoint reads a wrist camera); None renders none.
   """
 
   holds_state = False  # re-seeded on resume (base.VecEnv)
@@ -415,7 +481,8 @@ class ManiSkillVecEnv:
                control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto",
                max_episode_steps: Optional[int] = None, ignore_terminations: bool = False,
                final_obs_keys: Optional[Sequence[str]] = None,
-               in_process: Optional[bool] = None):
+               in_process: Optional[bool] = None,
+               wrist_image_size: Optional[int] = None):
     for name, value, choices in (("obs_mode", obs_mode, OBS_MODES), ("camera", camera, CAMERAS),
                                  ("reward_mode", reward_mode, REWARD_MODES)):
       if value not in choices:
@@ -433,6 +500,9 @@ class ManiSkillVecEnv:
                        f"env per process), not num_envs={num_envs}")
     if self.sim_backend == "physx_cuda" and not in_process:
       raise ValueError("physx_cuda runs in process (in_process=None or True)")
+    if wrist_image_size is not None and wrist_image_size < 1:
+      raise ValueError(f"wrist_image_size={wrist_image_size} must be >= 1 (or None: no wrist "
+                       "camera)")
     vulkan.require_vulkan()
     self.num_envs = num_envs
     self.env_id = env_id
@@ -440,7 +510,8 @@ class ManiSkillVecEnv:
     make_kwargs = dict(env_id=env_id, obs_mode=obs_mode, reward_mode=reward_mode,
                        control_mode=control_mode, image_size=image_size, camera=camera,
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps,
-                       final_obs_keys=final_obs_keys, ignore_terminations=ignore_terminations)
+                       final_obs_keys=final_obs_keys, ignore_terminations=ignore_terminations,
+                       wrist_image_size=wrist_image_size)
     self._sim, self._cpu = None, None
     if in_process:
       backend = self.sim_backend

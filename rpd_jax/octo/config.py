@@ -15,9 +15,17 @@ from rpd_jax.octo.t5 import T5Config, resolve_t5_config
 _TOKENIZERS = "octo.model.components.tokenizers"
 _ENCODERS = "octo.model.components.vit_encoders"
 _HEADS = "octo.model.components.action_heads"
-SUPPORTED = (f"{_TOKENIZERS}.ImageTokenizer", f"{_TOKENIZERS}.LanguageTokenizer",
-             f"{_ENCODERS}.SmallStem16", f"{_ENCODERS}.SmallStem32", f"{_ENCODERS}.SmallStem",
-             f"{_HEADS}.DiffusionActionHead")
+# What each part of ``config["model"]`` may be: (module, class names). Anything else is refused.
+OBSERVATION_TOKENIZERS = (_TOKENIZERS, ("ImageTokenizer", "LowdimObsTokenizer"))
+TASK_TOKENIZERS = (_TOKENIZERS, ("LanguageTokenizer",))
+ENCODERS = (_ENCODERS, ("SmallStem16", "SmallStem32", "SmallStem"))
+HEADS = (_HEADS, ("DiffusionActionHead", "L1ActionHead", "MSEActionHead",
+                  "ContinuousActionHead"))
+SUPPORTED = tuple(f"{module}.{name}" for module, names in
+                  (OBSERVATION_TOKENIZERS, TASK_TOKENIZERS, ENCODERS, HEADS) for name in names)
+# The deterministic heads (ContinuousActionHead and its L1/MSE subclasses) predict one chunk;
+# DiffusionActionHead samples. Official defaults of use_map per class.
+CONTINUOUS_HEADS = {"L1ActionHead": True, "MSEActionHead": True, "ContinuousActionHead": False}
 
 
 class UnsupportedConfigError(ValueError):
@@ -43,6 +51,13 @@ class ImageTokenizerSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class LowdimTokenizerSpec:
+  """LowdimObsTokenizer without discretisation: one token (feature size 1) per dimension of
+  the observations matching ``obs_keys`` (regexes, each in turn, over the sorted keys)."""
+  obs_keys: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
 class LanguageTokenizerSpec:
   encoder: str
   t5: T5Config
@@ -50,6 +65,9 @@ class LanguageTokenizerSpec:
 
 @dataclasses.dataclass(frozen=True)
 class HeadSpec:
+  """An action head. ``kind``: "diffusion" (DiffusionActionHead, samples chunks) or
+  "continuous" (ContinuousActionHead, L1ActionHead, MSEActionHead: one deterministic chunk).
+  ``use_map``: pool the readout tokens with a MAP head (attention) instead of their mean."""
   readout_key: str = "readout_action"
   action_horizon: int = 1
   action_dim: int = 7
@@ -59,13 +77,20 @@ class HeadSpec:
   hidden_dim: int = 256
   use_layer_norm: bool = True
   diffusion_steps: int = 20
+  kind: str = "diffusion"
+  use_map: bool = False
+  name: str = "DiffusionActionHead"  # the official class
+
+  @property
+  def deterministic(self) -> bool:
+    return self.kind == "continuous"
 
 
 @dataclasses.dataclass(frozen=True)
 class OctoSpec:
   """Everything static about an Octo model. Mappings are tuples of (name, value) pairs."""
 
-  observation_tokenizers: tuple[tuple[str, ImageTokenizerSpec], ...]
+  observation_tokenizers: tuple[tuple[str, ImageTokenizerSpec | LowdimTokenizerSpec], ...]
   task_tokenizers: tuple[tuple[str, LanguageTokenizerSpec], ...]
   heads: tuple[tuple[str, HeadSpec], ...]
   readouts: tuple[tuple[str, int], ...]
@@ -80,19 +105,22 @@ class OctoSpec:
   repeat_task_tokens: bool = False
 
 
-def _check_spec(spec: Any, where: str) -> tuple[str, Mapping[str, Any]]:
+def _check_spec(spec: Any, where: str, kind: str,
+                supported: tuple[str, tuple[str, ...]]) -> tuple[str, Mapping[str, Any]]:
+  """(class name, kwargs) of a module spec, if it names a class of ``supported``; else one
+  error naming the piece and what is supported."""
   if not isinstance(spec, Mapping) or "module" not in spec or "name" not in spec:
     raise UnsupportedConfigError(
         f"config model.{where} is not a module spec {{module, name, args, kwargs}}: {spec!r}")
-  full = f"{spec['module']}.{spec['name']}"
-  if full not in SUPPORTED:
+  module, names = supported
+  if spec["module"] != module or spec["name"] not in names:
     raise UnsupportedConfigError(
-        f"config model.{where} names module spec {full!r}, which rpd_jax's Octo does not "
-        f"implement; supported: {', '.join(SUPPORTED)}")
+        f"config model.{where} is {spec['module']}.{spec['name']}, which rpd_jax's Octo does "
+        f"not implement; supported {kind}s: {', '.join(names)} (from {module})")
   if spec.get("args"):
     raise UnsupportedConfigError(
-        f"config model.{where} ({full}) has positional args {spec['args']!r}; only kwargs are "
-        "supported")
+        f"config model.{where} ({spec['name']}) has positional args {spec['args']!r}; only "
+        "kwargs are supported")
   return spec["name"], dict(spec.get("kwargs") or {})
 
 
@@ -107,7 +135,7 @@ def _take(kwargs: dict, where: str, allowed: Mapping[str, Any]) -> dict:
     if key not in allowed:
       raise UnsupportedConfigError(
           f"config model.{where} has kwarg {key}={value!r}, which rpd_jax's Octo does not "
-          f"support; known kwargs: {sorted(allowed)}")
+          f"support; known kwargs: {', '.join(sorted(allowed))}")
     required = allowed[key]
     if required is not _ANY and value != required:
       raise UnsupportedConfigError(
@@ -118,9 +146,7 @@ def _take(kwargs: dict, where: str, allowed: Mapping[str, Any]) -> dict:
 
 
 def _stem(spec: Any, where: str) -> StemSpec:
-  name, kwargs = _check_spec(spec, where)
-  if not name.startswith("SmallStem"):
-    raise UnsupportedConfigError(f"config model.{where} must be a SmallStem, got {name!r}")
+  name, kwargs = _check_spec(spec, where, "image encoder", ENCODERS)
   kw = _take(kwargs, where, {"patch_size": _ANY, "kernel_sizes": _ANY, "strides": _ANY,
                              "features": _ANY, "padding": _ANY, "num_features": _ANY,
                              "img_norm_type": "default", "use_film": False})
@@ -139,6 +165,55 @@ def _as_tuple(x) -> tuple[str, ...]:
   return (x,) if isinstance(x, str) else tuple(x)
 
 
+def _observation_tokenizer(spec: Any, where: str):
+  name, kwargs = _check_spec(spec, where, "observation tokenizer", OBSERVATION_TOKENIZERS)
+  if name == "LowdimObsTokenizer":
+    # n_bins, bin_type, low and high only matter with discretize=True (one-hot bins).
+    kw = _take(kwargs, where, {"obs_keys": _ANY, "discretize": False, "proper_pad_mask": True,
+                               "n_bins": _ANY, "bin_type": _ANY, "low": _ANY, "high": _ANY})
+    if not kw.get("obs_keys"):
+      raise UnsupportedConfigError(f"config model.{where} (LowdimObsTokenizer) has no obs_keys")
+    return LowdimTokenizerSpec(_as_tuple(kw["obs_keys"]))
+  kw = _take(kwargs, where, {"encoder": _ANY, "obs_stack_keys": _ANY,
+                             "task_stack_keys": _ANY, "use_token_learner": False,
+                             "conditioning_type": "none", "task_film_keys": _ANY,
+                             "proper_pad_mask": True, "num_tokens": _ANY})
+  if kw.get("task_film_keys"):
+    raise UnsupportedConfigError(f"config model.{where} uses FiLM (task_film_keys), which "
+                                 "rpd_jax's Octo does not implement; supported: "
+                                 "task_film_keys=[]")
+  if "encoder" not in kw:
+    raise UnsupportedConfigError(f"config model.{where} has no encoder spec")
+  return ImageTokenizerSpec(
+      obs_stack_keys=_as_tuple(kw.get("obs_stack_keys", ("image_.*", "depth_.*"))),
+      task_stack_keys=_as_tuple(kw.get("task_stack_keys", ())),
+      stem=_stem(kw["encoder"], f"{where}.kwargs.encoder"))
+
+
+def _head(spec: Any, where: str) -> HeadSpec:
+  name, kwargs = _check_spec(spec, where, "action head", HEADS)
+  # Octo 1.0 named the chunk length pred_horizon; the 1.5 loader renames it the same way.
+  if "pred_horizon" in kwargs:
+    kwargs["action_horizon"] = kwargs.pop("pred_horizon")
+  common = {"readout_key": _ANY, "use_map": _ANY, "action_horizon": _ANY, "action_dim": _ANY,
+            "max_action": _ANY, "loss_type": _ANY}
+  if name in CONTINUOUS_HEADS:
+    kw = _take(kwargs, where, common)
+    use_map = bool(kw.pop("use_map", CONTINUOUS_HEADS[name]))
+    kind = "continuous"
+  else:
+    kw = _take(kwargs, where, {**common, "time_dim": _ANY, "num_blocks": _ANY,
+                               "dropout_rate": _ANY, "hidden_dim": _ANY,
+                               "use_layer_norm": _ANY, "diffusion_steps": _ANY,
+                               "n_diffusion_samples": _ANY})
+    use_map = bool(kw.pop("use_map", False))
+    kind = "diffusion"
+  # Dropout, loss type and the number of training noise samples only matter for training.
+  for unused in ("dropout_rate", "loss_type", "n_diffusion_samples"):
+    kw.pop(unused, None)
+  return HeadSpec(**kw, kind=kind, use_map=use_map, name=name)
+
+
 def parse_model_config(model: Mapping[str, Any], t5_search_dirs=(),
                        t5_config: Optional[T5Config] = None) -> OctoSpec:
   """``config["model"]`` of an Octo checkpoint -> OctoSpec.
@@ -148,68 +223,33 @@ def parse_model_config(model: Mapping[str, Any], t5_search_dirs=(),
     t5_search_dirs: folders searched for ``<encoder name>/config.json`` when the language
       encoder is not t5-base.
     t5_config: overrides the language encoder config.
+
+  Raises:
+    UnsupportedConfigError naming the first piece (tokenizer, encoder, head, kwarg, setting)
+    this implementation does not have, and what it supports instead.
   """
-  obs = []
-  for key, spec in model.get("observation_tokenizers", {}).items():
-    where = f"observation_tokenizers.{key}"
-    name, kwargs = _check_spec(spec, where)
-    if name != "ImageTokenizer":
-      raise UnsupportedConfigError(
-          f"config model.{where} is a {name}; only ImageTokenizer observation tokenizers are "
-          "supported")
-    kw = _take(kwargs, where, {"encoder": _ANY, "obs_stack_keys": _ANY,
-                               "task_stack_keys": _ANY, "use_token_learner": False,
-                               "conditioning_type": "none", "task_film_keys": _ANY,
-                               "proper_pad_mask": True, "num_tokens": _ANY})
-    if kw.get("task_film_keys"):
-      raise UnsupportedConfigError(f"config model.{where} uses FiLM (task_film_keys); "
-                                   "not supported")
-    if "encoder" not in kw:
-      raise UnsupportedConfigError(f"config model.{where} has no encoder spec")
-    obs.append((key, ImageTokenizerSpec(
-        obs_stack_keys=_as_tuple(kw.get("obs_stack_keys", ("image_.*", "depth_.*"))),
-        task_stack_keys=_as_tuple(kw.get("task_stack_keys", ())),
-        stem=_stem(kw["encoder"], f"{where}.kwargs.encoder"))))
+  obs = [(key, _observation_tokenizer(spec, f"observation_tokenizers.{key}"))
+         for key, spec in model.get("observation_tokenizers", {}).items()]
 
   tasks = []
   for key, spec in model.get("task_tokenizers", {}).items():
     where = f"task_tokenizers.{key}"
-    name, kwargs = _check_spec(spec, where)
-    if name != "LanguageTokenizer":
-      raise UnsupportedConfigError(
-          f"config model.{where} is a {name}; only LanguageTokenizer task tokenizers are "
-          "supported")
+    _, kwargs = _check_spec(spec, where, "task tokenizer", TASK_TOKENIZERS)
     kw = _take(kwargs, where, {"encoder": _ANY, "finetune_encoder": _ANY,
                                "proper_pad_mask": True, "num_tokens": _ANY})
     encoder = kw.get("encoder")
     if not encoder or "t5" not in encoder:
       raise UnsupportedConfigError(
-          f"config model.{where} uses language encoder {encoder!r}; only T5 encoders are "
-          "supported")
+          f"config model.{where} uses language encoder {encoder!r}; rpd_jax's Octo supports "
+          "T5 encoders only (t5-base, or a T5 config folder named after the encoder)")
     cfg = t5_config or resolve_t5_config(encoder, t5_search_dirs)
     tasks.append((key, LanguageTokenizerSpec(encoder, cfg)))
 
-  heads = []
-  for key, spec in model.get("heads", {}).items():
-    where = f"heads.{key}"
-    name, kwargs = _check_spec(spec, where)
-    kwargs = dict(kwargs)
-    # Octo 1.0 named the chunk length pred_horizon; the 1.5 loader renames it the same way.
-    if "pred_horizon" in kwargs:
-      kwargs["action_horizon"] = kwargs.pop("pred_horizon")
-    kw = _take(kwargs, where, {"readout_key": _ANY, "use_map": False, "action_horizon": _ANY,
-                               "action_dim": _ANY, "max_action": _ANY, "loss_type": _ANY,
-                               "time_dim": _ANY, "num_blocks": _ANY, "dropout_rate": _ANY,
-                               "hidden_dim": _ANY, "use_layer_norm": _ANY,
-                               "diffusion_steps": _ANY, "n_diffusion_samples": _ANY})
-    # Dropout, loss type and the number of training noise samples only matter for training.
-    for unused in ("dropout_rate", "loss_type", "n_diffusion_samples", "use_map"):
-      kw.pop(unused, None)
-    heads.append((key, HeadSpec(**kw)))
+  heads = [(key, _head(spec, f"heads.{key}")) for key, spec in model.get("heads", {}).items()]
   if [k for k, _ in heads] != ["action"]:
     raise UnsupportedConfigError(
-        f"config model.heads has {[k for k, _ in heads]}; exactly one head named 'action' is "
-        "supported")
+        f"config model.heads has {[k for k, _ in heads]}; rpd_jax's Octo supports exactly one "
+        "head, named 'action'")
 
   tk = dict(model.get("transformer_kwargs", {}))
   if tk.get("add_position_embedding", False):

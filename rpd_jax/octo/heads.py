@@ -1,4 +1,6 @@
-"""Octo's diffusion action head: a score network on the readout embedding, and its sampler."""
+"""Octo's action heads: the diffusion head (a score network on the readout embedding, and its
+sampler) and the deterministic continuous heads (L1ActionHead, MSEActionHead), with the
+readout pooling they share (mean, or a MAP head)."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from rpd_jax.octo.config import HeadSpec
+from rpd_jax.octo.transformer import MlpBlock
 
 
 def cosine_beta_schedule(steps: int, s: float = 0.008) -> jax.Array:
@@ -119,6 +122,43 @@ class ScoreActor(nn.Module):
                      name="reverse_network")(x)
 
 
+class MAPHead(nn.Module):
+  """Multi-head attention pooling: a learned probe attends to the readout tokens.
+
+  As Octo's ``MAPHead`` (8 heads, one probe, MLP 4 x D): out = MHA(probe, tokens, mask), then
+  out + MLP(LayerNorm(out)); no residual from the probe.
+  """
+
+  num_heads: int = 8
+  num_readouts: int = 1
+
+  @nn.compact
+  def __call__(self, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+    """tokens [..., n, D], mask [..., n] (True/nonzero: attend) -> [..., num_readouts, D]."""
+    *batch_dims, n, d = tokens.shape
+    x = tokens.reshape((-1, n, d))
+    probe = self.param("probe", nn.initializers.xavier_uniform(), (1, self.num_readouts, d),
+                       x.dtype)
+    probe = jnp.tile(probe, (x.shape[0], 1, 1))
+    mask = jnp.asarray(mask, bool).reshape((-1, n))[:, None, None, :]
+    mask = jnp.broadcast_to(mask, (x.shape[0], 1, self.num_readouts, n))
+    out = nn.MultiHeadDotProductAttention(num_heads=self.num_heads, deterministic=True,
+                                          name="MultiHeadDotProductAttention_0")(
+                                              probe, x, mask=mask)
+    y = nn.LayerNorm(epsilon=1e-6, name="LayerNorm_0")(out)
+    out = out + MlpBlock(4 * d, name="MlpBlock_0")(y)
+    return out.reshape(tuple(batch_dims) + (self.num_readouts, d))
+
+
+def pool_readouts(head: nn.Module, tokens: jax.Array, mask: jax.Array) -> jax.Array:
+  """The head's embedding of its readout tokens [B, W, n, D] (mask [B, W, n]) -> [B, W, D]
+  float32: the MAP head's first output with ``use_map``, else the mean over the n tokens."""
+  tokens = tokens.astype(jnp.float32)
+  if head.spec.use_map:
+    return head.map_head(tokens, mask)[..., 0, :]
+  return tokens.mean(axis=-2)
+
+
 class DiffusionActionHead(nn.Module):
   """Pools the readout tokens and predicts the noise of a flattened action chunk.
 
@@ -129,25 +169,61 @@ class DiffusionActionHead(nn.Module):
 
   def setup(self):
     s = self.spec
+    if s.use_map:
+      self.map_head = MAPHead()
     self.diffusion_model = ScoreActor(s.action_horizon * s.action_dim, s.time_dim, s.num_blocks,
                                       s.hidden_dim, s.use_layer_norm)
 
-  def __call__(self, readout_tokens, noisy_actions=None, time=None):
+  def __call__(self, readout_tokens, readout_mask, noisy_actions=None, time=None):
     """readout_tokens [B, W, n, D] -> eps [..., B, W, A] (zeros inputs at init)."""
-    embedding = self.pool(readout_tokens)
+    embedding = self.pool(readout_tokens, readout_mask)
     if noisy_actions is None:
       noisy_actions = jnp.zeros(embedding.shape[:2] +
                                 (self.spec.action_horizon * self.spec.action_dim,))
       time = jnp.zeros(embedding.shape[:2] + (1,), jnp.int32)
     return self.diffusion_model(embedding, noisy_actions, time)
 
-  def pool(self, readout_tokens):
-    """Mean over the readout tokens: [B, W, n, D] -> [B, W, D] float32."""
-    return readout_tokens.astype(jnp.float32).mean(axis=-2)
+  def pool(self, readout_tokens, readout_mask):
+    """[B, W, n, D] -> [B, W, D] float32 (``pool_readouts``)."""
+    return pool_readouts(self, readout_tokens, readout_mask)
 
   def eps(self, embedding, noisy_actions, time):
     """The score network on an already pooled embedding [B, W, D]."""
     return self.diffusion_model(embedding, noisy_actions, time)
+
+
+class ContinuousActionHead(nn.Module):
+  """Octo's deterministic head (ContinuousActionHead; L1ActionHead and MSEActionHead differ
+  only in their training loss and in pooling with a MAP head by default).
+
+  The pooled embedding is projected to a chunk and squashed: tanh(x / max_action) * max_action.
+  """
+
+  spec: HeadSpec
+
+  def setup(self):
+    if self.spec.use_map:
+      self.map_head = MAPHead()
+    self.mean_proj = nn.Dense(self.spec.action_horizon * self.spec.action_dim)
+
+  def __call__(self, readout_tokens, readout_mask):
+    """readout_tokens [B, W, n, D] -> normalised chunks [B, W, horizon, dim]."""
+    return self.predict(self.pool(readout_tokens, readout_mask))
+
+  def pool(self, readout_tokens, readout_mask):
+    """[B, W, n, D] -> [B, W, D] float32 (``pool_readouts``)."""
+    return pool_readouts(self, readout_tokens, readout_mask)
+
+  def predict(self, embedding):
+    """A pooled embedding [B, W, D] -> normalised chunks [B, W, horizon, dim]."""
+    s = self.spec
+    mean = self.mean_proj(embedding)
+    mean = mean.reshape(mean.shape[:-1] + (s.action_horizon, s.action_dim))
+    return jnp.tanh(mean / s.max_action) * s.max_action
+
+
+def make_head(spec: HeadSpec) -> nn.Module:
+  return ContinuousActionHead(spec) if spec.deterministic else DiffusionActionHead(spec)
 
 
 def ddpm_step(x, eps, z, t, betas, alphas, alpha_hats, max_action: float,

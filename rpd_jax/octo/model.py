@@ -206,7 +206,8 @@ class OctoModel:
 
   def readout_embedding(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array,
                         transformer_batch: Optional[int] = None) -> jax.Array:
-    """The action head's input: its readout tokens averaged, float32 [B, W, D].
+    """The action head's input: its readout tokens pooled (averaged, or by the head's MAP
+    head), float32 [B, W, D].
 
     ``transformer_batch`` runs the tokenizers and the transformer over slices of that many
     examples (``lax.map``; the last slice padded with copies of the last example) instead of
@@ -219,7 +220,8 @@ class OctoModel:
 
     def embed(obs, task, mask):
       outputs = self.run_transformer(obs, task, mask, readouts_only=True)
-      return outputs[head.readout_key].tokens.astype(jnp.float32).mean(axis=-2)
+      return self.module.apply({"params": self.params}, "action", outputs[head.readout_key],
+                               method=OctoModule.head_embedding)
 
     size = default_transformer_batch() if transformer_batch is None else transformer_batch
     batch = timestep_pad_mask.shape[0]
@@ -246,19 +248,26 @@ class OctoModel:
                      normalization_type: str = "normal",
                      skip_first_step: Optional[bool] = None,
                      transformer_batch: Optional[int] = None) -> jax.Array:
-    """Samples action chunks for the last timestep of each observation window.
+    """Action chunks for the last timestep of each observation window.
+
+    A diffusion head samples them; a deterministic head (L1ActionHead, MSEActionHead,
+    ContinuousActionHead) predicts one chunk and ignores ``rng``: every sample is that chunk.
 
     Args:
       observations: image_<k> [B, W, H, W', 3] uint8 (shapes of the example batch; W may be
-        smaller than the checkpoint's window), timestep_pad_mask [B, W] bool (v1.0: pad_mask),
-        optional pad_mask_dict {image_<k>: [B, W] bool}.
+        smaller than the checkpoint's window), optional proprio [B, W, P] float32 (normalised
+        as in training), timestep_pad_mask [B, W] bool (v1.0: pad_mask), optional
+        pad_mask_dict {key: [B, W] bool}.
       tasks: from ``create_tasks``.
       rng: PRNG key; the same key gives the official model's samples (legacy threefry).
       unnormalization_statistics: {mean, std, mask} ("normal") or {p01, p99, mask} ("bounds"),
         e.g. ``model.dataset_statistics["action"]``; None returns normalised actions.
       num_samples: None for one sample, else N independent samples.
       timestep_pad_mask: overrides ``observations["timestep_pad_mask"]``.
-      normalization_type: "normal" or "bounds".
+      normalization_type: "normal" or "bounds" (Octo's ``NormalizationType`` members are these
+        strings): how the statistics unnormalise, as the official ``sample_actions`` does.
+        Octo's checkpoints do not record it for the loader; the training config's
+        ``dataset_kwargs.action_proprio_normalization_type`` says which was used.
       skip_first_step: see ``heads.sample_chunks``; None takes the checkpoint's own setting
         (``config.json``'s ``sampling.skip_first_step``, which rpd_jax.pipeline.finetune writes as
         True), else False: the official sampler.
@@ -275,24 +284,30 @@ class OctoModel:
     head = dict(self.spec.heads)["action"]
     embedding = self.readout_embedding(observations, tasks, timestep_pad_mask, transformer_batch)
     sample_shape = () if num_samples is None else (num_samples,)
-    batch, window = embedding.shape[:2]
-    shape = sample_shape + (batch, window, head.action_horizon * head.action_dim)
     variables = {"params": self.params}
-
-    def eps_fn(x, t):
-      return self.module.apply(variables, "action", embedding, x, t, method=OctoModule.head_eps)
-
     stats = unnormalization_statistics
-    embodiment_dim = None
-    if stats is not None:
-      key = "mean" if normalization_type == "normal" else "p01"
-      embodiment_dim = int(np.shape(stats[key])[0])
-    if skip_first_step is None:
-      skip_first_step = self.skip_first_step
-    x = heads_lib.sample_chunks(eps_fn, shape, rng, head,
-                                embodiment_action_dim=embodiment_dim,
-                                skip_first_step=skip_first_step)
-    actions = x.reshape(x.shape[:-1] + (head.action_horizon, head.action_dim))[..., -1, :, :]
+    if head.deterministic:
+      chunks = self.module.apply(variables, "action", embedding, method=OctoModule.head_predict)
+      actions = jnp.broadcast_to(chunks[:, -1], sample_shape + chunks[:, -1].shape)
+    else:
+      batch, window = embedding.shape[:2]
+      shape = sample_shape + (batch, window, head.action_horizon * head.action_dim)
+
+      def eps_fn(x, t):
+        return self.module.apply(variables, "action", embedding, x, t,
+                                 method=OctoModule.head_eps)
+
+      # As the official code: the statistics' own action size (len of "mean"), whatever the
+      # normalisation type; dims beyond it stay noise.
+      embodiment_dim = None
+      if stats is not None:
+        embodiment_dim = int(np.shape(stats["mean" if "mean" in stats else "p01"])[0])
+      if skip_first_step is None:
+        skip_first_step = self.skip_first_step
+      x = heads_lib.sample_chunks(eps_fn, shape, rng, head,
+                                  embodiment_action_dim=embodiment_dim,
+                                  skip_first_step=skip_first_step)
+      actions = x.reshape(x.shape[:-1] + (head.action_horizon, head.action_dim))[..., -1, :, :]
     if stats is not None:
       actions = unnormalize(actions, stats, normalization_type)
     return actions
@@ -309,10 +324,14 @@ def diffusion_loss(module: OctoModule, params: Any, observations: Data, tasks: D
   chunk steps do not count. A diffusion step t and noise are drawn per (sample, timestep).
   """
   head = dict(module.spec.heads)["action"]
+  if head.deterministic:
+    raise ValueError(f"diffusion_loss trains a DiffusionActionHead; this model's head is a "
+                     f"{head.name}")
   pad_mask = observations["timestep_pad_mask"]
   outputs = module.apply({"params": params}, observations, tasks, pad_mask, True,
                          method=OctoModule.transformer)
-  embedding = outputs[head.readout_key].tokens.astype(jnp.float32).mean(axis=-2)  # [B, W, D]
+  embedding = module.apply({"params": params}, "action", outputs[head.readout_key],
+                           method=OctoModule.head_embedding)  # [B, W, D]
   actions = normalize(actions, statistics, head.max_action)
   b, w, h, a = actions.shape
   x0 = actions.reshape((b, w, h * a))
@@ -371,3 +390,23 @@ def unnormalize(actions: jax.Array, statistics: Data, normalization_type: str = 
   else:
     raw = (actions + 1) * (statistics["p99"] - statistics["p01"]) / 2 + statistics["p01"]
   return jnp.where(mask, raw, actions)
+
+
+def normalize_proprio(proprio: jax.Array, statistics: Data,
+                      normalization_type: str = "normal") -> jax.Array:
+  """Raw proprioception [..., P] -> what the model was trained on, as Octo's data pipeline
+  normalises it: "normal": (x - mean) / (std + 1e-8); "bounds": 2 (x - p01) / (p99 - p01 +
+  1e-8) - 1, clipped to [-1, 1]; dims where the statistics' optional ``mask`` is False stay."""
+  if normalization_type == "normal":
+    normed = (proprio - statistics["mean"]) / (statistics["std"] + 1e-8)
+    ref = statistics["mean"]
+  elif normalization_type == "bounds":
+    span = statistics["p99"] - statistics["p01"] + 1e-8
+    normed = jnp.clip(2 * (proprio - statistics["p01"]) / span - 1, -1, 1)
+    ref = statistics["p01"]
+  else:
+    raise ValueError(f"normalization_type must be 'normal' or 'bounds', got "
+                     f"{normalization_type!r}")
+  mask = statistics.get("mask")
+  mask = jnp.ones(np.shape(ref), bool) if mask is None else jnp.asarray(mask, bool)
+  return jnp.where(mask, normed, proprio)

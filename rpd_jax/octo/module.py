@@ -2,7 +2,7 @@
 
 Tree: ``octo_transformer/{observation_tokenizers_<k>/SmallStem16_0, task_tokenizers_<k>/hf_model,
 <group>_projection, <group>_pos_embedding, BlockTransformer_0/Transformer_0}`` and
-``heads_<k>/diffusion_model``.
+``heads_<k>/{diffusion_model | mean_proj}`` (plus ``map_head`` for heads that pool with one).
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from rpd_jax.octo.config import ImageTokenizerSpec, LanguageTokenizerSpec, OctoSpec
-from rpd_jax.octo.heads import DiffusionActionHead
+from rpd_jax.octo.config import (ImageTokenizerSpec, LanguageTokenizerSpec,
+                                 LowdimTokenizerSpec, OctoSpec)
+from rpd_jax.octo.heads import make_head
 from rpd_jax.octo.t5 import T5Encoder
 from rpd_jax.octo.transformer import GroupLayout, Transformer, rule_mask
 from rpd_jax.octo.vision import SmallStem
@@ -80,6 +81,28 @@ class ImageTokenizer(nn.Module):
     tokens = tokens.reshape((b, w, -1, tokens.shape[-1]))
     mask = _pad_mask(tokens.shape[:-1], observations.get("pad_mask_dict"), obs_keys)
     return TokenGroup(tokens, mask)
+
+
+class LowdimObsTokenizer(nn.Module):
+  """Low-dimensional observations (e.g. ``proprio`` [B, W, P]) as one token per dimension.
+
+  As Octo's LowdimObsTokenizer without discretisation: the inputs of every key matching
+  ``obs_keys`` (each pattern in turn, over the sorted keys) are concatenated on the last axis
+  and become tokens [B, W, P, 1] as given (the data pipeline normalised them); the mask is all
+  ones (``pad_mask_dict`` is not read). Returns None when no key matches. No parameters.
+  """
+
+  spec: LowdimTokenizerSpec
+
+  def __call__(self, observations: Data, tasks: Data) -> Optional[TokenGroup]:
+    del tasks
+    keys = [k for pattern in self.spec.obs_keys for k in sorted(observations)
+            if re.match(pattern, k)]
+    if not keys:
+      return None
+    inputs = jnp.concatenate([observations[k] for k in keys], axis=-1)
+    tokens = inputs[..., None]
+    return TokenGroup(tokens, jnp.ones(tokens.shape[:-1], jnp.float32))
 
 
 class LanguageTokenizer(nn.Module):
@@ -148,7 +171,8 @@ class OctoTransformer(nn.Module):
     """Runs the transformer.
 
     Args:
-      observations: image_<k> [B, W, H, W', 3] uint8, optional pad_mask_dict {key: [B, W]}.
+      observations: image_<k> [B, W, H, W', 3] uint8, optional proprio [B, W, P] float32,
+        optional pad_mask_dict {key: [B, W]}.
       tasks: language_instruction (token dict or embeddings), optional goal images [B, H, W', 3],
         optional pad_mask_dict {key: [B]}.
       timestep_pad_mask: [B, W] bool, False at padded timesteps.
@@ -174,8 +198,10 @@ class OctoTransformer(nn.Module):
                      TokenGroup(self._project(group, out.tokens), out.mask)))
 
     for name, tok_spec in spec.observation_tokenizers:
-      out = ImageTokenizer(tok_spec, self.dtype, name=f"observation_tokenizers_{name}")(
-          observations, tasks)
+      tokenizer = (LowdimObsTokenizer(tok_spec, name=f"observation_tokenizers_{name}")
+                   if isinstance(tok_spec, LowdimTokenizerSpec) else
+                   ImageTokenizer(tok_spec, self.dtype, name=f"observation_tokenizers_{name}"))
+      out = tokenizer(observations, tasks)
       if out is None:
         continue
       self.sow("intermediates", f"tokenizer/{name}", out)
@@ -265,8 +291,8 @@ class OctoModule(nn.Module):
   """``octo_transformer`` plus the heads (``heads_<name>``).
 
   ``dtype`` is the compute dtype of the transformer, tokenizers and T5 (parameters stay
-  float32); the diffusion head always runs in float32. ``attention``: the transformer's
-  attention kernel (``transformer.ATTENTIONS``; "flax", the parity reference, by default).
+  float32); the heads always run in float32. ``attention``: the transformer's attention kernel
+  (``transformer.ATTENTIONS``; "flax", the parity reference, by default).
   """
 
   spec: OctoSpec
@@ -275,18 +301,27 @@ class OctoModule(nn.Module):
 
   def setup(self):
     self.octo_transformer = OctoTransformer(self.spec, self.dtype, self.attention)
-    self.heads = {name: DiffusionActionHead(h) for name, h in self.spec.heads}
+    self.heads = {name: make_head(h) for name, h in self.spec.heads}
 
   def __call__(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array):
-    """Transformer and every head's eps at zero inputs; used to create parameters."""
+    """The transformer and every head (diffusion heads' eps at zero inputs); creates the
+    parameters."""
     outputs = self.octo_transformer(observations, tasks, timestep_pad_mask)
-    return {name: head(outputs[head.spec.readout_key].tokens)
-            for name, head in self.heads.items()}
+    return {name: head(*outputs[head.spec.readout_key]) for name, head in self.heads.items()}
 
   def transformer(self, observations: Data, tasks: Data, timestep_pad_mask: jax.Array,
                   readouts_only: bool = False):
     return self.octo_transformer(observations, tasks, timestep_pad_mask, readouts_only)
 
+  def head_embedding(self, head: str, readouts: TokenGroup) -> jax.Array:
+    """Head ``head``'s pooled embedding [B, W, D] float32 of its readout group [B, W, n, D]."""
+    return self.heads[head].pool(readouts.tokens, readouts.mask)
+
   def head_eps(self, head: str, embedding, noisy_actions, time):
-    """eps of head ``head`` for a pooled readout embedding [..., D]."""
+    """eps of diffusion head ``head`` for a pooled readout embedding [..., D]."""
     return self.heads[head].eps(embedding, noisy_actions, time)
+
+  def head_predict(self, head: str, embedding) -> jax.Array:
+    """Normalised chunks [B, W, horizon, dim] of deterministic head ``head`` from a pooled
+    embedding [B, W, D]."""
+    return self.heads[head].predict(embedding)

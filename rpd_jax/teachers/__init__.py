@@ -27,11 +27,13 @@ TEACHER_NAMES = ("none", *TEACHERS)
 
 
 def observation_keys(teacher_config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The observation keys the teacher reads: scripted teachers the privileged state, Octo its
-  camera (``kwargs.image_key``, default "rgb"), a torch policy its camera and, if it names one,
+  """The observation keys the teacher reads: scripted teachers the privileged state; Octo what
+  its checkpoint reads (cameras, proprio), learned from the checkpoint's files without its
+  weights (ConfigError for one it cannot feed); a torch policy its camera and, if it names one,
   its ``kwargs.state_key``."""
   if teacher_config.name == "octo":
-    return (teacher_config.kwargs.get("image_key", "rgb"),)
+    from rpd_jax.teachers import octo  # pylint: disable=g-import-not-at-top  (only for Octo)
+    return octo.observation_keys(teacher_config.kwargs)
   if teacher_config.name == "torch":
     state_key = teacher_config.kwargs.get("state_key", None)
     return (teacher_config.kwargs.get("image_key", "rgb"),) + ((state_key,) if state_key else ())

@@ -124,7 +124,7 @@ import torch
 from rpd_jax.envs.base import Observation
 from rpd_jax.errors import ConfigError, check_options
 from rpd_jax.teachers.base import Teacher, TeacherOutput
-from rpd_jax.teachers.octo import GRIPPER_MODES, gripper_to_maniskill
+from rpd_jax.teachers.octo import GRIPPER_MODES, map_gripper
 
 try:
   from jax.experimental.buffer_callback import buffer_callback
@@ -230,9 +230,8 @@ class TorchApply:
       outputs = jax.pure_callback(functools.partial(self._pure_callback, num_samples), shapes,
                                   seeds, *inputs, vmap_method="sequential")
     action, samples = outputs[0], (outputs[1] if num_samples else None)
-    if self.gripper == "maniskill":
-      action = jnp.clip(gripper_to_maniskill(action), -1.0, 1.0)
-      samples = None if samples is None else jnp.clip(gripper_to_maniskill(samples), -1.0, 1.0)
+    action = map_gripper(action, self.gripper)
+    samples = None if samples is None else map_gripper(samples, self.gripper)
     return TeacherOutput(action=action, samples=samples)
 
   def _inputs(self, obs: Observation) -> tuple[jax.Array, ...]:
@@ -385,7 +384,8 @@ def teacher_from_torch(policy: PolicyFn, *, action_dim: int,
     state_key: an observation key to pass as ``state`` too (e.g. "state": the robot's
       proprioception with ``obs_mode="state_rgb"``); None: images only.
     gripper: "raw" returns the policy's actions; "maniskill" maps the last dim from 1 = open in
-      [0, 1] (Octo, OpenVLA) to ManiSkill's +1 = open in [-1, 1] and clips all dims to [-1, 1].
+      [0, 1] (Octo, OpenVLA) to ManiSkill's +1 = open in [-1, 1] and clips all dims to [-1, 1];
+      "clip" only clips (a policy already in ManiSkill's convention).
     device: the torch device to move inputs to before the call (a copy); None keeps them where
       XLA's buffers are (no copy). With ``callback="pure"`` they are host (CPU) tensors.
     seed_torch: seed torch's global RNG with each call's seed (CPU and CUDA states restored
