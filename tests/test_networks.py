@@ -71,20 +71,25 @@ def test_ppo_rgb_starts_at_the_official_scales():
 
 def test_ppo_rgb_features_are_the_official_size_not_the_cnn_encoders():
   """The default "cnn" encoder's orthogonal (sqrt 2) fc layer starts its features much larger
-  than torch's default init; ppo_rgb keeps the official, smaller ones."""
+  than torch's default init; ppo_rgb keeps the official, smaller ones. One init's feature size
+  varies by +-25% (0.0068 to 0.0116 over 6 seeds on each side): 4 seeded inits are averaged."""
   rng = np.random.default_rng(0)
   images = jnp.asarray(rng.integers(0, 256, (8, 128, 128, 3), np.uint8))
-  network, params = _flax_agent(128)
-  mean, _, value = network.apply({"params": params}, {"rgb": images})
-  assert mean.shape == (8, 7) and value.shape == (8,) and np.isfinite(np.asarray(mean)).all()
-  cnn, fc, _, _ = _torch_agent(7, 128)
-  with torch.no_grad():
-    official = fc(cnn(torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255))
+  pixels = torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float() / 255
   features = lambda p, encoder: encoder.apply({"params": p}, {"rgb": images})
-  ours = features(params["encoder"], TorchNatureCNN(256))
+  ours, theirs = [], []
+  for seed in range(4):
+    network, params = _flax_agent(128, seed=seed)
+    if seed == 0:
+      mean, _, value = network.apply({"params": params}, {"rgb": images})
+      assert mean.shape == (8, 7) and value.shape == (8,) and np.isfinite(np.asarray(mean)).all()
+    ours.append(float(jnp.abs(features(params["encoder"], TorchNatureCNN(256))).mean()))
+    torch.manual_seed(seed)
+    cnn, fc, _, _ = _torch_agent(7, 128)
+    with torch.no_grad():
+      theirs.append(float(fc(cnn(pixels)).abs().mean()))
   c = config_lib.base_config()
   c.network.encoder, c.network.obs_keys = "cnn", ("rgb",)
   default = make_network(c.network, 7).init(jax.random.key(0), {"rgb": images})["params"]
-  theirs = float(official.abs().mean())
-  assert float(jnp.abs(ours).mean()) == pytest.approx(theirs, rel=0.5)
-  assert float(jnp.abs(features(default["encoder"], NatureCNN(256))).mean()) > 5 * theirs
+  assert np.mean(ours) == pytest.approx(np.mean(theirs), rel=0.3)
+  assert float(jnp.abs(features(default["encoder"], NatureCNN(256))).mean()) > 5 * max(theirs)
