@@ -479,7 +479,11 @@ def test_a_batched_simulation_is_reset_env_by_env():
   class Batched:  # the parts of a batched ManiSkill env that _Sim touches
     unwrapped = types.SimpleNamespace(
         num_envs=3, device=torch.device("cpu"),
-        agent=types.SimpleNamespace(get_proprioception=lambda: {"qpos": torch.zeros(3, 2)}),
+        agent=types.SimpleNamespace(
+            get_proprioception=lambda: {"qpos": torch.zeros(3, 2)},
+            robot=types.SimpleNamespace(get_qpos=lambda: torch.zeros(3, 2),
+                                        get_qvel=lambda: torch.zeros(3, 2)),
+            tcp=types.SimpleNamespace(pose=types.SimpleNamespace(raw_pose=torch.zeros(3, 7)))),
         single_observation_space=gym.spaces.Box(-1, 1, (4,)),
         single_action_space=gym.spaces.Box(-1, 1, (7,)))
 
@@ -521,7 +525,7 @@ def test_cpu_workers_leave_the_process_free_for_gpu_physx(repo_root, tmp_path, h
   script = tmp_path / "physx_after.py"
   script.write_text(_PHYSX_AFTER)
   out = subprocess.run([sys.executable, str(script), how], cwd=repo_root, capture_output=True,
-                       text=True, timeout=300)
+                       text=True, timeout=300, env={**os.environ, "PYTHONPATH": repo_root})
   assert out.returncode == 0, out.stderr[-3000:]
   if how == "workers":
     assert "GPU PhysX: enabled" in out.stdout
@@ -553,7 +557,8 @@ def test_a_cpu_simulation_beside_jax_on_another_device_trains(repo_root, tmp_pat
   out = subprocess.run(
       [sys.executable, str(script), str(tmp_path / "run")], cwd=repo_root,
       capture_output=True, text=True, timeout=600,
-      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+      env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "PYTHONPATH": repo_root})
   assert out.returncode == 0, out.stderr[-3000:]
   assert "devices ['cpu:0', 'cpu:1'] eval 1.0" in out.stdout, out.stdout
 
