@@ -6,7 +6,7 @@
 #   bash DIR/wheelhouse.sh install DIR [--python PY] [--pins] [--editable REPO] [-- PIP_ARGS]
 #   bash DIR/wheelhouse.sh check DIR                                       # after a copy
 #
-# build (runs `python -m rpd_jax.tools.wheelhouse build` in this repo's environment):
+# build (runs `python scripts/wheelhouse.py build` in this repo's environment):
 #   --python 3.N          the target's Python (3.11, 3.12, ...); resolved with a local python3.N
 #                         when there is one (pyenv's too), or --interpreter PATH
 #   --out DIR             a new folder; every file in it is under --max_file_mb (60 MB):
@@ -130,10 +130,10 @@ command="${1:-}"
 shift || true
 case "${command}" in
   build)
-    [[ -f "${here}/../rpd_jax/tools/wheelhouse.py" ]] ||
+    [[ -f "${here}/wheelhouse.py" && -f "${here}/../setup.sh" ]] ||
       fail "build runs in the rpd_jax repository (scripts/wheelhouse.sh), not from a wheelhouse copy"
     cd "${here}/.."
-    exec "${PYTHON:-python3}" -m rpd_jax.tools.wheelhouse build "$@" ;;
+    PYTHONPATH=".${PYTHONPATH:+:${PYTHONPATH}}" exec "${PYTHON:-python3}" scripts/wheelhouse.py build "$@" ;;
   install) install "$@" ;;
   check)
     (($# == 1)) || fail "check takes the wheelhouse folder: bash $0 check DIR"

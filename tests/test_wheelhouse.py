@@ -5,6 +5,7 @@ path (no network: pip runs with --no-index)."""
 import base64
 import csv
 import hashlib
+import importlib.util
 import io
 import os
 import subprocess
@@ -14,7 +15,20 @@ import zipfile
 import pytest
 
 from rpd_jax.errors import ConfigError
-from rpd_jax.tools import wheelhouse
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_wheelhouse():
+  """scripts/wheelhouse.py, install tooling outside the package, imported by its path."""
+  spec = importlib.util.spec_from_file_location("wheelhouse",
+                                                os.path.join(REPO, "scripts", "wheelhouse.py"))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
+wheelhouse = _load_wheelhouse()
 
 FILES = {
     "demo/__init__.py": b"VALUE = 42\n",

@@ -1,14 +1,16 @@
 """Offline wheelhouses: every wheel the project needs for a target Python, in files small enough
 to carry, and the pieces of that: repacking a wheel without unused files, splitting and joining.
 
-  python -m rpd_jax.tools.wheelhouse build --python=3.12 --out=/tmp/wh312 [--exclude=torch,jax]
-  python -m rpd_jax.tools.wheelhouse repack WHEEL --out=DIR --drop=GLOB,... [--keep=GLOB,...]
-  python -m rpd_jax.tools.wheelhouse split FILE --out=DIR [--max_file_mb=60]
-  python -m rpd_jax.tools.wheelhouse check DIR          # sums, sizes, parts that join
-  python -m rpd_jax.tools.wheelhouse join DIR --out=SCRATCH
+  python scripts/wheelhouse.py build --python=3.12 --out=/tmp/wh312 [--exclude=torch,jax]
+  python scripts/wheelhouse.py repack WHEEL --out=DIR --drop=GLOB,... [--keep=GLOB,...]
+  python scripts/wheelhouse.py split FILE --out=DIR [--max_file_mb=60]
+  python scripts/wheelhouse.py check DIR          # sums, sizes, parts that join
+  python scripts/wheelhouse.py join DIR --out=SCRATCH
 
 ``scripts/wheelhouse.sh`` wraps ``build`` and ``check`` and does the install in bash, so that an
 offline target needs only bash, coreutils and a Python with pip (not this project's packages).
+Install tooling, beside ``setup.sh``: it is not part of the ``rpd_jax`` package and runs in a
+checkout (it reads ``requirements.txt`` and ``pyproject.toml`` there).
 
 ``build`` resolves ``requirements.txt`` (plus the build backend of pyproject.toml, so that
 ``pip install -e .`` works offline) for the target Python with pip's own resolver (``pip install
@@ -201,7 +203,7 @@ def repack_wheel(wheel: str, out_dir: str, drop: Sequence[str],
     gone = {i.filename for i in dropped}
     kept = [i for i in infos if i.filename not in gone
             and i.filename != record_path and not i.filename.startswith(f"{dist_info}/RECORD.")]
-    note = (f"Repacked by rpd_jax.tools.wheelhouse from {os.path.basename(wheel)} "
+    note = (f"Repacked by rpd_jax's scripts/wheelhouse.py from {os.path.basename(wheel)} "
             f"(sha256 {sha256_file(wheel)}).\n"
             f"Dropped {len(dropped)} files ({sum(i.file_size for i in dropped) / MB:.1f} MB "
             f"unpacked) matching: {', '.join(drop)}\n"
@@ -568,7 +570,7 @@ def build(python: str, out: str, requirements: str, exclude: dict[str, Optional[
   profiles (MANISKILL_KEEP_LEAN, SAPIEN_DROP_LEAN). ``lzma``: every wheel recompressed with
   LZMA (zip method 14, which pip reads; about 25% smaller for SAPIEN's libraries).
   """
-  repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   if os.path.exists(out) and os.listdir(out):
     raise ConfigError(f"--out={out} is not empty: give a new folder (a wheelhouse is built whole)")
   max_bytes = int(max_file_mb * MB)
@@ -778,7 +780,7 @@ def main(args: list[str]) -> None:
   if command == "build":
     if rest:
       raise ConfigError(f"build takes flags only; got {' '.join(rest)}")
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = need("out", "/tmp/wheelhouse-py312")
     build(need("python", "3.12"), out,
           f.requirements or os.path.join(repo, "requirements.txt"),
