@@ -150,3 +150,30 @@ def auto_max_batch(teacher: Teacher, observation_spec: dict[str, jax.ShapeDtypeS
     return batch
   fixed = max(bytes_at(small) - small * per_sample, 0)
   return int(min(batch, max(1, (budget - fixed) // per_sample)))
+
+
+# How a teacher's gripper dimension is mapped to the env's (map_gripper): the Octo adapter's and
+# the torch-policy adapter's ``gripper`` kwarg.
+GRIPPER_MODES = ("maniskill", "clip", "raw")
+
+
+def gripper_to_maniskill(actions: jax.Array) -> jax.Array:
+  """Octo's gripper (last dim, 1 = open, in [0, 1]) -> ManiSkill's (+1 = open, in [-1, 1])."""
+  gripper = 2.0 * jnp.clip(actions[..., -1:], 0.0, 1.0) - 1.0
+  return jnp.concatenate([actions[..., :-1], gripper], axis=-1)
+
+
+def map_gripper(actions: jax.Array, mode: str) -> jax.Array:
+  """Actions [..., A] in the checkpoint's gripper convention -> what the env is given.
+
+  "maniskill": the last dim from Octo's [0, 1] (1 = open) to ManiSkill's [-1, 1] (+1 = open),
+  then every dim clipped to [-1, 1]; "clip": only the clipping (the checkpoint already speaks
+  ManiSkill's [-1, 1]); "raw": unchanged.
+  """
+  if mode == "maniskill":
+    return jnp.clip(gripper_to_maniskill(actions), -1.0, 1.0)
+  if mode == "clip":
+    return jnp.clip(actions, -1.0, 1.0)
+  if mode == "raw":
+    return actions
+  raise ValueError(f"gripper mode {mode!r}; use one of {', '.join(GRIPPER_MODES)}")

@@ -58,9 +58,8 @@ from rpd_jax.octo import text
 from rpd_jax.octo.config import ImageTokenizerSpec, LowdimTokenizerSpec
 from rpd_jax.octo.transformer import ATTENTIONS
 from rpd_jax.teachers import records
-from rpd_jax.teachers.base import Teacher, TeacherOutput
+from rpd_jax.teachers.base import GRIPPER_MODES, Teacher, TeacherOutput, map_gripper
 
-GRIPPER_MODES = ("maniskill", "clip", "raw")
 NORMALIZATION_TYPES = ("normal", "bounds")
 # The cameras a checkpoint may read, and the teacher kwarg naming the observation each comes
 # from (with its default): the primary (third-person) camera and the wrist camera.
@@ -123,28 +122,6 @@ def history_window(frame: jax.Array, prev_frame: jax.Array, is_first: jax.Array,
   older = jnp.where(first, frame, prev_frame)
   mask = jnp.stack([~is_first, jnp.ones_like(is_first)], axis=1)
   return jnp.stack([older, frame], axis=1), mask
-
-
-def gripper_to_maniskill(actions: jax.Array) -> jax.Array:
-  """Octo's gripper (last dim, 1 = open, in [0, 1]) -> ManiSkill's (+1 = open, in [-1, 1])."""
-  gripper = 2.0 * jnp.clip(actions[..., -1:], 0.0, 1.0) - 1.0
-  return jnp.concatenate([actions[..., :-1], gripper], axis=-1)
-
-
-def map_gripper(actions: jax.Array, mode: str) -> jax.Array:
-  """Actions [..., A] in the checkpoint's gripper convention -> what the env is given.
-
-  "maniskill": the last dim from Octo's [0, 1] (1 = open) to ManiSkill's [-1, 1] (+1 = open),
-  then every dim clipped to [-1, 1]; "clip": only the clipping (the checkpoint already speaks
-  ManiSkill's [-1, 1]); "raw": unchanged.
-  """
-  if mode == "maniskill":
-    return jnp.clip(gripper_to_maniskill(actions), -1.0, 1.0)
-  if mode == "clip":
-    return jnp.clip(actions, -1.0, 1.0)
-  if mode == "raw":
-    return actions
-  raise ValueError(f"gripper mode {mode!r}; use one of {', '.join(GRIPPER_MODES)}")
 
 
 def dataset_statistics(statistics: Optional[Mapping[str, Any]], dataset_name: Optional[str] = None

@@ -123,8 +123,7 @@ import torch
 
 from rpd_jax.envs.base import Observation
 from rpd_jax.errors import ConfigError, check_options
-from rpd_jax.teachers.base import Teacher, TeacherOutput
-from rpd_jax.teachers.octo import GRIPPER_MODES, map_gripper
+from rpd_jax.teachers.base import GRIPPER_MODES, Teacher, TeacherOutput, map_gripper
 
 try:
   from jax.experimental.buffer_callback import buffer_callback
