@@ -246,7 +246,7 @@ class OctoApply:
     return TeacherOutput(action=chunks[0, :, 0], samples=samples)
 
 
-def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
+def make_teacher(checkpoint: Optional[str] = None, *, instruction: Optional[str] = None,
                  step: Optional[int] = None, tokenizer_dir: Optional[str] = None,
                  window: int = 1, dataset_name: Optional[str] = None,
                  center_crop: Optional[float] = None, gripper: str = "maniskill",
@@ -265,6 +265,11 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
     window, dataset_name, center_crop, gripper, image_key, dtype, transformer_batch,
       attention: ``teacher_from_model``'s.
   """
+  if not checkpoint:
+    raise ConfigError(
+        "the Octo teacher needs config.teacher.kwargs.checkpoint: a checkpoint folder (e.g. "
+        f"one rpd_jax.pipeline.finetune wrote), a shipped teacher ({', '.join(octo.hub.shipped())}"
+        f"), a released checkpoint ({', '.join(octo.hub.RELEASED)}) or a hub id 'org/name'")
   folder = octo.hub.resolve_checkpoint(checkpoint)
   # Loaded in float32: the instruction is embedded once, at full precision, whatever the
   # teacher's compute dtype.
