@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from rpd_jax.envs import base, devices
+from rpd_jax.errors import RunError
 
 SUCCESS_KEYS = ("success", "is_success")
 
@@ -119,7 +120,11 @@ class GymnasiumVecEnv:
 
   def render(self):
     """uint8 [B, H, W, 3] frames (the envs' ``render_mode="rgb_array"``)."""
-    return self._jax(np.stack(self._env.render()))
+    frames = self._env.render()
+    if frames is None or any(f is None for f in frames):
+      raise RunError("the gymnasium vector env renders no frames for videos: make its envs "
+                     "with render_mode='rgb_array', or set config.eval_videos=0")
+    return self._jax(np.stack(frames))
 
   def close(self, terminate: bool = False) -> None:
     self._env.close()
