@@ -19,6 +19,14 @@ On-disk format (one folder per task and recording; ``FORMAT_VERSION`` below):
       reward  float32 [T]         normalized dense reward received after each action
       seed    int64 []            the env seed of the episode's reset
       env_id, instruction  str []
+  metadata.json may also name ``gripper``: the convention of the actions' last dimension,
+  ``maniskill`` (the default: -1 closes, +1 opens) or ``octo`` (0 closed, 1 open), for
+  demonstrations written by other tools in this layout.
+
+Demonstrations in ManiSkill's own trajectory format (``<name>.h5`` + ``<name>.json``, what its
+``RecordEpisode`` and ``replay_trajectory`` write) load too, named by their ``.h5`` path
+(``rpd_jax.pipeline.maniskill_demos``): the rgb of one of their cameras and the controller's
+actions, in ManiSkill's gripper convention.
 
 Loading: ``load(folders)`` reads one or more folders into a ``Demos`` (every episode's steps
 concatenated, with episode boundaries), and ``batches(...)`` streams random training windows
@@ -42,6 +50,7 @@ import jax
 import numpy as np
 
 from rpd_jax.errors import ConfigError
+from rpd_jax.pipeline import maniskill_demos
 
 FORMAT_VERSION = 1
 
@@ -89,31 +98,70 @@ def read_metadata(folder: str) -> dict:
   return meta
 
 
-def load(folders: str | Sequence[str], max_episodes: Optional[int] = None) -> Demos:
-  """Reads the episodes of ``folders`` (one task per folder) into memory.
+GRIPPERS = ("maniskill", "octo")
 
-  ``max_episodes``: only the first N episodes of each folder (by seed), e.g. to train a
-  teacher on little data.
+
+def source_info(source: str) -> dict:
+  """What a demonstration source says of itself: a folder's metadata.json, or a ManiSkill
+  trajectory's ``env_info`` (its ``env_kwargs`` merged in)."""
+  if source.endswith(".h5"):
+    env_info = maniskill_demos.read_info(source).get("env_info") or {}
+    return {**env_info.get("env_kwargs", {}), **env_info}
+  return read_metadata(source)
+
+
+def _episodes(source: str, max_episodes: Optional[int], camera: Optional[str]
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], Optional[str], str]:
+  """([(image, action in ManiSkill's gripper convention)], its instruction or None, where)."""
+  if source.endswith(".h5"):
+    episodes, _ = maniskill_demos.read(source, camera, max_episodes)
+    return episodes, None, source
+  meta = read_metadata(source)
+  gripper = meta.get("gripper", "maniskill")
+  if gripper not in GRIPPERS:
+    raise ConfigError(f"{source}/metadata.json: gripper={gripper!r}; use one of "
+                      f"{', '.join(GRIPPERS)}")
+  files = episode_files(source)[:max_episodes]
+  if not files:
+    raise FileNotFoundError(f"no episode_*.npz in {source}")
+  episodes = []
+  for path in files:
+    with np.load(path) as ep:
+      action = ep["action"].astype(np.float32)
+      if gripper == "octo":  # 0 closed, 1 open -> -1 closes, +1 opens
+        action[..., -1] = 2.0 * action[..., -1] - 1.0
+      episodes.append((ep["image"], action))
+  return episodes, meta["instruction"], f"{source}/metadata.json"
+
+
+def load(folders: str | Sequence[str], max_episodes: Optional[int] = None,
+         instructions: Optional[Sequence[Optional[str]]] = None,
+         camera: Optional[str] = None) -> Demos:
+  """Reads the episodes of ``folders`` (one task per folder or ManiSkill ``.h5`` file) into
+  memory, their actions in ManiSkill's gripper convention.
+
+  ``max_episodes``: only the first N episodes of each source (by seed), e.g. to train a
+  teacher on little data. ``instructions``: one per source, None keeping a folder's own (a
+  ``.h5`` file has none: ""). ``camera``: which camera of a ``.h5`` file.
   """
   if isinstance(folders, str):
     folders = [folders]
-  images, actions, starts, ends, tasks, instructions = [], [], [], [], [], []
+  if instructions is not None and len(instructions) != len(folders):
+    raise ConfigError(f"{len(instructions)} instructions for {len(folders)} demonstration "
+                      "sources; give one per source (None keeps a folder's own)")
+  images, actions, starts, ends, tasks, texts = [], [], [], [], [], []
   offset, episodes, size = 0, 0, None
-  for task_index, folder in enumerate(folders):
-    meta = read_metadata(folder)
-    if size is not None and meta["image_size"] != size:
-      raise ConfigError(f"{folder}: image_size {meta['image_size']} differs from the other "
-                        f"folders' {size}; record all tasks at the teacher's resolution")
-    size = meta["image_size"]
-    instructions.append(meta["instruction"])
-    files = episode_files(folder)[:max_episodes]
-    if not files:
-      raise FileNotFoundError(f"no episode_*.npz in {folder}")
-    for path in files:
-      with np.load(path) as ep:
-        n = ep["action"].shape[0]
-        images.append(ep["image"])
-        actions.append(ep["action"].astype(np.float32))
+  for task_index, source in enumerate(folders):
+    played, instruction, where = _episodes(source, max_episodes, camera)
+    given = instructions[task_index] if instructions is not None else None
+    texts.append(given if given is not None else instruction or "")
+    for image, action in played:
+      if size is not None and image.shape[1] != size:
+        raise ConfigError(f"{where}: image_size {image.shape[1]} differs from the other "
+                          f"sources' {size}; record all tasks at the teacher's resolution")
+      size, n = image.shape[1], action.shape[0]
+      images.append(image)
+      actions.append(action)
       starts.append(np.full(n, offset, np.int64))
       ends.append(np.full(n, offset + n, np.int64))
       tasks.append(np.full(n, task_index, np.int32))
@@ -121,7 +169,7 @@ def load(folders: str | Sequence[str], max_episodes: Optional[int] = None) -> De
       episodes += 1
   return Demos(image=np.concatenate(images), action=np.concatenate(actions),
                episode_start=np.concatenate(starts), episode_end=np.concatenate(ends),
-               task=np.concatenate(tasks), instructions=tuple(instructions), episodes=episodes)
+               task=np.concatenate(tasks), instructions=tuple(texts), episodes=episodes)
 
 
 def window_indices(demos: Demos, steps: np.ndarray, window: int, horizon: int
