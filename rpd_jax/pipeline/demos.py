@@ -1,7 +1,8 @@
 """Demonstrations for fine-tuning Octo teachers: record them, store them, stream them into JAX.
 
 Recording (``python -m rpd_jax.pipeline.demos --env_id=PushCube-v1 --episodes=200
---out=demos/pushcube``)
+--out=demos/pushcube``; any task with ``--controller`` naming the paper task whose controller
+solves it and ``--instruction``)
 runs a scripted controller (``rpd_jax.teachers.maniskill_scripted``, which reads the privileged
 state) on ManiSkill's CPU simulation and keeps the successful episodes no longer than
 ``--max_length`` steps. Episode ``k`` of a folder is the env reset with seed ``seed + k``, so
@@ -257,7 +258,8 @@ def _save_episode(out: str, seed: int, env_id: str, instruction: str, image: np.
 def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
            camera: str = "human", camera_variant: Optional[str] = None,
            noise: float = 0.0, max_length: Optional[int] = None, num_envs: int = 2,
-           seed: int = 0, progress: bool = True) -> dict:
+           seed: int = 0, instruction: Optional[str] = None, controller: Optional[str] = None,
+           progress: bool = True) -> dict:
   """Records ``episodes`` successful scripted episodes of ``env_id`` into ``out``.
 
   Episodes are attempted in rounds of ``num_envs`` envs reset with consecutive seeds; failed
@@ -266,7 +268,9 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   Existing episodes in ``out`` count: an interrupted recording resumes where it stopped.
 
   Args:
-    env_id: a task with a scripted controller (``maniskill_scripted.CONTROLLERS``).
+    env_id: any ManiSkill task (``tasks.resolve``: yours as "package.module:EnvId") that a
+      scripted controller solves: its own (``maniskill_scripted.CONTROLLERS``) or
+      ``controller``'s.
     episodes: successful episodes to keep.
     out: the output folder (created).
     image_size: S, the frames' resolution: the teacher's input size (no resize later).
@@ -276,6 +280,10 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
     max_length: the longest episode kept, in steps.
     num_envs: parallel CPU envs (worker processes).
     seed: seed of the first attempt; attempt k uses seed + k.
+    instruction: the episodes' language instruction (default: the paper's, for its tasks;
+      else none, "").
+    controller: whose scripted controller to run (default: the task's own), e.g.
+      "PushCube-v1" for a variant of PushCube with the same state layout.
     progress: show a progress bar.
 
   Returns:
@@ -286,18 +294,22 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   from rpd_jax.envs import tasks  # pylint: disable=g-import-not-at-top
   from rpd_jax.teachers import maniskill_scripted  # pylint: disable=g-import-not-at-top
 
-  info = tasks.task_info(env_id)
-  if env_id not in maniskill_scripted.CONTROLLERS:
+  task = tasks.resolve(env_id, where="--env_id")
+  controller = controller or task.name
+  if controller not in maniskill_scripted.CONTROLLERS:
     raise ConfigError(f"--env_id={env_id!r} has no scripted controller to record; use one of "
-                      f"{', '.join(maniskill_scripted.CONTROLLERS)}")
+                      f"{', '.join(maniskill_scripted.CONTROLLERS)}, or name the one that "
+                      "solves it with --controller")
+  if instruction is None:
+    instruction = task.info.instruction if task.info else ""
   for name, value, least in (("episodes", episodes, 1), ("image_size", image_size, 16),
                              ("num_envs", num_envs, 1), ("max_length", max_length or 1, 1)):
     if value < least:
       raise ConfigError(f"--{name}={value} must be >= {least}")
   if noise < 0:
     raise ConfigError(f"--noise={noise} is a standard deviation; use >= 0")
-  max_length = max_length or info.max_episode_steps
-  teacher = maniskill_scripted.make_teacher(task=env_id, noise=noise)
+  max_length = max_length or task.max_episode_steps
+  teacher = maniskill_scripted.make_teacher(task=controller, noise=noise)
   policy = rollout.teacher_policy(teacher)
   os.makedirs(out, exist_ok=True)
   kept = len(episode_files(out))
@@ -318,7 +330,7 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
                                   camera_variant=camera_variant, sim_backend="physx_cpu")
 
   def write_meta():
-    meta.update(format_version=FORMAT_VERSION, env_id=env_id, instruction=info.instruction,
+    meta.update(format_version=FORMAT_VERSION, env_id=env_id, instruction=instruction,
                 image_size=image_size, camera=camera, camera_variant=camera_variant,
                 control_mode="pd_ee_delta_pose", sim_backend=env.sim_backend,
                 controller=teacher.name, noise=noise,
@@ -348,7 +360,7 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
       for i in range(num_envs):
         length = int(alive[:, i].sum())
         if kept < episodes and success[i] and length <= max_length:
-          _save_episode(out, seeds[i], env_id, info.instruction, image[:length, i],
+          _save_episode(out, seeds[i], env_id, instruction, image[:length, i],
                         action[:length, i], state[:length, i], reward[:length, i])
           kept += 1
           bar.update(1)
@@ -369,7 +381,8 @@ def main() -> None:
   f = flags.FLAGS
   meta = record(f.env_id, f.episodes, f.out, image_size=f.image_size, camera=f.camera,
                 camera_variant=f.camera_variant, noise=f.noise, max_length=f.max_length,
-                num_envs=f.num_envs, seed=f.seed)
+                num_envs=f.num_envs, seed=f.seed, instruction=f.instruction,
+                controller=f.controller)
   print(f"{meta['env_id']}: {meta['kept']} episodes in {f.out} ({meta['attempts']} attempts, "
         f"success {meta['success_rate']:.2f}, {meta['episodes_per_minute']} episodes/min)")
 
@@ -377,7 +390,12 @@ def main() -> None:
 if __name__ == "__main__":
   from absl import flags  # pylint: disable=g-import-not-at-top
   from rpd_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("env_id", "PushCube-v1", "task with a scripted controller")
+  flags.DEFINE_string("env_id", "PushCube-v1", "a ManiSkill task (yours: package.module:EnvId) "
+                      "that a scripted controller solves")
+  flags.DEFINE_string("instruction", None, "the episodes' instruction (default: the paper's, "
+                      "for its tasks)")
+  flags.DEFINE_string("controller", None, "whose scripted controller (default: the task's "
+                      "own), e.g. PushCube-v1 for a variant of PushCube")
   flags.DEFINE_integer("episodes", 200, "successful episodes to keep")
   flags.DEFINE_string("out", None, "output folder", required=True)
   flags.DEFINE_integer("image_size", 64, "frame resolution: the teacher's input size")
