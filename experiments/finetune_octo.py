@@ -81,8 +81,12 @@ def _smoke(c):
 def get_config(arg=None):
   c = ml_collections.ConfigDict()
   c.data = ml_collections.ConfigDict({
-      # One folder per task (python -m rpd_jax.pipeline.demos).
+      # One source per task: a folder (python -m rpd_jax.pipeline.demos) or a ManiSkill
+      # trajectory .h5 (rpd_jax/pipeline/maniskill_demos.py).
       "folders": ("runs/demos/pushcube_128",),
+      # One per source; None keeps a folder's own (a .h5 file has none).
+      "instructions": config_dict.placeholder(tuple),
+      "camera": config_dict.placeholder(str),  # which camera of a .h5 file (None: its only one)
       "max_episodes": ml_collections.FieldReference(25, field_type=int),  # first N per folder; None: all
       "window": 1,  # frames per observation window (Octo: 1 or 2)
       "action_horizon": 4,  # actions per predicted chunk (Octo: 4)

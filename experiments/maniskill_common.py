@@ -1,4 +1,8 @@
-"""What the eight ManiSkill3 experiment files share: the base config and the variants.
+"""What the ManiSkill3 experiment files share: the base config and the variants.
+
+``get_config(env_id, ...)`` for one of the paper's eight tasks (their files), or
+``get_config(None, ...)`` for the generic experiment (``experiments/maniskill.py``), whose task
+and teacher come from the command line.
 
 The simulation backend and the geometry follow the machine: ``sim_backend="auto"`` simulates on
 the GPU where torch and JAX both see one, and the env count, evaluation envs and minibatches,
@@ -13,7 +17,8 @@ Variants (besides the common ones of rpd_jax.config, combine with commas):
              teacher only, a state student). Your own checkpoint:
              --config.teacher.kwargs.checkpoint=<folder> (README, "Your own Octo checkpoint")
   paper      the published run's settings, for a GPU (:paper, :sparse,paper, :paper,ppo)
-  scripted   (tasks with a scripted controller) state student, scripted teacher, no rendering
+  scripted   (the paper's tasks with a scripted controller) state student, scripted teacher, no
+             rendering
   smoke      seconds on a CPU: 1 env, a few short iterations, a tiny evaluation
 """
 
@@ -55,14 +60,17 @@ def _octo(c: ml_collections.ConfigDict) -> None:
     c.distill.loss = "mse"
 
 
-def _octo_kwargs(c: ml_collections.ConfigDict, checkpoint: str) -> ml_collections.ConfigDict:
-  """An Octo teacher's own config: the checkpoint, the task's instruction, and how the
+def _octo_kwargs(c: ml_collections.ConfigDict, checkpoint: str | None
+                 ) -> ml_collections.ConfigDict:
+  """An Octo teacher's own config: the checkpoint, the task's instruction (the paper's tasks;
+  the generic experiment's come from the command line), and how the
   checkpoint is fed (rpd_jax.teachers.octo.make_teacher; README, "Your own Octo checkpoint").
   Unset fields come from the checkpoint itself; the trainer logs what each one became."""
   optional = ml_collections.config_dict.placeholder
+  info = tasks.TASKS.get(c.env.kwargs.env_id)
   return ml_collections.ConfigDict({
-      "checkpoint": checkpoint,
-      "instruction": tasks.task_info(c.env.kwargs.env_id).instruction,
+      "checkpoint": ml_collections.FieldReference(checkpoint, field_type=str),
+      "instruction": ml_collections.FieldReference(info and info.instruction, field_type=str),
       "tokenizer_dir": optional(str),  # the t5-base spiece.model's folder (language models)
       "window": optional(int),  # frames per query; unset: the checkpoint's window (1 or 2)
       # Observations concatenated into the checkpoint's proprio, e.g. "qpos" or
@@ -82,12 +90,13 @@ def _octo_kwargs(c: ml_collections.ConfigDict, checkpoint: str) -> ml_collection
 SHIPPED_TEACHER_IMAGE_SIZE = 128
 
 
-def shipped_octo_teacher(checkpoint: str, image_size: int) -> config_lib.Variant:
+def shipped_octo_teacher(checkpoint: str | None, image_size: int) -> config_lib.Variant:
   """A default: a state student (the full state) and a shipped Octo teacher on the human camera.
 
   The env renders the human camera at the teacher's resolution (``image_size``) for the
   teacher only; the student's MLP sees ``privileged`` (the same full state as obs_mode
-  "state"). Shipped teachers: rpd_jax/teachers/checkpoints/README.md.
+  "state"). Shipped teachers: rpd_jax/teachers/checkpoints/README.md. ``checkpoint`` None: the
+  generic experiment's, named on the command line.
   """
   def apply(c: ml_collections.ConfigDict) -> None:
     c.env.kwargs.obs_mode = "rgb"
@@ -172,7 +181,7 @@ def _smoke(c: ml_collections.ConfigDict) -> None:
   c.teacher.max_batch = 8
 
 
-def get_config(env_id: str, arg: str | None,
+def get_config(env_id: str | None, arg: str | None,
                extra: dict[str, config_lib.Variant] | None = None) -> ml_collections.ConfigDict:
   """The config of a ManiSkill3 task with the variants in ``arg`` applied.
 
@@ -180,11 +189,15 @@ def get_config(env_id: str, arg: str | None,
   the 128x128 human camera; rpd_jax/teachers/checkpoints/README.md) to a state student, dense
   (normalized) reward. ``scripted`` swaps in the scripted teacher where the task has one (no
   rendering: several times faster on a CPU).
+
+  ``env_id`` None: the generic experiment. The task (``env.kwargs.env_id``), the Octo teacher's
+  checkpoint and instruction are left None for the command line, and the rollout length follows
+  the task's time limit (``rpd_jax.envs.maniskill_config``).
   """
-  info = tasks.task_info(env_id)
+  info = tasks.task_info(env_id) if env_id is not None else None
   c = config_lib.base_config()
   c.env.name = "maniskill"
-  c.env.kwargs.env_id = env_id
+  c.env.kwargs.env_id = ml_collections.FieldReference(env_id, field_type=str)
   c.env.kwargs.camera = "human"
   c.env.kwargs.sim_backend = "auto"
   # None: follows the backend (rpd_jax/envs/maniskill_config.GEOMETRY), resolved by validation.
@@ -196,11 +209,12 @@ def get_config(env_id: str, arg: str | None,
   # wrist camera (rendered only when set).
   c.env.kwargs.wrist_image_size = ml_collections.config_dict.placeholder(int)
   c.total_env_steps = 1_000_000
-  c.ppo.num_steps = info.max_episode_steps
+  # None: the task's time limit (rpd_jax/envs/maniskill_config.py).
+  c.ppo.num_steps = ml_collections.FieldReference(info and info.max_episode_steps, field_type=int)
   c.eval_every = 10
   c.eval_videos = 2  # videos/step<env steps>_<i>.mp4 of the human camera, per evaluation
   c.checkpoint_every = 50
-  shipped_octo_teacher(info.teacher, SHIPPED_TEACHER_IMAGE_SIZE)(c)
+  shipped_octo_teacher(info and info.teacher, SHIPPED_TEACHER_IMAGE_SIZE)(c)
   variants = {"rgb": _rgb, "state_rgb": _state_rgb, "octo": _octo, "paper": _paper,
               "smoke": _smoke,
               **(extra or {})}

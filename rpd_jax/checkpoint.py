@@ -86,6 +86,14 @@ class Checkpointer:
     restored = self._manager.restore(iteration, args=ocp.args.StandardRestore(abstract))
     return flax.serialization.from_state_dict(target, restored)
 
+  def steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def read(self, iteration: int) -> Any:
+    """Step ``iteration`` as saved (nested dicts of arrays), without a target: for reading a
+    run back without rebuilding what trained it (``rpd_jax.runs``)."""
+    return self._manager.restore(iteration, args=ocp.args.StandardRestore())
+
   def restore_latest(self, target: Any, legacy: Optional[tuple[Any, Callable[[Any], Any]]] = None
                      ) -> tuple[int, Any]:
     """(step, tree) of the newest step that restores, or (0, None) without checkpoints.

@@ -4,6 +4,9 @@
   cli.run_with_config(main)   main(config, spec): ``--config=<file>.py[:variants]`` loaded by
                               ``rpd_jax.config.load``, then ``--config.x.y=value`` overrides
                               (ml_collections); ``spec`` is the ``--config`` text
+  cli.run_with_config(main, from_workdir=True)
+                              the same with the config of the run in ``--workdir`` (its
+                              config.json); ``spec`` is the workdir
 
 A bad flag, config file, variant or override, and any ConfigError or FileNotFoundError that
 ``main`` raises (an unknown teacher, a missing checkpoint), print ``error: <message>`` on stderr
@@ -13,13 +16,14 @@ does the same with status 1.
 
 from __future__ import annotations
 
+import logging as std_logging
 import re
 import shlex
 import sys
 from typing import Callable, NoReturn, Optional
 
 import ml_collections
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from rpd_jax import config as config_lib
@@ -47,6 +51,16 @@ def stopped(stop: preemption.Stopped, module: str, workdir: Optional[str] = None
   sys.exit(preemption.exit_status(stop.signum))
 
 
+def quiet_libraries() -> None:
+  """Keeps the console for the command's own progress: orbax logs every step of every save at
+  INFO, JAX its search for backends this machine lacks ("Unable to initialize backend 'tpu'"),
+  and jax2onnx its progress."""
+  logging.get_absl_handler().addFilter(
+      lambda r: "orbax" not in r.pathname and not (
+          ("xla_bridge" in r.pathname or "jax2onnx" in r.pathname)
+          and r.levelno < std_logging.WARNING))
+
+
 def integers(values: list[str], flag: str) -> tuple[int, ...]:
   """A list flag's values as integers; ConfigError naming ``--flag`` for one that is not."""
   try:
@@ -55,15 +69,22 @@ def integers(values: list[str], flag: str) -> tuple[int, ...]:
     raise ConfigError(f"--{flag}={','.join(values)}: give integers, e.g. --{flag}=1,32") from None
 
 
-def _parse(argv: list[str], config_spec: list[str] | None, positional: bool = False) -> list[str]:
-  """absl's parser; with ``config_spec`` (a list to fill), first loads ``--config=``."""
+def _parse(argv: list[str], config_spec: list[str] | None, positional: bool = False,
+           from_workdir: bool = False) -> list[str]:
+  """absl's parser; with ``config_spec`` (a list to fill), first loads ``--config=`` (or, with
+  ``from_workdir``, the config.json of ``--workdir=``)."""
   try:
     if config_spec is not None:
-      specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")]
+      flag = "--workdir=" if from_workdir else "--config="
+      specs = [a.split("=", 1)[1] for a in argv[1:] if a.startswith(flag)]
       if not specs:
-        fail("--config is required, e.g. --config=experiments/jax_push.py")
-      config = config_lib.load(specs[-1])
-      argv = [a for a in argv if not a.startswith("--config=")]
+        fail("--workdir is required: the folder of a run (python -m rpd_jax.train --workdir=...)"
+             if from_workdir else "--config is required, e.g. --config=experiments/jax_push.py")
+      if from_workdir:
+        config = config_lib.from_workdir(specs[-1])
+      else:
+        config = config_lib.load(specs[-1])
+        argv = [a for a in argv if not a.startswith("--config=")]
       # The override flags (--config.x.y) are defined from sys_argv as the flag is made.
       config_flags.DEFINE_config_dict("config", config, "the experiment config",
                                       lock_config=True, sys_argv=argv)
@@ -104,8 +125,10 @@ def run(main: Callable[..., None], positional: bool = False) -> None:
           flags_parser=lambda argv: _parse(argv, None, positional))
 
 
-def run_with_config(main: Callable[[ml_collections.ConfigDict, str], None]) -> None:
-  """Runs ``main(config, spec)`` with the ``--config`` file loaded and overridden."""
+def run_with_config(main: Callable[[ml_collections.ConfigDict, str], None],
+                    from_workdir: bool = False) -> None:
+  """Runs ``main(config, spec)`` with the ``--config`` file (``from_workdir``: the config.json
+  of the run in ``--workdir``, a flag ``main``'s module defines) loaded and overridden."""
   spec: list[str] = []
   app.run(lambda argv: _guarded(lambda: main(flags.FLAGS.config, spec[0])),
-          flags_parser=lambda argv: _parse(argv, spec))
+          flags_parser=lambda argv: _parse(argv, spec, from_workdir=from_workdir))

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import json
 import os
 import sys
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -224,17 +225,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"config.distill.loss={c.distill.loss!r} needs a teacher but config.teacher.name is "
         f"'none'; set --config.teacher.name or use the 'ppo' variant")
   produced = envs.observation_keys(c.env)  # also rejects an unknown env name or obs_mode
-  for key in c.network.obs_keys:
-    check(key in produced,
-          f"config.network.obs_keys has {key!r}, which the {c.env.name} env does not give with "
-          f"obs_mode={c.env.kwargs.get('obs_mode', 'state')!r} (it gives "
-          f"{', '.join(produced)}); change one of them")
-  if c.distill.loss != "none":
-    for key in teachers.observation_keys(c.teacher):
-      check(key in produced,
-            f"the {c.teacher.name!r} teacher reads observation {key!r}, which the {c.env.name} "
-            f"env does not give with obs_mode={c.env.kwargs.get('obs_mode', 'state')!r} (it "
-            f"gives {', '.join(produced)}); {envs.how_to_observe(c.env, key)}")
+  if produced is not None:  # else known once the env is built: the trainer checks them then
+    check_observation_keys(c, produced)
   for name in ("learning_rate", "clip_coef", "vf_coef", "ent_coef", "max_grad_norm",
                "target_kl", "gae_lambda", "reward_scale"):
     value = c.ppo[name]
@@ -287,6 +279,25 @@ def validate(c: ml_collections.ConfigDict) -> None:
         f"{c.eval_envs}; make it one")
 
 
+def check_observation_keys(c: ml_collections.ConfigDict, produced: Sequence[str]) -> None:
+  """ConfigError where the student or the teacher reads an observation key the env does not
+  give (``produced``)."""
+  given = (f"with obs_mode={c.env.kwargs.get('obs_mode', 'state')!r} "
+           if c.env.name in envs.OBSERVATION_KEYS else "")
+  for key in c.network.obs_keys:
+    if key not in produced:
+      raise ConfigError(
+          f"config.network.obs_keys has {key!r}, which the {c.env.name} env does not give "
+          f"{given}(it gives {', '.join(produced)}); change one of them")
+  if c.distill.loss != "none":
+    for key in teachers.observation_keys(c.teacher):
+      if key not in produced:
+        raise ConfigError(
+            f"the {c.teacher.name!r} teacher reads observation {key!r}, which the {c.env.name} "
+            f"env does not give {given}(it gives {', '.join(produced)}); "
+            f"{envs.how_to_observe(c.env, key)}")
+
+
 def default_workdir(config_path: str, root: str = "runs") -> str:
   """``<root>/<config file name>`` for ``--config=experiments/<name>.py[:variants]``."""
   name = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
@@ -317,3 +328,14 @@ def load(spec: str) -> ml_collections.ConfigDict:
     return module.get_config(arg or None)
   except ValueError as e:  # an unknown variant (apply_variants says which, and the choices)
     raise ConfigError(str(e)) from e
+
+
+def from_workdir(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run used: ``<workdir>/config.json`` (resolved: backend and geometry filled
+  in; tuples come back as lists). ConfigError where ``workdir`` holds no run."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ConfigError(f"--workdir={workdir}: {path} is missing; name the --workdir of a run "
+                      "(python -m rpd_jax.train writes its config.json there)")
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))

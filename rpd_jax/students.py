@@ -171,6 +171,18 @@ class Students:
 
   # ---- checkpoints
 
+  @staticmethod
+  def saved(state: Any, k: int) -> tuple[Any, int]:
+    """(student k's params, K) from a checkpoint's train state as saved (``Checkpointer.read``:
+    nested dicts of arrays). One student written before the student axis has no leading K
+    (its iteration counter is a scalar)."""
+    iteration = np.asarray(state["iteration"])
+    count = 1 if iteration.ndim == 0 else iteration.shape[0]
+    if not 0 <= k < count:
+      raise IndexError(f"student {k} of {count}")
+    params = state["params"]
+    return (params if iteration.ndim == 0 else jax.tree.map(lambda x: x[k], params)), count
+
   def legacy_checkpoint(self, tree: dict[str, Any]) -> Optional[tuple[Any, Callable]]:
     """(target, convert) for a checkpoint of one student written before the student axis:
     its train state had no leading K axis. None where K > 1 (those always had it)."""

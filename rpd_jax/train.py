@@ -4,8 +4,6 @@ Override any value with ``--config.x.y=value`` (e.g. ``--config.distill.coef=0.5
 again with the same ``--workdir`` resumes from its last checkpoint.
 """
 
-import logging as std_logging
-
 from absl import flags, logging
 
 from rpd_jax import cli
@@ -19,11 +17,7 @@ _WORKDIR = flags.DEFINE_string(
 
 
 def main(config, spec: str) -> None:
-  # Orbax logs every step of every save at INFO, and JAX its search for backends this machine
-  # lacks ("Unable to initialize backend 'tpu'"): keep the console for training progress.
-  logging.get_absl_handler().addFilter(
-      lambda r: "orbax" not in r.pathname and not (
-          "xla_bridge" in r.pathname and r.levelno < std_logging.WARNING))
+  cli.quiet_libraries()
   # Before anything touches a device: joins a multi-process run (RPD_JAX_COORDINATOR, ...).
   parallel.initialize()
   config_lib.validate(config)
@@ -36,7 +30,9 @@ def main(config, spec: str) -> None:
     cli.stopped(e, "rpd_jax.train", workdir if not _WORKDIR.value else None)
   if not final:  # the checkpoint was already at the last iteration
     print(f"nothing to do: {workdir} holds a finished run; its results are in "
-          f"{workdir}/metrics.jsonl (use another --workdir for a new run)")
+          f"{workdir}/metrics.jsonl (use another --workdir for a new run). Evaluate it again "
+          f"with `python -m rpd_jax.evaluate --workdir={workdir}`, export its student with "
+          f"`python -m rpd_jax.export --workdir={workdir} --out=<folder>`")
     return
   print("final evaluation: " + ", ".join(f"{k}={v:.3f}" for k, v in final.items()))
 

@@ -128,6 +128,8 @@ def build(c: ml_collections.ConfigDict, workdir: str, teacher: Optional[Teacher]
 def _build_on(c, workdir, teacher, mesh, env, batch, num_iterations):
   logging.info("env %s x%d on %s: %s", c.env.name, env.num_envs, env.sim_backend,
                describe(env.observation_spec))
+  # Validation checked these where the env's keys are known beforehand; a factory's are now.
+  config_lib.check_observation_keys(c, tuple(env.observation_spec))
   network = make_network(c.network, env.action_dim)
   students = Students.from_config(network, c)
   k_init, k_loop, k_eval = students.run_keys(c.seed)
@@ -217,17 +219,6 @@ def evaluate(run: Run, eval_env: VecEnv, state: ppo.TrainState, iteration: int
         lambda policy, videos: episodes(policy, videos), params, c.eval_protocol)
 
 
-def _eval_env_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The evaluation envs' config: the training envs', whose successes do not end episodes under
-  the fixed-step protocol."""
-  if c.eval_protocol != "fixed_steps":
-    return c.env
-  env = c.env.copy_and_resolve_references()
-  with env.unlocked():
-    env.kwargs.ignore_terminations = True
-  return env
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
   """Trains the students of ``config`` in ``workdir``, resuming if a checkpoint is there.
 
@@ -259,8 +250,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           summary = run.log.summary(iteration)
           _check_finite(summary, iteration, workdir)
           if last or iteration % c.eval_every == 0:
-            eval_env = eval_env or make_env(_eval_env_config(c), c.num_seeds * c.eval_envs,
-                                            seed=c.seed + 1, final_obs_keys=())
+            eval_env = eval_env or make_env(evaluate_lib.env_config(c),
+                                            c.num_seeds * c.eval_envs, seed=c.seed + 1,
+                                            final_obs_keys=())
             last_eval = evaluate(run, eval_env, state, iteration)
             summary.update(last_eval)
         with guard.deferred():  # the iteration completes: a signal now waits for the save

@@ -27,7 +27,7 @@ CASES = [
     ("rpd_jax.pipeline.demos", ["--noise=-1", "--out=/tmp/unused"],
      "--noise=-1.0 is a standard deviation"),
     ("rpd_jax.pipeline.eval_teacher", ["--tasks=Nope-v1", "--out=/tmp/unused"],
-     "env_id='Nope-v1' is not one of the paper's tasks"),
+     "--tasks='Nope-v1': no ManiSkill task 'Nope-v1' is registered"),
     ("rpd_jax.pipeline.eval_teacher", ["--episodes=3", "--num_envs=2", "--out=/tmp/unused"],
      "--episodes=3 must be a multiple of --num_envs=2"),
     ("rpd_jax.pipeline.eval_teacher", ["--camera_variant=up", "--out=/tmp/unused"],

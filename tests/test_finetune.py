@@ -1,5 +1,6 @@
 """Demonstration format and loader, Octo fine-tuning, and its checkpoints as teachers."""
 
+import glob
 import json
 import os
 
@@ -10,6 +11,7 @@ import pytest
 
 from experiments import finetune_octo
 from rpd_jax import octo
+from rpd_jax.errors import ConfigError
 from rpd_jax.pipeline import demos as demos_lib
 from rpd_jax.pipeline import finetune
 from rpd_jax.teachers import octo as octo_teacher
@@ -110,7 +112,8 @@ def _smoke_config(folder):
 
 
 def test_finetune_from_scratch_writes_an_octo_checkpoint_the_teacher_loads(tmp_path):
-  folder = write_fake_demos(str(tmp_path / "d"), [6, 9, 7])
+  # Demonstrations in ManiSkill's trajectory format (the project's own: the tests below).
+  folder = write_maniskill_trajectory(str(tmp_path / "push"), [6, 9, 7], [True] * 3)
   workdir = str(tmp_path / "ckpt")
   c = _smoke_config(folder)
   c.num_steps = 40
@@ -259,3 +262,66 @@ def test_sigterm_saves_the_last_step_and_the_run_resumes(repo_root, tmp_path):
                  check=True, capture_output=True)
   steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
   assert steps == list(range(1, step + 3))
+
+
+def write_maniskill_trajectory(path, lengths, success, image_size=32, seed=0):
+  """<path>.h5 + .json as ManiSkill's RecordEpisode writes them (mani_skill/utils/wrappers/
+  record.py): traj_<id>/actions [T, A], obs/sensor_data/<camera>/rgb [T + 1, ...] (gzip),
+  success [T]; the json's env_info and one entry per episode."""
+  import h5py  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(seed)
+  episodes = []
+  with h5py.File(path + ".h5", "w") as f:
+    for k, (n, ok) in enumerate(zip(lengths, success)):
+      group = f.create_group(f"traj_{k}")
+      action = rng.uniform(-1, 1, (n, 7)).astype(np.float32)
+      action[:, -1] = np.sign(action[:, -1])
+      group.create_dataset("actions", data=action)
+      rgb = np.zeros((n + 1, image_size, image_size, 3), np.uint8)
+      rgb[:n, ..., 0] = ((action[:, 0] + 1) * 127).astype(np.uint8)[:, None, None]
+      rgb[:, 0, 0, 1] = k  # which episode
+      group.create_dataset("obs/sensor_data/base_camera/rgb", data=rgb, compression="gzip")
+      group.create_dataset("obs/agent/qpos", data=np.zeros((n + 1, 9), np.float32))
+      group.create_dataset("success", data=np.arange(n) == n - 1 if ok else np.zeros(n, bool))
+      episodes.append({"episode_id": k, "episode_seed": k, "control_mode": "pd_ee_delta_pose",
+                       "elapsed_steps": n, "reset_kwargs": {"seed": k}, "success": ok})
+  with open(path + ".json", "w") as f:
+    json.dump({"env_info": {"env_id": "PushCube-v1", "env_kwargs": {
+        "obs_mode": "rgb", "control_mode": "pd_ee_delta_pose"}, "max_episode_steps": 50},
+        "episodes": episodes}, f)
+  return path + ".h5"
+
+
+def test_maniskill_trajectories_load_their_successful_episodes(tmp_path):
+  path = write_maniskill_trajectory(str(tmp_path / "push"), [4, 3, 5], [True, False, True])
+  demos = demos_lib.load([path, write_fake_demos(str(tmp_path / "d"), [2])],
+                         instructions=["push it", None])
+  assert demos.episodes == 3 and len(demos) == 4 + 5 + 2
+  np.testing.assert_array_equal(demos.image[:9, 0, 0, 1], [0] * 4 + [2] * 5)  # no failed one
+  assert demos.instructions == ("push it", "push the cube")
+  assert demos_lib.source_info(path)["control_mode"] == "pd_ee_delta_pose"
+
+
+def test_a_maniskill_trajectory_without_frames_says_how_to_render_them(tmp_path):
+  import h5py  # pylint: disable=g-import-not-at-top
+  path = write_maniskill_trajectory(str(tmp_path / "push"), [3], [True])
+  with h5py.File(path, "a") as f:
+    del f["traj_0/obs/sensor_data"]
+  with pytest.raises(ConfigError, match="replay_trajectory .*--obs-mode=rgb"):
+    demos_lib.load(path)
+
+
+def test_octo_convention_demonstrations_are_converted_once(tmp_path):
+  folder = write_fake_demos(str(tmp_path / "d"), [3])
+  maniskill = demos_lib.load(folder).action
+  meta = json.load(open(os.path.join(folder, "metadata.json")))
+  json.dump({**meta, "gripper": "octo"}, open(os.path.join(folder, "metadata.json"), "w"))
+  for path in glob.glob(os.path.join(folder, "episode_*.npz")):
+    episode = dict(np.load(path))
+    episode["action"][:, -1] = (episode["action"][:, -1] + 1) / 2  # written as Octo's 0 / 1
+    np.savez_compressed(path, **episode)
+  octo_written = demos_lib.load(folder).action
+  np.testing.assert_array_equal(octo_written, maniskill)  # both in ManiSkill's convention
+  np.testing.assert_array_equal(finetune.to_octo_gripper(octo_written)[:, -1],
+                                (maniskill[:, -1] + 1) / 2)
+

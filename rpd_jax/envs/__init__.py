@@ -1,7 +1,8 @@
 """Environments by name: ``make_env(config.env, num_envs, seed)``.
 
 Backends are imported when built, so that the pure-JAX env needs neither torch nor ManiSkill,
-and a config can be checked (``observation_keys``) without importing either.
+and a config can be checked (``observation_keys``) without importing either. ``factory`` is an
+env of your own, built by a function you name (``rpd_jax.envs.factory``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from rpd_jax.errors import ConfigError, check_options
 ENVS: Mapping[str, tuple[str, str]] = {
     "jax_push": ("rpd_jax.envs.jax_push", "JaxPushVecEnv"),
     "maniskill": ("rpd_jax.envs.maniskill", "ManiSkillVecEnv"),
+    # config.env.kwargs.factory = "package.module:function" builds the envs (envs/factory.py).
+    "factory": ("rpd_jax.envs.factory", "FactoryVecEnv"),
 }
 ENV_NAMES = tuple(ENVS)
 # The observation keys each env gives per ``obs_mode`` (``env.kwargs.obs_mode``, default
+# "state"); tests hold every env to this table. A factory's env is not in it: its keys are
+# known once it is built.
 # "state"); tests hold every env to this table.
 _ROBOT_STATE = ("qpos", "qvel", "tcp_pose")  # ManiSkill's robot state, for Octo's proprio
 OBSERVATION_KEYS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
@@ -51,6 +56,7 @@ def frame_sizes(env_config: ml_collections.ConfigDict) -> dict[str, tuple[int, i
 # is built (machine-dependent defaults resolved in place, its limits checked); light imports.
 CONFIG_HOOKS: Mapping[str, str] = {
     "maniskill": "rpd_jax.envs.maniskill_config",
+    "factory": "rpd_jax.envs.factory",
 }
 
 
@@ -62,11 +68,14 @@ def configure(config: ml_collections.ConfigDict) -> None:
     importlib.import_module(CONFIG_HOOKS[config.env.name]).configure(config)
 
 
-def observation_keys(env_config: ml_collections.ConfigDict) -> tuple[str, ...]:
-  """The observation keys of ``config.env``; ConfigError for an unknown env or obs_mode."""
+def observation_keys(env_config: ml_collections.ConfigDict) -> Optional[tuple[str, ...]]:
+  """The observation keys of ``config.env``, None where they are known only once the env is
+  built (a factory's); ConfigError for an unknown env or obs_mode."""
   if env_config.name not in ENVS:
     raise ConfigError(f"config.env.name={env_config.name!r} is unknown; use one of "
                       f"{', '.join(ENV_NAMES)}")
+  if env_config.name not in OBSERVATION_KEYS:
+    return None
   modes = OBSERVATION_KEYS[env_config.name]
   obs_mode = env_config.kwargs.get("obs_mode", "state")
   if obs_mode not in modes:

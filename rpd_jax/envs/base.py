@@ -27,7 +27,7 @@ boundary and ManiSkill's semantics:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import jax
 
@@ -52,6 +52,7 @@ class StepResult(NamedTuple):
   # keys final_obs_keys only
 
 
+@runtime_checkable
 class VecEnv(Protocol):
   """A batch of ``num_envs`` environments with auto-reset (see module docstring)."""
 

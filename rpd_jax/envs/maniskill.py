@@ -51,6 +51,7 @@ import functools
 import multiprocessing
 import os
 import signal
+import sys
 from typing import Any, Optional, Sequence
 
 import gymnasium as gym
@@ -62,11 +63,11 @@ import sapien
 import torch
 from gymnasium.vector.async_vector_env import AsyncState
 from mani_skill.utils import sapien_utils
-from mani_skill.utils.registration import REGISTERED_ENVS
 
 from rpd_jax import quiet
 from rpd_jax.envs import base
 from rpd_jax.envs import devices
+from rpd_jax.envs import tasks
 from rpd_jax.envs import vulkan
 from rpd_jax.errors import RunError
 
@@ -84,7 +85,8 @@ CAMERA_VARIANTS: dict[str, tuple[tuple[float, float, float], tuple[float, float,
 }
 
 # The modules a worker process needs: preloaded once by the forkserver, so that a worker starts
-# in about a second instead of importing torch and ManiSkill again (seconds each).
+# in about a second instead of importing torch and ManiSkill again (seconds each). A task of
+# the user's adds the module that registers it.
 _PRELOAD = ["rpd_jax.envs.maniskill", "mani_skill.envs"]
 
 
@@ -391,10 +393,17 @@ def _quiet_worker() -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _probe_spaces(connection: Any, **kwargs) -> None:
+def _worker_path(paths: Sequence[str]) -> None:
+  """Adds the trainer's import path to a worker's: the forkserver kept the path it started with,
+  which may predate where the user's task module was found."""
+  sys.path.extend(p for p in paths if p not in sys.path)
+
+
+def _probe_spaces(connection: Any, paths: Sequence[str], **kwargs) -> None:
   """Sends (observation space, action space) of one CPU env, or the error that building it
   raised, through ``connection``; runs in a child process."""
   _quiet_worker()
+  _worker_path(paths)
   try:
     sim = _make_sim(num_envs=1, sim_backend="physx_cpu", render=False, **kwargs)
     connection.send((sim.observation_space, sim.action_space))
@@ -411,7 +420,8 @@ def _cpu_spaces(env_id: str, make_kwargs: dict[str, Any]) -> tuple[gym.Space, gy
   """The workers' spaces, read from a short-lived child process (see the module doc)."""
   context = multiprocessing.get_context("forkserver")
   receive, send = context.Pipe(duplex=False)
-  child = context.Process(target=_probe_spaces, args=(send,), kwargs=make_kwargs, daemon=True)
+  child = context.Process(target=_probe_spaces, args=(send, list(sys.path)), kwargs=make_kwargs,
+                          daemon=True)
   child.start()
   send.close()
   try:
@@ -428,18 +438,21 @@ def _cpu_spaces(env_id: str, make_kwargs: dict[str, Any]) -> tuple[gym.Space, gy
   return answer
 
 
-def _make_worker(spaces: tuple[gym.Space, gym.Space], **kwargs) -> gym.Env:
+def _make_worker(spaces: tuple[gym.Space, gym.Space], paths: Sequence[str], **kwargs) -> gym.Env:
   if multiprocessing.parent_process() is None:  # AsyncVectorEnv asking for the spaces
     return _Spaces(*spaces)
   _quiet_worker()
+  _worker_path(paths)
   return _Worker(_make_sim(num_envs=1, sim_backend="physx_cpu", **kwargs))
 
 
-def _start_forkserver() -> None:
-  """Starts this process's forkserver, with the workers' modules preloaded, and its resource
-  tracker, where they are not running: each by fork + exec (``quiet.fork_exec``)."""
+def _start_forkserver(task_module: Optional[str]) -> None:
+  """Starts this process's forkserver, with the workers' modules (and ``task_module``, the
+  user's task's) preloaded, and its resource tracker, where they are not running: each by
+  fork + exec (``quiet.fork_exec``). A forkserver already running imports ``task_module`` in
+  each worker instead (``gym.make`` of ``package.module:EnvId``)."""
   from multiprocessing import forkserver, resource_tracker  # pylint: disable=g-import-not-at-top
-  multiprocessing.set_forkserver_preload(_PRELOAD)
+  multiprocessing.set_forkserver_preload(_PRELOAD + ([task_module] if task_module else []))
   with quiet.fork_exec():
     resource_tracker.ensure_running()  # for the workers' shared memory
     forkserver.ensure_running()
@@ -453,7 +466,7 @@ class ManiSkillVecEnv:
     seed: seed of the first reset (env i gets seed + i); ``reset(seed)`` reseeds.
     reward_mode: "normalized_dense", "dense" or "sparse" (success as float32).
     env_id: a ManiSkill3 task id, e.g. "PushCube-v1" (``rpd_jax.envs.tasks.TASKS`` lists the
-      paper's eight).
+      paper's eight), or a task of yours as "package.module:EnvId" (``tasks.resolve``).
     obs_mode: what the student sees: "state", "rgb" or "state_rgb".
     image_size: H = W of ``rgb`` and of ``render()`` frames.
     camera: "human" (the paper's view, shows goal markers) or "sensor" (ManiSkill's base camera).
@@ -461,7 +474,7 @@ class ManiSkillVecEnv:
     control_mode: ManiSkill controller; actions are float32 [B, A] in [-1, 1].
     sim_backend: "auto" (physx_cuda where torch and JAX both see a GPU, else physx_cpu), or
       either one (``devices.resolve_sim_backend``).
-    max_episode_steps: None for the task's own time limit.
+    max_episode_steps: None for the task's own time limit (ValueError for a task without one).
     ignore_terminations: success does not end an episode (``terminated`` stays False); the
       published evaluation's fixed-step protocol.
     final_obs_keys: the keys ``StepResult.final_obs`` holds (None: all); the trainer passes the
@@ -500,6 +513,9 @@ class ManiSkillVecEnv:
                        f"env per process), not num_envs={num_envs}")
     if self.sim_backend == "physx_cuda" and not in_process:
       raise ValueError("physx_cuda runs in process (in_process=None or True)")
+    task = tasks.resolve(env_id, where="env_id")
+    if max_episode_steps is None and task.max_episode_steps is None:
+      raise ValueError(f"env_id={env_id!r} registers no time limit; give max_episode_steps")
     if wrist_image_size is not None and wrist_image_size < 1:
       raise ValueError(f"wrist_image_size={wrist_image_size} must be >= 1 (or None: no wrist "
                        "camera)")
@@ -507,7 +523,8 @@ class ManiSkillVecEnv:
     self.num_envs = num_envs
     self.env_id = env_id
     self._device = devices.default_device()  # where every array lands
-    make_kwargs = dict(env_id=env_id, obs_mode=obs_mode, reward_mode=reward_mode,
+    # gymnasium imports the task's module first, in whichever process makes the env.
+    make_kwargs = dict(env_id=task.make_id, obs_mode=obs_mode, reward_mode=reward_mode,
                        control_mode=control_mode, image_size=image_size, camera=camera,
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps,
                        final_obs_keys=final_obs_keys, ignore_terminations=ignore_terminations,
@@ -524,9 +541,10 @@ class ManiSkillVecEnv:
       self.final_obs_keys = self._sim.final_obs_keys
     else:
       self._torch_device = torch.device("cpu")
-      _start_forkserver()
+      _start_forkserver(task.module)
       spaces = _cpu_spaces(env_id, make_kwargs)
-      fns = [functools.partial(_make_worker, spaces, **make_kwargs) for _ in range(num_envs)]
+      fns = [functools.partial(_make_worker, spaces, list(sys.path), **make_kwargs)
+             for _ in range(num_envs)]
       self._cpu = gym.vector.AsyncVectorEnv(
           fns, copy=False, context="forkserver",
           autoreset_mode=gym.vector.AutoresetMode.DISABLED)
@@ -534,10 +552,8 @@ class ManiSkillVecEnv:
       keys = tuple(spaces[0].spaces)
       self.final_obs_keys = keys if final_obs_keys is None else tuple(
           k for k in keys if k in final_obs_keys)
-    if max_episode_steps is None:
-      # ManiSkill applies its own time limit (gym's env.spec.max_episode_steps is None).
-      max_episode_steps = REGISTERED_ENVS[env_id].max_episode_steps
-    self.max_episode_steps = int(max_episode_steps)
+    # ManiSkill applies its own time limit (gym's env.spec.max_episode_steps is None).
+    self.max_episode_steps = int(max_episode_steps or task.max_episode_steps)
     self.observation_spec = base.spec_of(self.reset(seed))
 
   def _jax(self, x: torch.Tensor | np.ndarray) -> jax.Array:

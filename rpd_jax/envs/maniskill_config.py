@@ -7,15 +7,19 @@
   a CPU runs one worker process per env, a GPU thousands of envs in one process. Explicit values
   (``:smoke``, ``:paper``, command-line overrides) are kept.
 - A CPU simulation is refused past ``CPU_MAX_PROCESSES`` env processes.
+- The task (``env.kwargs.env_id``) must be one gymnasium can make (``tasks.resolve``); a rollout
+  length left None (the generic experiment, ``experiments/maniskill.py``) becomes the task's time
+  limit.
 
-Light: imports neither ManiSkill nor SAPIEN (torch only to resolve "auto").
+Light for the paper's eight tasks: imports neither ManiSkill nor SAPIEN (torch only to resolve
+"auto"); any other task imports ManiSkill to find it.
 """
 
 from __future__ import annotations
 
 import ml_collections
 
-from rpd_jax.envs import devices
+from rpd_jax.envs import devices, tasks
 from rpd_jax.errors import ConfigError
 
 # About 600 MB of memory each: more would not fit a workstation.
@@ -35,6 +39,13 @@ GEOMETRY = {
 
 def configure(c: ml_collections.ConfigDict) -> None:
   """Resolves ``config.env.kwargs.sim_backend`` and fills the geometry left None, in place."""
+  task = tasks.resolve(c.env.kwargs.get("env_id"))
+  limit = c.env.kwargs.get("max_episode_steps") or task.max_episode_steps
+  if limit is None:
+    raise ConfigError(f"config.env.kwargs.env_id={task.env_id!r} registers no time limit; set "
+                      "config.env.kwargs.max_episode_steps")
+  if c.ppo.num_steps is None:  # one rollout of an episode's length
+    c.ppo.num_steps = limit
   backend = devices.resolve_sim_backend(c.env.kwargs.get("sim_backend", "auto"))
   student = "image" if "rgb" in tuple(c.network.obs_keys) else "state"
   num_envs, eval_envs, eval_episodes, minibatches = GEOMETRY[(backend, student)]

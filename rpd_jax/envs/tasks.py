@@ -1,12 +1,22 @@
-"""The eight ManiSkill3 tasks of the RPD paper, with the facts the project needs about each.
+"""ManiSkill3 tasks: the eight of the RPD paper with the facts the project needs about each, and
+any other task by its id (``resolve``).
 
 Instructions are the ones the published RPD code gave its Octo/OpenVLA teachers (and the
 fine-tuning data), word for word, so that a teacher fine-tuned on them sees the text it knows.
+
+Any task gymnasium can make runs: ManiSkill's own ids (``"PegInsertionSide-v1"``), and a task of
+yours registered with ``mani_skill.utils.registration.register_env`` in a module, named as
+``"package.module:EnvId"`` (gymnasium's form: the module is imported first, in every process
+that simulates). An id registered by an importable module is found by its plain name too, once
+that module was imported (its module is then imported in the simulator processes).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+from typing import Optional
 
 from rpd_jax.errors import ConfigError
 
@@ -54,3 +64,76 @@ def task_info(env_id: str) -> TaskInfo:
   if env_id not in TASKS:
     raise ConfigError(f"env_id={env_id!r} is not one of the paper's tasks: {', '.join(TASKS)}")
   return TASKS[env_id]
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskRef:
+  """A ManiSkill task as a run names it (``resolve``)."""
+
+  env_id: str  # as given: "EnvId" or "package.module:EnvId"
+  name: str  # the registered id, "EnvId"
+  module: Optional[str]  # what registers it, imported first in every simulator process (None:
+  # ManiSkill's own tasks)
+  max_episode_steps: Optional[int]  # the registered time limit (None: the task sets none)
+  info: Optional[TaskInfo]  # the paper's facts, for its eight tasks
+
+  @property
+  def make_id(self) -> str:
+    """The id to hand ``gymnasium.make`` in any process: it imports ``module`` first."""
+    return f"{self.module}:{self.name}" if self.module else self.name
+
+
+def split_env_id(env_id: str) -> tuple[Optional[str], str]:
+  """("package.module" or None, "EnvId") of gymnasium's "package.module:EnvId" form."""
+  module, _, name = env_id.rpartition(":")
+  return module or None, name
+
+
+def resolve(env_id: Optional[str], where: str = "config.env.kwargs.env_id") -> TaskRef:
+  """The task ``env_id`` names; ConfigError for one that cannot run, naming the fix.
+
+  The paper's eight, named plainly, are answered from ``TASKS`` without importing ManiSkill;
+  any other id imports ManiSkill (seconds) and the module it names, and reads ManiSkill's
+  registry. ``where``: how the user gave the id, for the messages.
+  """
+  if not env_id or not isinstance(env_id, str):
+    flag = where if where.startswith("--") else f"--{where}"
+    raise ConfigError(f"{where} is not set: name a ManiSkill task, e.g. {flag}=PushCube-v1, "
+                      "or a task of yours as 'package.module:EnvId' (a module that registers "
+                      "it with mani_skill.utils.registration.register_env)")
+  module, name = split_env_id(env_id)
+  if module is None and name in TASKS:
+    return TaskRef(env_id, name, None, TASKS[name].max_episode_steps, TASKS[name])
+  # ManiSkill's own tasks register themselves with gymnasium and ManiSkill's registry.
+  import gymnasium  # pylint: disable=g-import-not-at-top
+  import mani_skill.envs  # pylint: disable=g-import-not-at-top,unused-import
+  from mani_skill.utils.registration import REGISTERED_ENVS  # pylint: disable=g-import-not-at-top
+  if module is not None:
+    try:
+      importlib.import_module(module)
+    except ImportError as e:
+      raise ConfigError(f"{where}={env_id!r}: module {module!r} cannot be imported "
+                        f"({type(e).__name__}: {e}); check the name and that it is on "
+                        "PYTHONPATH") from e
+  if name not in REGISTERED_ENVS:
+    if name in gymnasium.registry:
+      raise ConfigError(
+          f"{where}={env_id!r} is a gymnasium env but not a ManiSkill task; run it as an env "
+          "of your own: config.env.name='factory' with config.env.kwargs.factory naming a "
+          "function that wraps it (rpd_jax.envs.gymnasium_vector.GymnasiumVecEnv)")
+    close = difflib.get_close_matches(name, list(REGISTERED_ENVS), n=3)
+    raise ConfigError(
+        f"{where}={env_id!r}: no ManiSkill task {name!r} is registered"
+        f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}; register yours with "
+        "mani_skill.utils.registration.register_env in a module and name it as "
+        "'package.module:EnvId'" + ("" if module else ", so that every simulator process "
+                                    "imports that module"))
+  spec = REGISTERED_ENVS[name]
+  if module is None and not spec.cls.__module__.startswith("mani_skill."):
+    module = spec.cls.__module__  # registered by a module imported earlier: workers import it
+  if module == "__main__":
+    raise ConfigError(f"{where}={env_id!r} is registered by the script being run (__main__), "
+                      "which simulator processes cannot import; move the registration into a "
+                      "module and name the task as 'package.module:EnvId'")
+  steps = spec.max_episode_steps
+  return TaskRef(env_id, name, module, int(steps) if steps else None, TASKS.get(name))

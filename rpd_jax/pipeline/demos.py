@@ -1,7 +1,8 @@
 """Demonstrations for fine-tuning Octo teachers: record them, store them, stream them into JAX.
 
 Recording (``python -m rpd_jax.pipeline.demos --env_id=PushCube-v1 --episodes=200
---out=demos/pushcube``)
+--out=demos/pushcube``; any task with ``--controller`` naming the paper task whose controller
+solves it and ``--instruction``)
 runs a scripted controller (``rpd_jax.teachers.maniskill_scripted``, which reads the privileged
 state) on ManiSkill's CPU simulation and keeps the successful episodes no longer than
 ``--max_length`` steps. Episode ``k`` of a folder is the env reset with seed ``seed + k``, so
@@ -19,6 +20,14 @@ On-disk format (one folder per task and recording; ``FORMAT_VERSION`` below):
       reward  float32 [T]         normalized dense reward received after each action
       seed    int64 []            the env seed of the episode's reset
       env_id, instruction  str []
+  metadata.json may also name ``gripper``: the convention of the actions' last dimension,
+  ``maniskill`` (the default: -1 closes, +1 opens) or ``octo`` (0 closed, 1 open), for
+  demonstrations written by other tools in this layout.
+
+Demonstrations in ManiSkill's own trajectory format (``<name>.h5`` + ``<name>.json``, what its
+``RecordEpisode`` and ``replay_trajectory`` write) load too, named by their ``.h5`` path
+(``rpd_jax.pipeline.maniskill_demos``): the rgb of one of their cameras and the controller's
+actions, in ManiSkill's gripper convention.
 
 Loading: ``load(folders)`` reads one or more folders into a ``Demos`` (every episode's steps
 concatenated, with episode boundaries), and ``batches(...)`` streams random training windows
@@ -42,6 +51,7 @@ import jax
 import numpy as np
 
 from rpd_jax.errors import ConfigError
+from rpd_jax.pipeline import maniskill_demos
 
 FORMAT_VERSION = 1
 
@@ -89,31 +99,70 @@ def read_metadata(folder: str) -> dict:
   return meta
 
 
-def load(folders: str | Sequence[str], max_episodes: Optional[int] = None) -> Demos:
-  """Reads the episodes of ``folders`` (one task per folder) into memory.
+GRIPPERS = ("maniskill", "octo")
 
-  ``max_episodes``: only the first N episodes of each folder (by seed), e.g. to train a
-  teacher on little data.
+
+def source_info(source: str) -> dict:
+  """What a demonstration source says of itself: a folder's metadata.json, or a ManiSkill
+  trajectory's ``env_info`` (its ``env_kwargs`` merged in)."""
+  if source.endswith(".h5"):
+    env_info = maniskill_demos.read_info(source).get("env_info") or {}
+    return {**env_info.get("env_kwargs", {}), **env_info}
+  return read_metadata(source)
+
+
+def _episodes(source: str, max_episodes: Optional[int], camera: Optional[str]
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], Optional[str], str]:
+  """([(image, action in ManiSkill's gripper convention)], its instruction or None, where)."""
+  if source.endswith(".h5"):
+    episodes, _ = maniskill_demos.read(source, camera, max_episodes)
+    return episodes, None, source
+  meta = read_metadata(source)
+  gripper = meta.get("gripper", "maniskill")
+  if gripper not in GRIPPERS:
+    raise ConfigError(f"{source}/metadata.json: gripper={gripper!r}; use one of "
+                      f"{', '.join(GRIPPERS)}")
+  files = episode_files(source)[:max_episodes]
+  if not files:
+    raise FileNotFoundError(f"no episode_*.npz in {source}")
+  episodes = []
+  for path in files:
+    with np.load(path) as ep:
+      action = ep["action"].astype(np.float32)
+      if gripper == "octo":  # 0 closed, 1 open -> -1 closes, +1 opens
+        action[..., -1] = 2.0 * action[..., -1] - 1.0
+      episodes.append((ep["image"], action))
+  return episodes, meta["instruction"], f"{source}/metadata.json"
+
+
+def load(folders: str | Sequence[str], max_episodes: Optional[int] = None,
+         instructions: Optional[Sequence[Optional[str]]] = None,
+         camera: Optional[str] = None) -> Demos:
+  """Reads the episodes of ``folders`` (one task per folder or ManiSkill ``.h5`` file) into
+  memory, their actions in ManiSkill's gripper convention.
+
+  ``max_episodes``: only the first N episodes of each source (by seed), e.g. to train a
+  teacher on little data. ``instructions``: one per source, None keeping a folder's own (a
+  ``.h5`` file has none: ""). ``camera``: which camera of a ``.h5`` file.
   """
   if isinstance(folders, str):
     folders = [folders]
-  images, actions, starts, ends, tasks, instructions = [], [], [], [], [], []
+  if instructions is not None and len(instructions) != len(folders):
+    raise ConfigError(f"{len(instructions)} instructions for {len(folders)} demonstration "
+                      "sources; give one per source (None keeps a folder's own)")
+  images, actions, starts, ends, tasks, texts = [], [], [], [], [], []
   offset, episodes, size = 0, 0, None
-  for task_index, folder in enumerate(folders):
-    meta = read_metadata(folder)
-    if size is not None and meta["image_size"] != size:
-      raise ConfigError(f"{folder}: image_size {meta['image_size']} differs from the other "
-                        f"folders' {size}; record all tasks at the teacher's resolution")
-    size = meta["image_size"]
-    instructions.append(meta["instruction"])
-    files = episode_files(folder)[:max_episodes]
-    if not files:
-      raise FileNotFoundError(f"no episode_*.npz in {folder}")
-    for path in files:
-      with np.load(path) as ep:
-        n = ep["action"].shape[0]
-        images.append(ep["image"])
-        actions.append(ep["action"].astype(np.float32))
+  for task_index, source in enumerate(folders):
+    played, instruction, where = _episodes(source, max_episodes, camera)
+    given = instructions[task_index] if instructions is not None else None
+    texts.append(given if given is not None else instruction or "")
+    for image, action in played:
+      if size is not None and image.shape[1] != size:
+        raise ConfigError(f"{where}: image_size {image.shape[1]} differs from the other "
+                          f"sources' {size}; record all tasks at the teacher's resolution")
+      size, n = image.shape[1], action.shape[0]
+      images.append(image)
+      actions.append(action)
       starts.append(np.full(n, offset, np.int64))
       ends.append(np.full(n, offset + n, np.int64))
       tasks.append(np.full(n, task_index, np.int32))
@@ -121,7 +170,7 @@ def load(folders: str | Sequence[str], max_episodes: Optional[int] = None) -> De
       episodes += 1
   return Demos(image=np.concatenate(images), action=np.concatenate(actions),
                episode_start=np.concatenate(starts), episode_end=np.concatenate(ends),
-               task=np.concatenate(tasks), instructions=tuple(instructions), episodes=episodes)
+               task=np.concatenate(tasks), instructions=tuple(texts), episodes=episodes)
 
 
 def window_indices(demos: Demos, steps: np.ndarray, window: int, horizon: int
@@ -209,7 +258,8 @@ def _save_episode(out: str, seed: int, env_id: str, instruction: str, image: np.
 def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
            camera: str = "human", camera_variant: Optional[str] = None,
            noise: float = 0.0, max_length: Optional[int] = None, num_envs: int = 2,
-           seed: int = 0, progress: bool = True) -> dict:
+           seed: int = 0, instruction: Optional[str] = None, controller: Optional[str] = None,
+           progress: bool = True) -> dict:
   """Records ``episodes`` successful scripted episodes of ``env_id`` into ``out``.
 
   Episodes are attempted in rounds of ``num_envs`` envs reset with consecutive seeds; failed
@@ -218,7 +268,9 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   Existing episodes in ``out`` count: an interrupted recording resumes where it stopped.
 
   Args:
-    env_id: a task with a scripted controller (``maniskill_scripted.CONTROLLERS``).
+    env_id: any ManiSkill task (``tasks.resolve``: yours as "package.module:EnvId") that a
+      scripted controller solves: its own (``maniskill_scripted.CONTROLLERS``) or
+      ``controller``'s.
     episodes: successful episodes to keep.
     out: the output folder (created).
     image_size: S, the frames' resolution: the teacher's input size (no resize later).
@@ -228,6 +280,10 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
     max_length: the longest episode kept, in steps.
     num_envs: parallel CPU envs (worker processes).
     seed: seed of the first attempt; attempt k uses seed + k.
+    instruction: the episodes' language instruction (default: the paper's, for its tasks;
+      else none, "").
+    controller: whose scripted controller to run (default: the task's own), e.g.
+      "PushCube-v1" for a variant of PushCube with the same state layout.
     progress: show a progress bar.
 
   Returns:
@@ -238,18 +294,22 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
   from rpd_jax.envs import tasks  # pylint: disable=g-import-not-at-top
   from rpd_jax.teachers import maniskill_scripted  # pylint: disable=g-import-not-at-top
 
-  info = tasks.task_info(env_id)
-  if env_id not in maniskill_scripted.CONTROLLERS:
+  task = tasks.resolve(env_id, where="--env_id")
+  controller = controller or task.name
+  if controller not in maniskill_scripted.CONTROLLERS:
     raise ConfigError(f"--env_id={env_id!r} has no scripted controller to record; use one of "
-                      f"{', '.join(maniskill_scripted.CONTROLLERS)}")
+                      f"{', '.join(maniskill_scripted.CONTROLLERS)}, or name the one that "
+                      "solves it with --controller")
+  if instruction is None:
+    instruction = task.info.instruction if task.info else ""
   for name, value, least in (("episodes", episodes, 1), ("image_size", image_size, 16),
                              ("num_envs", num_envs, 1), ("max_length", max_length or 1, 1)):
     if value < least:
       raise ConfigError(f"--{name}={value} must be >= {least}")
   if noise < 0:
     raise ConfigError(f"--noise={noise} is a standard deviation; use >= 0")
-  max_length = max_length or info.max_episode_steps
-  teacher = maniskill_scripted.make_teacher(task=env_id, noise=noise)
+  max_length = max_length or task.max_episode_steps
+  teacher = maniskill_scripted.make_teacher(task=controller, noise=noise)
   policy = rollout.teacher_policy(teacher)
   os.makedirs(out, exist_ok=True)
   kept = len(episode_files(out))
@@ -270,7 +330,7 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
                                   camera_variant=camera_variant, sim_backend="physx_cpu")
 
   def write_meta():
-    meta.update(format_version=FORMAT_VERSION, env_id=env_id, instruction=info.instruction,
+    meta.update(format_version=FORMAT_VERSION, env_id=env_id, instruction=instruction,
                 image_size=image_size, camera=camera, camera_variant=camera_variant,
                 control_mode="pd_ee_delta_pose", sim_backend=env.sim_backend,
                 controller=teacher.name, noise=noise,
@@ -300,7 +360,7 @@ def record(env_id: str, episodes: int, out: str, *, image_size: int = 64,
       for i in range(num_envs):
         length = int(alive[:, i].sum())
         if kept < episodes and success[i] and length <= max_length:
-          _save_episode(out, seeds[i], env_id, info.instruction, image[:length, i],
+          _save_episode(out, seeds[i], env_id, instruction, image[:length, i],
                         action[:length, i], state[:length, i], reward[:length, i])
           kept += 1
           bar.update(1)
@@ -321,7 +381,8 @@ def main() -> None:
   f = flags.FLAGS
   meta = record(f.env_id, f.episodes, f.out, image_size=f.image_size, camera=f.camera,
                 camera_variant=f.camera_variant, noise=f.noise, max_length=f.max_length,
-                num_envs=f.num_envs, seed=f.seed)
+                num_envs=f.num_envs, seed=f.seed, instruction=f.instruction,
+                controller=f.controller)
   print(f"{meta['env_id']}: {meta['kept']} episodes in {f.out} ({meta['attempts']} attempts, "
         f"success {meta['success_rate']:.2f}, {meta['episodes_per_minute']} episodes/min)")
 
@@ -329,7 +390,12 @@ def main() -> None:
 if __name__ == "__main__":
   from absl import flags  # pylint: disable=g-import-not-at-top
   from rpd_jax import cli  # pylint: disable=g-import-not-at-top
-  flags.DEFINE_string("env_id", "PushCube-v1", "task with a scripted controller")
+  flags.DEFINE_string("env_id", "PushCube-v1", "a ManiSkill task (yours: package.module:EnvId) "
+                      "that a scripted controller solves")
+  flags.DEFINE_string("instruction", None, "the episodes' instruction (default: the paper's, "
+                      "for its tasks)")
+  flags.DEFINE_string("controller", None, "whose scripted controller (default: the task's "
+                      "own), e.g. PushCube-v1 for a variant of PushCube")
   flags.DEFINE_integer("episodes", 200, "successful episodes to keep")
   flags.DEFINE_string("out", None, "output folder", required=True)
   flags.DEFINE_integer("image_size", 64, "frame resolution: the teacher's input size")

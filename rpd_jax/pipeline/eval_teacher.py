@@ -7,6 +7,13 @@
   python -m rpd_jax.pipeline.eval_teacher --tasks=PushCube-v1 --camera_variant=moved ...
   python -m rpd_jax.pipeline.eval_teacher --teacher=scripted_maniskill --noise=0.75 \
       --tasks=PushCube-v1,PullCube-v1 --episodes=100 --out=runs/teacher_eval/scripted
+  python -m rpd_jax.pipeline.eval_teacher --checkpoint=runs/finetune/mytask \
+      --tasks=mytasks:PushCubeFar-v1 --instruction="push the cube to the far target" ...
+
+Any task gymnasium can make runs (``rpd_jax.envs.tasks.resolve``: ManiSkill's own ids, or yours as
+``package.module:EnvId``); ``--instruction`` gives a language-conditioned teacher its text (the
+paper's tasks have theirs), ``--controller`` the scripted controller of a paper task to run on a
+task with the same state layout (e.g. a variant of PushCube).
 
 Writes ``<out>/teacher_table.md`` and ``teacher_table.json`` (one row per task: success rate
 with its standard error, mean normalized dense reward per step, return, episode length) and
@@ -49,7 +56,13 @@ _CAMERA_VARIANT = flags.DEFINE_string(
 _TOKENIZER = flags.DEFINE_string("tokenizer_dir", None, "Octo with language: t5-base tokenizer")
 _WINDOW = flags.DEFINE_integer("window", 1, "Octo: frames per query")
 _NOISE = flags.DEFINE_float("noise", None, "scripted teacher: action noise std")
-_TASKS = flags.DEFINE_list("tasks", ["PushCube-v1"], "ManiSkill task ids")
+_TASKS = flags.DEFINE_list("tasks", ["PushCube-v1"], "ManiSkill task ids (yours: "
+                           "package.module:EnvId)")
+_INSTRUCTION = flags.DEFINE_string("instruction", None, "Octo: the language instruction "
+                                   "(default: the paper's, for its tasks)")
+_CONTROLLER = flags.DEFINE_string("controller", None, "scripted teacher: whose controller "
+                                  "(default: the task's own), e.g. PushCube-v1 for a variant of "
+                                  "PushCube")
 _EPISODES = flags.DEFINE_integer("episodes", 100, "episodes per task (a multiple of num_envs)")
 _EXECUTION = flags.DEFINE_enum("execution", "ensemble", list(EXECUTIONS), "chunk execution")
 _NUM_ENVS = flags.DEFINE_integer("num_envs", 2, "parallel CPU envs")
@@ -98,16 +111,23 @@ def make_policy(env_id: str, execution: str
   """(policy, the teacher's image size or None, teacher label, the simulation backend it was
   made on or None) for one task, from the flags."""
   from rpd_jax.teachers import maniskill_scripted, octo  # pylint: disable=g-import-not-at-top
+  info = tasks.resolve(env_id, where="--tasks").info  # the paper's facts, or None
   if _TEACHER.value == "scripted_maniskill":
     if execution != "first":
       raise ConfigError(f"--execution={execution}: scripted teachers output single actions; "
                         "use --execution=first")
-    teacher = maniskill_scripted.make_teacher(task=env_id, noise=_NOISE.value)
+    teacher = maniskill_scripted.make_teacher(task=_CONTROLLER.value or env_id,
+                                              noise=_NOISE.value)
     return rollout.teacher_policy(teacher), None, teacher.name, teacher.made_on
   checkpoint = _CHECKPOINT.value
   if checkpoint == "shipped":
-    checkpoint = tasks.task_info(env_id).teacher
-  teacher = octo.make_teacher(checkpoint, instruction=tasks.task_info(env_id).instruction,
+    if info is None:
+      raise ConfigError(f"--checkpoint=shipped: {env_id} is not one of the paper's tasks, "
+                        f"which have shipped teachers ({', '.join(tasks.TASKS)}); name its "
+                        "teacher with --checkpoint")
+    checkpoint = info.teacher
+  instruction = _INSTRUCTION.value or (info and info.instruction)
+  teacher = octo.make_teacher(checkpoint, instruction=instruction,
                               window=_WINDOW.value, tokenizer_dir=_TOKENIZER.value)
   horizon = dict(teacher.params["model"].spec.heads)["action"].action_horizon
   policy = chunk_executor(teacher.apply_fn.chunks, teacher.params, execution, horizon)
@@ -132,8 +152,9 @@ def evaluate_task(env_id: str, out: str) -> dict:
     result = evaluate.evaluate(env, policy, _EPISODES.value, seed=_SEED.value,
                                key=jax.random.key(_SEED.value),
                                video_dir=os.path.join(out, "videos"), num_videos=_VIDEOS.value,
-                               video_prefix=env_id + (f"_{_CAMERA_VARIANT.value}_camera"
-                                                      if _CAMERA_VARIANT.value else ""),
+                               video_prefix=tasks.split_env_id(env_id)[1] + (
+                                   f"_{_CAMERA_VARIANT.value}_camera"
+                                   if _CAMERA_VARIANT.value else ""),
                                progress=True)
   finally:
     env.close()
@@ -175,7 +196,8 @@ def main() -> None:
   os.makedirs(out, exist_ok=True)
   rows = []
   for env_id in _TASKS.value:
-    tasks.task_info(env_id)  # an unknown task stops here, before anything is loaded
+    tasks.resolve(env_id, where="--tasks")  # an unknown task stops here, before any is loaded
+  for env_id in _TASKS.value:
     rows.append(evaluate_task(env_id, out))
     print(markdown(rows[-1:]).splitlines()[-1], flush=True)
     with open(os.path.join(out, "teacher_table.json"), "w") as f:

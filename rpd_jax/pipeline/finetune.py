@@ -193,7 +193,7 @@ def build_model(config: ml_collections.ConfigDict, image_size: int, action_dim: 
                  "rpd_jax_finetune": json.loads(config.to_json())}
   # Where the demonstrations were simulated (teachers.records): folders recorded before the
   # metadata said so were recorded on the CPU, the only backend demos used then.
-  backends = {demos_lib.read_metadata(f).get("sim_backend", "physx_cpu")
+  backends = {demos_lib.source_info(f).get("sim_backend", "physx_cpu")
               for f in config.data.folders}
   if len(backends) == 1:
     full_config["rpd_jax_sim_backend"] = backends.pop()
@@ -220,6 +220,10 @@ def task_table(model: octo.OctoModel, instructions: tuple[str, ...],
           f"{len(instructions)} tasks ({'; '.join(instructions)}) but the model has no language "
           "input: set config.model.language=True (or fine-tune a pretrained Octo)")
     return jax.tree.map(jnp.asarray, model.create_tasks())
+  if "" in instructions:
+    raise FinetuneError("the model takes language but a demonstration source has no "
+                        "instruction (a ManiSkill .h5 file holds none): give one per source in "
+                        "config.data.instructions")
   embeddings = model.embed_instructions(instructions, text.T5Tokenizer.find(tokenizer_dir))
   return jax.tree.map(jnp.asarray, model.create_tasks(language_embeddings=embeddings))
 
@@ -227,7 +231,8 @@ def task_table(model: octo.OctoModel, instructions: tuple[str, ...],
 def validate(config: ml_collections.ConfigDict) -> None:
   if not config.data.folders:
     raise FinetuneError("config.data.folders is empty; record demonstrations with "
-                        "`python -m rpd_jax.pipeline.demos` and list their folders")
+                        "`python -m rpd_jax.pipeline.demos` and list their folders (or "
+                        "ManiSkill trajectory .h5 files)")
   if config.data.window not in (1, 2):
     raise FinetuneError(f"config.data.window={config.data.window}; Octo uses 1 or 2")
   if config.mode not in MODES:
@@ -248,7 +253,10 @@ def finetune(config: ml_collections.ConfigDict, workdir: str, progress: bool = T
              ) -> dict[str, float]:
   """Trains and writes the checkpoint into ``workdir``; returns the last logged metrics."""
   validate(config)
-  demos = demos_lib.load(list(config.data.folders), config.data.get("max_episodes"))
+  instructions = config.data.get("instructions")
+  demos = demos_lib.load(list(config.data.folders), config.data.get("max_episodes"),
+                         list(instructions) if instructions is not None else None,
+                         config.data.get("camera"))
   image_size, action_dim = demos.image.shape[1], demos.action.shape[1]
   octo_actions = to_octo_gripper(demos.action)
   demos = demos_lib.Demos(**{**vars(demos), "action": octo_actions})

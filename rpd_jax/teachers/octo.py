@@ -741,6 +741,8 @@ def observation_keys(teacher_kwargs: Mapping[str, Any]) -> tuple[str, ...]:
   checkpoint's files (no weights); ConfigError for a checkpoint it cannot feed. A checkpoint
   that is not there (yet) is answered with its primary camera: ``make_teacher`` then says what
   is missing."""
+  if not teacher_kwargs.get("checkpoint"):  # make_teacher says what to set
+    return (teacher_kwargs.get("image_key") or "rgb",)
   try:
     files = octo.read_checkpoint(teacher_kwargs["checkpoint"])
   except FileNotFoundError:
@@ -748,7 +750,7 @@ def observation_keys(teacher_kwargs: Mapping[str, Any]) -> tuple[str, ...]:
   return feed_of(files, teacher_kwargs).observation_keys
 
 
-def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
+def make_teacher(checkpoint: Optional[str] = None, *, instruction: Optional[str] = None,
                  step: Optional[int] = None, tokenizer_dir: Optional[str] = None,
                  window: Optional[int] = None, dataset_name: Optional[str] = None,
                  normalization_type: Optional[str] = None,
@@ -777,6 +779,11 @@ def make_teacher(checkpoint: str, *, instruction: Optional[str] = None,
     ConfigError (one line) for anything that cannot be fed exactly, a missing file, or a
     checkpoint whose files cannot be read.
   """
+  if not checkpoint:
+    raise ConfigError(
+        "the Octo teacher needs config.teacher.kwargs.checkpoint: a checkpoint folder (e.g. "
+        f"one rpd_jax.pipeline.finetune wrote), a shipped teacher ({', '.join(octo.hub.shipped())}"
+        f"), a released checkpoint ({', '.join(octo.hub.RELEASED)}) or a hub id 'org/name'")
   files = read_files(checkpoint)
   feed = plan_feed(files, checkpoint_spec(files), step=step, instruction=instruction,
                    window=window, dataset_name=dataset_name,

@@ -112,7 +112,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import importlib
 import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -122,7 +121,7 @@ import numpy as np
 import torch
 
 from rpd_jax.envs.base import Observation
-from rpd_jax.errors import ConfigError, check_options
+from rpd_jax.errors import ConfigError, check_options, load_by_path
 from rpd_jax.teachers.base import GRIPPER_MODES, Teacher, TeacherOutput, map_gripper
 
 try:
@@ -424,27 +423,7 @@ def teacher_from_torch(policy: PolicyFn, *, action_dim: int,
 def load_factory(path: str) -> Callable[..., Any]:
   """The function named by ``path``, "package.module:function"; ConfigError saying what is
   wrong with it otherwise."""
-  where = f"config.teacher.kwargs.factory={path!r}"
-  if not isinstance(path, str) or path.count(":") != 1 or not all(path.split(":")):
-    raise ConfigError(f"{where} must be 'package.module:function', a module to import and "
-                      "the function in it that returns the policy")
-  module_name, attribute = path.split(":")
-  try:
-    module = importlib.import_module(module_name)
-  except ImportError as e:
-    raise ConfigError(f"{where}: module {module_name!r} cannot be imported "
-                      f"({type(e).__name__}: {e}); check the name and that it (and what it "
-                      "imports) is installed and on PYTHONPATH") from e
-  factory = module
-  for part in attribute.split("."):
-    if not hasattr(factory, part):
-      raise ConfigError(f"{where}: module {module_name!r} has no {attribute!r}; name a "
-                        "function defined in it")
-    factory = getattr(factory, part)
-  if not callable(factory):
-    raise ConfigError(f"{where}: {attribute!r} in {module_name!r} is a "
-                      f"{type(factory).__name__}, not a function")
-  return factory
+  return load_by_path(path, f"config.teacher.kwargs.factory={path!r}")
 
 
 def make_teacher(factory: Optional[str] = None, *, action_dim: Optional[int] = None,

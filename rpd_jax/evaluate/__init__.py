@@ -1,4 +1,7 @@
-"""Evaluation of a policy (the student's mean action, or a teacher alone): metrics and videos."""
+"""Evaluation of a policy (the student's mean action, or a teacher alone): metrics and videos.
+
+``python -m rpd_jax.evaluate --workdir=W`` evaluates a saved student (``__main__.py``).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from typing import NamedTuple, Optional
 
 import imageio
 import jax
+import ml_collections
 import numpy as np
 import tqdm
 
@@ -102,6 +106,17 @@ def summary(played: Episodes, protocol: str) -> dict[str, float]:
           "eval/reward_per_step": float(np.mean(returns / np.maximum(lengths, 1))),
           "eval/episode_length": float(np.mean(lengths)),
           "eval/episodes": float(returns.size)}
+
+
+def env_config(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The evaluation envs' config: the training envs', whose successes do not end episodes under
+  the fixed-step protocol."""
+  if c.eval_protocol != "fixed_steps":
+    return c.env
+  env = c.env.copy_and_resolve_references()
+  with env.unlocked():
+    env.kwargs.ignore_terminations = True
+  return env
 
 
 def evaluate(env: VecEnv, policy: rollout.Policy, num_episodes: int, seed: int, key: jax.Array,
