@@ -458,6 +458,30 @@ def test_one_render_per_step_and_final_images_only_where_read():
       env.close()
 
 
+def test_the_camera_renders_only_for_the_envs_that_ask(backend):
+  """``rgb`` on demand (the teacher's camera beside a state student): a step renders it only
+  where some env asks for it, and the envs that did not ask get zeros; the rest of the
+  observation is always there."""
+  env = _env(backend=backend, num_envs=2, obs_mode="rgb", image_size=64,
+             on_demand_keys=("rgb",))
+  try:
+    b, zeros = env.num_envs, jnp.zeros((env.num_envs, 7))
+    rendered = lambda res: np.asarray(res.obs["rgb"]).reshape(b, -1).any(axis=1)
+    calls = []
+    if backend != "workers":  # in process: count the renders themselves
+      frames = env._sim.frames  # pylint: disable=protected-access
+      env._sim.frames = lambda: (calls.append(1), frames())[1]  # pylint: disable=protected-access
+    res = env.step(zeros, np.zeros(b, bool))
+    assert not rendered(res).any() and np.asarray(res.obs["privileged"]).any()
+    assert calls == []
+    asked = np.arange(b) == 0
+    np.testing.assert_array_equal(rendered(env.step(zeros, asked)), asked)
+    assert rendered(env.step(zeros)).all()  # no mask: every env
+    assert calls == ([] if backend == "workers" else [1, 1])
+  finally:
+    env.close()
+
+
 def test_an_episode_depends_on_its_seed_alone():
   """Env i of ``reset(seed)`` starts as a one-env ``reset(seed + i)`` does, in workers and in
   process alike: evaluation episode k is the same whatever the number of evaluation envs."""

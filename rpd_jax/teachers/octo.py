@@ -198,7 +198,7 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
       "action_stats": action_statistics(model.dataset_statistics, dataset_name),
   }
   apply_fn = OctoApply(size, window, center_crop, gripper, image_key, transformer_batch)
-  return Teacher(params=params, apply_fn=apply_fn, name=name)
+  return Teacher(params=params, apply_fn=apply_fn, name=name, window=window)
 
 
 @dataclasses.dataclass(frozen=True)
