@@ -208,6 +208,18 @@ def test_the_teacher_answers_labelled_steps_only_and_the_update_compiles_once():
   assert float(metrics["loss/distill"]) == 0.0
 
 
+def test_a_budget_with_a_fresh_answer_per_epoch_asks_the_labelled_steps_every_epoch():
+  calls = []
+  config = make_config("mse")
+  config.teacher.resample = "epoch"  # 2 epochs, no target-KL stop
+  state, update = setup(config, num_labelled=2)
+  data = random_rollout(0)._replace(labelled=_labelled([0, 5]))
+  _, metrics = update(state, linear_teacher(calls=calls), data, jax.random.key(0))
+  jax.effects_barrier()
+  assert calls == [2 * B] * 2
+  assert float(metrics["teacher/calls_per_step"]) == pytest.approx(2 * 2 / T)
+
+
 def test_distillation_reads_the_labelled_transitions_alone():
   """The teacher's view of unlabelled steps is zeros (the env skipped it): were those rows
   answered or weighted, the NaNs put there would reach the loss."""

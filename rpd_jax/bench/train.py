@@ -78,8 +78,9 @@ def main(base_config, spec: str) -> None:
       if config.distill.loss == "none" and fraction != fractions[0]:
         continue  # no teacher: a budget changes nothing
       config.teacher.query_fraction = fraction
+      # Every row's error first; validation also fills what the backend decides (num_envs).
+      config_lib.validate(config)
       config.eval_episodes = config.eval_envs
-      config_lib.validate(config.copy_and_resolve_references())  # every row's error first
       configs.append((variant, fraction, config))
   print("| variant | query fraction | env steps/s | rollout s/iter | simulate s | act s | "
         "update s/iter | teacher answers/step | transitions/iter |")
