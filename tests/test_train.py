@@ -11,6 +11,7 @@ import pytest
 
 from rpd_jax import config as config_lib
 from rpd_jax import losses, students, trainer
+from rpd_jax.errors import ConfigError
 
 
 def load_config(repo_root, arg):
@@ -61,6 +62,27 @@ def test_a_budget_labels_a_fraction_and_a_student_past_its_teacher_stops_asking(
   _, tree = ckpt.restore_latest(None)
   ckpt.close()  # student 1 passed at the evaluation after iteration 2: 2 x 128 env steps
   assert np.asarray(tree["state"]["surpassed_at"]).tolist() == [losses.NEVER, 256]
+
+
+def test_a_bad_budget_is_one_config_error(repo_root):
+  def error(**fields):
+    c = load_config(repo_root, "smoke")  # 16 steps per rollout
+    for name, value in fields.items():
+      section, key = name.split("__")
+      c[section][key] = value
+    with pytest.raises(ConfigError) as e:
+      config_lib.validate(c)
+    return str(e.value)
+
+  assert "config.teacher.query_fraction=0.02 must be in (0, 1] and label at least one of the " \
+         "config.ppo.num_steps=16 steps" in error(teacher__query_fraction=0.02)
+  # A teacher noise without a record: "surpass" has nothing to compare with.
+  c = load_config(repo_root, "smoke")
+  c.distill.schedule, c.teacher.kwargs.noise = "surpass", 0.3
+  with pytest.raises(ConfigError, match="records of the 'scripted_push' teacher have none"):
+    config_lib.validate(c)
+  assert "config.distill.teacher_success=1.0 must be in [0, 1)" in error(
+      distill__schedule="surpass", distill__teacher_success=1.0)
 
 
 def test_crash_and_resume_continue_identically(repo_root, tmp_path, monkeypatch):
