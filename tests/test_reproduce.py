@@ -208,8 +208,10 @@ def test_teacher_success(in_repo, tmp_path, monkeypatch):
   off.teacher.kwargs.noise = 0.1  # not the noise its record was measured at
   assert reproduce.teacher_success(off) is None
   for spec in ("experiments/pushcube.py:ppo", "experiments/pushcube.py:scripted,ppo",
-               "experiments/jax_push.py:ppo", "experiments/jax_push.py"):
+               "experiments/jax_push.py:ppo"):
     assert reproduce.teacher_success(load(spec)) is None, spec
+  # The push task's scripted teacher at the noise and bias of its record (scripted_push_eval).
+  assert reproduce.teacher_success(load("experiments/jax_push.py")) == 0.445
   # A shipped Octo teacher, by name: its folder's teacher_eval.json (eval_teacher's rows).
   shipped = tmp_path / "checkpoints"
   monkeypatch.setattr(hub, "SHIPPED", shipped)
