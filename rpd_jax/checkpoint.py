@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import shutil
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import flax.serialization
 import jax
@@ -94,12 +94,14 @@ class Checkpointer:
     run back without rebuilding what trained it (``rpd_jax.runs``)."""
     return self._manager.restore(iteration, args=ocp.args.StandardRestore())
 
-  def restore_latest(self, target: Any, legacy: Optional[tuple[Any, Callable[[Any], Any]]] = None
+  def restore_latest(self, target: Any,
+                     legacy: Sequence[tuple[Any, Callable[[Any], Any]]] = ()
                      ) -> tuple[int, Any]:
     """(step, tree) of the newest step that restores, or (0, None) without checkpoints.
 
-    ``legacy``: (an older layout's target, its conversion to ``target``'s), tried where a step
-    does not restore into ``target``: a checkpoint written before a layout change resumes.
+    ``legacy``: (an older layout's target, its conversion to ``target``'s) per earlier layout,
+    tried in order where a step does not restore into ``target``: a checkpoint written before
+    a layout change resumes.
     Newer steps that restore into neither are moved to ``damaged_checkpoints/`` with a
     warning. If no step restores, ConfigError names the folder and the choices, and nothing is
     moved.
@@ -124,17 +126,15 @@ class Checkpointer:
     return 0, None
 
   def _restore_either(self, step: int, target: Any,
-                      legacy: Optional[tuple[Any, Callable[[Any], Any]]]) -> Any:
+                      legacy: Sequence[tuple[Any, Callable[[Any], Any]]]) -> Any:
     try:
       return self.restore(step, target)
-    except Exception:  # pylint: disable=broad-except  (re-raised where the legacy fails too)
-      if legacy is None:
-        raise
-      try:
-        tree = legacy[1](self.restore(step, legacy[0]))
-      except Exception:  # pylint: disable=broad-except
-        pass
-      else:
+    except Exception:  # pylint: disable=broad-except  (re-raised where every legacy fails too)
+      for old_target, convert in legacy:
+        try:
+          tree = convert(self.restore(step, old_target))
+        except Exception:  # pylint: disable=broad-except
+          continue
         logging.info("checkpoint %d has the layout of an earlier version; converted", step)
         return tree
       raise

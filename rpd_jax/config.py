@@ -18,10 +18,11 @@ from typing import Callable, Mapping, Sequence
 
 import ml_collections
 
-from rpd_jax import envs, losses, teachers
+from rpd_jax import budget, envs, losses, teachers
 from rpd_jax import evaluate as evaluate_lib
 from rpd_jax import ppo as ppo_lib
 from rpd_jax.errors import ConfigError
+from rpd_jax.teachers import records
 
 Variant = Callable[[ml_collections.ConfigDict], None]
 
@@ -56,14 +57,27 @@ def base_config() -> ml_collections.ConfigDict:
   # "transition": one teacher answer per collected transition serves every epoch; "epoch": a
   # fresh one at every epoch (the published code's per-minibatch query; 8x the teacher's work).
   c.teacher.resample = "transition"
+  # The teacher budget (rpd_jax/budget.py): the fraction of each rollout's steps whose
+  # transitions the teacher labels, every env of a labelled step at once, evenly spaced; the
+  # distillation term averages over the labelled transitions, and the env observes the
+  # teacher's own keys (its camera beside a state student) only where they are read. 1.0: every
+  # transition. Measured: README, "Teacher budget".
+  c.teacher.query_fraction = 1.0
   c.teacher.kwargs = ml_collections.ConfigDict()
 
   # The distillation term added to the PPO loss.
   c.distill = ml_collections.ConfigDict()
   c.distill.loss = "mse"  # one of LOSSES; "none" is plain PPO
   c.distill.coef = 1.0  # lambda
-  c.distill.schedule = "constant"  # one of SCHEDULES: lambda(step) decays to 0 at decay_steps
-  c.distill.decay_steps = 0  # env steps at which a linear/cosine schedule reaches 0
+  # One of SCHEDULES: "constant"; "linear"/"cosine": lambda decays to 0 at decay_steps;
+  # "surpass": constant until the student's evaluated success first passes teacher_success,
+  # then linearly to 0 over decay_steps more env steps (0: at once). Where lambda is 0 the
+  # teacher is not asked (nor its camera rendered).
+  c.distill.schedule = "constant"
+  c.distill.decay_steps = 0  # env steps of a schedule's decay (see schedule)
+  # The teacher's success alone that "surpass" compares with; None: from the teacher's records
+  # (rpd_jax/teachers/records.py), filled in by validation.
+  c.distill.teacher_success = ml_collections.config_dict.placeholder(float)
   c.distill.ppd_samples = 8  # N teacher samples PPD fits its Gaussian to
   c.distill.ppd_min_std = 0.05  # floor on the fitted std, so the fit never degenerates
 
@@ -197,9 +211,11 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.distill.schedule in losses.SCHEDULES,
         f"config.distill.schedule={c.distill.schedule!r} is unknown; use one of "
         f"{', '.join(losses.SCHEDULES)}")
-  check(c.distill.schedule == "constant" or c.distill.decay_steps > 0,
+  check(c.distill.schedule in ("constant", "surpass") or c.distill.decay_steps > 0,
         f"config.distill.decay_steps={c.distill.decay_steps} must be > 0 for the "
         f"{c.distill.schedule!r} schedule (the env step at which lambda reaches 0)")
+  check(c.distill.decay_steps >= 0,
+        f"config.distill.decay_steps={c.distill.decay_steps} must be >= 0")
   check(c.network.encoder in ENCODERS,
         f"config.network.encoder={c.network.encoder!r} is unknown; use one of "
         f"{', '.join(ENCODERS)}")
@@ -249,6 +265,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
   check(c.teacher.resample in ppo_lib.RESAMPLE,
         f"config.teacher.resample={c.teacher.resample!r} is unknown; use one of "
         f"{', '.join(ppo_lib.RESAMPLE)}")
+  fraction = c.teacher.query_fraction
+  check(0 < fraction <= 1 and budget.num_labelled(c.ppo.num_steps, fraction) >= 1,
+        f"config.teacher.query_fraction={fraction} must be in (0, 1] and label at least one of "
+        f"the config.ppo.num_steps={c.ppo.num_steps} steps of a rollout (round(fraction * "
+        f"num_steps) >= 1); use >= {1 / c.ppo.num_steps:.3g}")
+  if c.distill.schedule == "surpass" and c.distill.loss != "none":
+    _resolve_teacher_success(c)
   check(c.teacher.max_batch >= 0,
         f"config.teacher.max_batch={c.teacher.max_batch} must be >= 0 (0: chosen from the "
         "device's memory)")
@@ -296,6 +319,22 @@ def check_observation_keys(c: ml_collections.ConfigDict, produced: Sequence[str]
             f"the {c.teacher.name!r} teacher reads observation {key!r}, which the {c.env.name} "
             f"env does not give {given}(it gives {', '.join(produced)}); "
             f"{envs.how_to_observe(c.env, key)}")
+
+
+def _resolve_teacher_success(c: ml_collections.ConfigDict) -> None:
+  """Fills config.distill.teacher_success from the teacher's records where it is None."""
+  if c.distill.teacher_success is None:
+    c.distill.teacher_success = records.success(c.teacher, c.env)
+  if c.distill.teacher_success is None:
+    raise ConfigError(
+        f"config.distill.schedule='surpass' compares the student with its teacher's success "
+        f"alone, and the records of the {c.teacher.name!r} teacher have none for this task "
+        f"and setting; measure it (python -m rpd_jax.pipeline.eval_teacher) and set "
+        f"config.distill.teacher_success")
+  if not 0 <= c.distill.teacher_success < 1:
+    raise ConfigError(
+        f"config.distill.teacher_success={c.distill.teacher_success} must be in [0, 1): a "
+        "success rate the student can pass")
 
 
 def default_workdir(config_path: str, root: str = "runs") -> str:

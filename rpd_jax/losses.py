@@ -10,11 +10,14 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from rpd_jax import gaussian
 
 BOOTSTRAPS = ("always", "truncated")
-SCHEDULES = ("constant", "linear", "cosine")
+SCHEDULES = ("constant", "linear", "cosine", "surpass")
+# ``surpassed_at`` of a student that has not passed its teacher (yet).
+NEVER = np.iinfo(np.int32).max
 
 
 class TeacherTargets(NamedTuple):
@@ -22,6 +25,18 @@ class TeacherTargets(NamedTuple):
   action: jax.Array  # one teacher action: the MSE / L1 / BC target
   mean: Optional[jax.Array] = None  # PPD: the Gaussian fitted to N teacher samples
   std: Optional[jax.Array] = None
+  # float32 [M]: 1 where the teacher labelled the transition, 0 where it did not (a teacher
+  # budget, rpd_jax/budget.py); None: every transition is labelled.
+  weight: Optional[jax.Array] = None
+
+
+def labelled_mean(x: jax.Array, weight: Optional[jax.Array]) -> jax.Array:
+  """The mean of x [M, ...] over the minibatch, or over its labelled rows (``weight`` [M] of
+  0 / 1): a minibatch without labelled rows gives 0, so it adds no distillation."""
+  if weight is None:
+    return jnp.mean(x)
+  per_row = x.reshape(x.shape[0], -1).mean(axis=1)
+  return jnp.sum(per_row * weight) / jnp.maximum(jnp.sum(weight), 1.0)
 
 
 class Minibatch(NamedTuple):
@@ -120,27 +135,28 @@ def ppo_loss(mean: jax.Array, log_std: jax.Array, value: jax.Array, mb: Minibatc
 
 
 # The distillation terms. One signature: (student mean [M, A], student log-std [A], the
-# teacher's targets, the PPO ratio [M], PPO's clip epsilon) -> scalar loss. No gradient reaches
-# the teacher's side.
+# teacher's targets, the PPO ratio [M], PPO's clip epsilon) -> scalar loss, a mean over the
+# labelled transitions (``labelled_mean``). No gradient reaches the teacher's side.
 DistillLoss = Callable[[jax.Array, jax.Array, TeacherTargets, jax.Array, float], jax.Array]
 
 
 def distill_mse(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
   """RPD-MSE: mean over batch and action dims of (mu - a_teacher)^2."""
   del log_std, ratio, clip_coef
-  return jnp.mean((mean - jax.lax.stop_gradient(teacher.action))**2)
+  return labelled_mean((mean - jax.lax.stop_gradient(teacher.action))**2, teacher.weight)
 
 
 def distill_l1(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
   """RPD-L1: mean over batch and action dims of |mu - a_teacher|."""
   del log_std, ratio, clip_coef
-  return jnp.mean(jnp.abs(mean - jax.lax.stop_gradient(teacher.action)))
+  return labelled_mean(jnp.abs(mean - jax.lax.stop_gradient(teacher.action)), teacher.weight)
 
 
 def distill_bc(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
   """RPD-BC: negative log-likelihood of the teacher's action under the student, batch mean."""
   del ratio, clip_coef
-  return -jnp.mean(gaussian.log_prob(jax.lax.stop_gradient(teacher.action), mean, log_std))
+  return -labelled_mean(gaussian.log_prob(jax.lax.stop_gradient(teacher.action), mean, log_std),
+                        teacher.weight)
 
 
 def distill_ppd(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax.Array:
@@ -148,18 +164,26 @@ def distill_ppd(mean, log_std, teacher: TeacherTargets, ratio, clip_coef) -> jax
   the teacher being the Gaussian fitted to its samples (``teacher.mean``, ``teacher.std``)."""
   kl = gaussian.kl(jax.lax.stop_gradient(teacher.mean), jax.lax.stop_gradient(teacher.std),
                    mean, log_std)
-  return jnp.mean(jnp.maximum(ratio, 1.0 - clip_coef) * kl)
+  return labelled_mean(jnp.maximum(ratio, 1.0 - clip_coef) * kl, teacher.weight)
 
 
 DISTILL: dict[str, DistillLoss] = {
     "mse": distill_mse, "l1": distill_l1, "bc": distill_bc, "ppd": distill_ppd}
 
 
-def distill_coef(env_steps: jax.Array, coef: float, schedule: str,
-                 decay_steps: int) -> jax.Array:
-  """lambda(env_steps): constant, or a linear / cosine decay that reaches 0 at decay_steps."""
+def distill_coef(env_steps: jax.Array, coef: float, schedule: str, decay_steps: int,
+                 surpassed_at: jax.Array | int = NEVER) -> jax.Array:
+  """lambda(env_steps): constant; a linear / cosine decay that reaches 0 at decay_steps; or
+  ("surpass") constant until ``surpassed_at``, the env step at which the student's evaluation
+  passed its teacher's success (NEVER before), then a linear decay that reaches 0 decay_steps
+  later (at once for 0)."""
   if schedule == "constant":
     return jnp.asarray(coef, jnp.float32)
+  if schedule == "surpass":
+    since = jnp.asarray(env_steps, jnp.int32) - jnp.asarray(surpassed_at, jnp.int32)
+    progress = (since >= 0 if decay_steps == 0 else
+                jnp.clip(since / decay_steps, 0.0, 1.0))
+    return coef * (1.0 - progress.astype(jnp.float32))
   progress = jnp.clip(env_steps / decay_steps, 0.0, 1.0)
   if schedule == "linear":
     return coef * (1.0 - progress)

@@ -164,6 +164,7 @@ class ProcessEnvs:
     self.observation_spec = local.observation_spec
     self.sim_backend = local.sim_backend
     self.final_obs_keys = local.final_obs_keys
+    self.on_demand_keys = local.on_demand_keys
 
   def _global(self, tree: Any) -> Any:
     return jax.tree.map(
@@ -178,8 +179,13 @@ class ProcessEnvs:
   def reset(self, seed: int):
     return self._global(self._local.reset(seed + jax.process_index() * self._local.num_envs))
 
-  def step(self, action: jax.Array):
-    return self._global(self._local.step(self._local_rows(action)))
+  def step(self, action: jax.Array, on_demand: Optional[np.ndarray] = None):
+    """``on_demand`` bool [N] (numpy, the same in every process): this process's rows go to
+    its simulator."""
+    if on_demand is not None:
+      n = self._local.num_envs
+      on_demand = np.asarray(on_demand)[jax.process_index() * n:(jax.process_index() + 1) * n]
+    return self._global(self._local.step(self._local_rows(action), on_demand))
 
   def render(self) -> jax.Array:
     return self._local.render()

@@ -157,15 +157,17 @@ _stack = jax.jit(lambda steps: jax.tree.map(lambda *x: jnp.stack(x), *steps))
 
 def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: int, *,
         keep: Callable[[Transition], Any] = without_observations, render: bool = False,
-        until_done: bool = False,
+        until_done: bool = False, on_demand: Optional[np.ndarray] = None,
         timings: Optional[dict[str, float]] = None) -> tuple[Carry, Any, EpisodeStats]:
   """THE step loop: ``num_steps`` steps of ``policy`` in ``env`` from ``carry``.
 
   Step t's policy key is ``fold_in(key, t)``. ``keep`` maps each step's ``Transition`` to what is
   recorded (jit it if it computes); ``render`` fills ``Transition.frame``; ``until_done`` stops
-  early once every env has ended an episode since the start. ``timings``, where given, gets the
-  seconds spent acting (the policy, waited for) and simulating (``env.step`` and ``render``)
-  added to its ``"act_s"`` and ``"simulate_s"``.
+  early once every env has ended an episode since the start. ``on_demand`` bool [T, B]: step t
+  is ``env.step(action, on_demand[t])`` (the envs whose next observation holds the env's
+  ``on_demand_keys``, ``envs/base.py``); None: ``env.step(action)``. ``timings``, where given,
+  gets the seconds spent acting (the policy, waited for) and simulating (``env.step`` and
+  ``render``) added to its ``"act_s"`` and ``"simulate_s"``.
 
   Returns the carry after the last step, what ``keep`` kept of every step stacked along a
   leading time axis [T, ...] (T <= num_steps), and the stats of the episodes that ended.
@@ -182,7 +184,7 @@ def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: in
     if timings is not None:
       jax.block_until_ready(action)  # the step waits for it anyway
     stepping = time.perf_counter()
-    res = env.step(action)
+    res = env.step(action) if on_demand is None else env.step(action, on_demand[t])
     clock["act_s"] += stepping - acting
     clock["simulate_s"] += time.perf_counter() - stepping + acting - start
     kept.append(keep(Transition(obs, prev_obs, is_first, action, extras, res.reward,
@@ -233,6 +235,9 @@ class Rollout(NamedTuple):
   truncated: jax.Array  # bool [T, B]
   final_values: jax.Array  # [T, B] V(final observation) of episodes that ended at t, else junk
   last_value: jax.Array  # [B] V(observation after the last step)
+  # bool [T, B]: the transitions the teacher labels (rpd_jax/budget.py; the teacher's own
+  # observation keys hold zeros elsewhere); None: all of them.
+  labelled: Optional[jax.Array] = None
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -249,13 +254,13 @@ def _value(network: ActorCritic, params, obs: Observation) -> jax.Array:
 
 
 def collect(env: VecEnv, network: ActorCritic, params, carry: Carry, key: jax.Array,
-            num_steps: int, timings: Optional[dict[str, float]] = None
-            ) -> tuple[Rollout, Carry, EpisodeStats]:
+            num_steps: int, timings: Optional[dict[str, float]] = None,
+            on_demand: Optional[np.ndarray] = None) -> tuple[Rollout, Carry, EpisodeStats]:
   """One iteration's rollout: ``num_steps`` steps of the student sampling its actions
-  (``timings``: see ``run``)."""
+  (``timings``, ``on_demand``: see ``run``)."""
   carry_out, steps, stats = run(env, student_policy(network, params), carry, key, num_steps,
                                 keep=functools.partial(_training_record, network, params),
-                                timings=timings)
+                                on_demand=on_demand, timings=timings)
   rollout = Rollout(obs=steps.obs, prev_obs0=carry.prev_obs, is_first=steps.is_first,
                     actions=steps.action, log_probs=steps.extras["log_prob"],
                     values=steps.extras["value"], rewards=steps.reward,

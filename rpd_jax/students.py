@@ -21,8 +21,9 @@ acting network (``apply``), the update, and the metrics and evaluation named per
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -149,6 +150,12 @@ class Students:
       out.update({f"seed{k}/{name}": value[k] for k in range(self.num)})
     return out
 
+  def each(self, summary: dict[str, float], name: str) -> np.ndarray:
+    """[K]: each student's ``name`` in a summary of ``metrics`` or ``evaluate``."""
+    if self.num == 1:
+      return np.asarray([summary[name]])
+    return np.asarray([summary[f"seed{k}/{name}"] for k in range(self.num)])
+
   def evaluate(self, episodes: Callable[..., evaluate_lib.Episodes], params,
                protocol: str) -> dict[str, float]:
     """The students' evaluation: ``episodes(policy, videos=...)`` runs K x E episodes, the
@@ -183,10 +190,22 @@ class Students:
     params = state["params"]
     return (params if iteration.ndim == 0 else jax.tree.map(lambda x: x[k], params)), count
 
-  def legacy_checkpoint(self, tree: dict[str, Any]) -> Optional[tuple[Any, Callable]]:
-    """(target, convert) for a checkpoint of one student written before the student axis:
-    its train state had no leading K axis. None where K > 1 (those always had it)."""
-    if self.num != 1:
-      return None
-    target = {**tree, "state": jax.tree.map(lambda x: x[0], tree["state"])}
-    return target, lambda old: {**old, "state": jax.tree.map(lambda x: x[None], old["state"])}
+  def legacy_checkpoints(self, tree: dict[str, Any]) -> list[tuple[Any, Callable]]:
+    """(target, convert) per earlier layout of a run's checkpoint ``tree``: the train state
+    without ``surpassed_at`` (written before the teacher budget; a student that has not
+    passed its teacher, as none had been marked then), and for one student also without the
+    leading K axis (written before the student axis, which was before that)."""
+    full = flax.serialization.to_state_dict(tree)
+    never = full["state"]["surpassed_at"]  # the fresh state's: losses.NEVER per student
+    old = {**full, "state": {k: v for k, v in full["state"].items() if k != "surpassed_at"}}
+
+    def add_field(restored):
+      return flax.serialization.from_state_dict(
+          tree, {**restored, "state": {**restored["state"], "surpassed_at": never}})
+
+    layouts = [(old, add_field)]
+    if self.num == 1:
+      unstacked = {**old, "state": jax.tree.map(lambda x: x[0], old["state"])}
+      layouts.append((unstacked, lambda restored: add_field(
+          {**restored, "state": jax.tree.map(lambda x: x[None], restored["state"])})))
+    return layouts

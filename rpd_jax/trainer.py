@@ -24,9 +24,10 @@ import ml_collections
 import numpy as np
 from absl import logging
 
+from rpd_jax import budget as budget_lib
 from rpd_jax import config as config_lib
 from rpd_jax import evaluate as evaluate_lib
-from rpd_jax import parallel, ppo, preemption, rollout
+from rpd_jax import losses, parallel, ppo, preemption, rollout, teachers
 from rpd_jax.checkpoint import Checkpointer
 from rpd_jax.envs import env_class, make_env
 from rpd_jax.envs.base import EnvWorkerError, VecEnv, describe
@@ -49,6 +50,7 @@ class Run(NamedTuple):
   mesh: Any  # jax.sharding.Mesh, or None on one device
   env: VecEnv
   teacher: Optional[Teacher]
+  budget: Optional[budget_lib.Budget]  # which transitions the teacher labels; None: all
   students: Students
   update: Any  # (states [K], teacher, rollout, keys [K]) -> (states, metrics [K])
   keys: tuple[jax.Array, jax.Array]  # the loop's and evaluation's keys [K]
@@ -87,15 +89,29 @@ def _check_finite(summary: dict[str, float], iteration: int, workdir: str) -> No
         "config.distill.coef and resume.")
 
 
-def _make_train_env(c: ml_collections.ConfigDict, mesh, num_students: int) -> VecEnv:
+def _make_train_env(c: ml_collections.ConfigDict, mesh, num_students: int,
+                    on_demand_keys: tuple[str, ...]) -> VecEnv:
   """The K x N training envs. A simulator outside JAX under a mesh runs one per process, its
   envs' arrays global over the mesh; the envs of a JAX env are sharded like any array."""
   keys = tuple(c.network.obs_keys)  # the student's: they bootstrap ended episodes
   if mesh is not None and not env_class(c.env).jax_native:
     local = make_env(c.env, c.env.num_envs // jax.process_count(), seed=c.seed,
-                     final_obs_keys=keys)
+                     final_obs_keys=keys, on_demand_keys=on_demand_keys)
     return parallel.ProcessEnvs(local, mesh)
-  return make_env(c.env, num_students * c.env.num_envs, seed=c.seed, final_obs_keys=keys)
+  return make_env(c.env, num_students * c.env.num_envs, seed=c.seed, final_obs_keys=keys,
+                  on_demand_keys=on_demand_keys)
+
+
+def _budget(c: ml_collections.ConfigDict, teacher: Optional[Teacher]
+            ) -> tuple[Optional[budget_lib.Budget], tuple[str, ...]]:
+  """(the teacher budget, the keys the envs observe on demand): None and () where the teacher
+  labels every transition (query_fraction 1 and a constant lambda), as without a budget."""
+  if teacher is None or (c.teacher.query_fraction == 1 and c.distill.schedule == "constant"):
+    return None, ()
+  plan = budget_lib.Budget(c.ppo.num_steps, c.teacher.query_fraction, teacher.window,
+                           c.env.num_envs)
+  student = set(c.network.obs_keys)
+  return plan, tuple(k for k in teachers.observation_keys(c.teacher) if k not in student)
 
 
 def _teacher_batch(c: ml_collections.ConfigDict, teacher: Optional[Teacher], env: VecEnv,
@@ -117,15 +133,16 @@ def build(c: ml_collections.ConfigDict, workdir: str, teacher: Optional[Teacher]
   batch = c.env.num_envs * c.ppo.num_steps  # per student: K students step K x N envs
   num_iterations = c.total_env_steps // batch
   mesh = parallel.make_mesh(c.mesh.data)
-  env = _make_train_env(c, mesh, c.num_seeds)
+  plan, on_demand_keys = _budget(c, teacher)
+  env = _make_train_env(c, mesh, c.num_seeds, on_demand_keys)
   try:
-    return _build_on(c, workdir, teacher, mesh, env, batch, num_iterations)
+    return _build_on(c, workdir, teacher, plan, mesh, env, batch, num_iterations)
   except BaseException:  # a bad checkpoint folder, a signal: nothing else holds the env
     env.close(terminate=True)
     raise
 
 
-def _build_on(c, workdir, teacher, mesh, env, batch, num_iterations):
+def _build_on(c, workdir, teacher, plan, mesh, env, batch, num_iterations):
   logging.info("env %s x%d on %s: %s", c.env.name, env.num_envs, env.sim_backend,
                describe(env.observation_spec))
   # Validation checked these where the env's keys are known beforehand; a factory's are now.
@@ -142,9 +159,11 @@ def _build_on(c, workdir, teacher, mesh, env, batch, num_iterations):
     warning = records.mismatch(teacher.name, teacher.made_on, env.sim_backend)
     if warning:
       logging.warning("%s", warning)
+  num_labelled = budget_lib.num_labelled(c.ppo.num_steps, c.teacher.query_fraction)
   update = students.make_update(ppo.make_update(
-      network, optimizer, c.ppo, c.distill, _teacher_batch(c, teacher, env, batch),
-      c.teacher.resample))
+      network, optimizer, c.ppo, c.distill,
+      _teacher_batch(c, teacher, env, num_labelled * c.env.num_envs), c.teacher.resample,
+      num_labelled))
   ckpt = Checkpointer(workdir, c.keep_checkpoints)
   start, state, carry = _restore(ckpt, env, students, state, carry, c.seed)
   # The train state replicated (with one device: committed to it, as the update's outputs and
@@ -157,7 +176,11 @@ def _build_on(c, workdir, teacher, mesh, env, batch, num_iterations):
     logging.info("resumed from iteration %d (%d env steps)", start, int(np.max(state.env_steps)))
   log = Logger(workdir, start, num_iterations, batch, writer=parallel.is_main_process(),
                tags={"sim_backend": env.sim_backend})
-  run = Run(c, workdir, mesh, env, teacher, students, update, (k_loop, k_eval), batch,
+  if plan is not None:
+    logging.info("teacher budget: %d of %d steps per rollout labelled (%.3g of the "
+                 "transitions); observed on demand: %s", num_labelled, c.ppo.num_steps,
+                 plan.calls_per_step, ", ".join(env.on_demand_keys) or "nothing")
+  run = Run(c, workdir, mesh, env, teacher, plan, students, update, (k_loop, k_eval), batch,
             num_iterations, ckpt, log)
   return run, state, carry, start
 
@@ -168,7 +191,7 @@ def _restore(ckpt: Checkpointer, env: VecEnv, students: Students, state: ppo.Tra
   state and carry). The env continues from its saved state where it holds one, else from
   fresh episodes seeded apart from every earlier start."""
   target = _tree(state, carry, _env_state(env))
-  iteration, restored = ckpt.restore_latest(target, legacy=students.legacy_checkpoint(target))
+  iteration, restored = ckpt.restore_latest(target, legacy=students.legacy_checkpoints(target))
   if not iteration:
     return 0, state, carry
   state, carry = restored["state"], restored["carry"]
@@ -186,8 +209,13 @@ def iterate(run: Run, state: ppo.TrainState, carry: rollout.Carry, iteration: in
   """One iteration: the rollout, then the update. (state, carry, metrics, episode stats)."""
   k_rollout, k_update = run.students.iteration_keys(run.keys[0], iteration)
   t0, timings = time.perf_counter(), {}
+  labelled = observe = None
+  if run.budget is not None:
+    labelled, observe = run.budget.plan(iteration, _asking(run.config, state))
   data, carry, stats = rollout.collect(run.env, run.students, state.params, carry, k_rollout,
-                                       run.config.ppo.num_steps, timings)
+                                       run.config.ppo.num_steps, timings, observe)
+  if labelled is not None:
+    data = data._replace(labelled=parallel.shard_envs(labelled, run.mesh, axis=1))
   jax.block_until_ready(data.rewards)
   t1 = time.perf_counter()
   state, metrics = run.update(state, run.teacher, data, k_update)
@@ -196,6 +224,33 @@ def iterate(run: Run, state: ppo.TrainState, carry: rollout.Carry, iteration: in
   metrics["time/rollout_s"], metrics["time/update_s"] = t1 - t0, time.perf_counter() - t1
   metrics.update({f"time/{name}": seconds for name, seconds in timings.items()})
   return state, carry, metrics, stats
+
+
+def _asking(c: ml_collections.ConfigDict, state: ppo.TrainState) -> np.ndarray:
+  """bool [K]: the students whose distillation weight lambda is above 0 at this iteration (the
+  others do not ask the teacher)."""
+  env_steps, surpassed_at = parallel.fetch((state.env_steps, state.surpassed_at))
+  coef = losses.distill_coef(env_steps, c.distill.coef, c.distill.schedule,
+                             c.distill.decay_steps, surpassed_at)
+  return np.broadcast_to(np.asarray(coef) > 0, np.shape(env_steps))
+
+
+def _mark_surpassed(run: Run, state: ppo.TrainState, evaluation: dict[str, float]
+                    ) -> ppo.TrainState:
+  """The "surpass" schedule: a student whose evaluation passes its teacher's success for the
+  first time starts its lambda's decay now (``TrainState.surpassed_at``)."""
+  c = run.config
+  success = run.students.each(evaluation, "eval/success_rate")
+  surpassed_at, env_steps = parallel.fetch((state.surpassed_at, state.env_steps))
+  passing = (surpassed_at == losses.NEVER) & (success > c.distill.teacher_success)
+  for k in np.nonzero(passing)[0]:
+    logging.info("student %d passed its teacher at %d env steps (eval success %.3f > %.3f): "
+                 "lambda decays to 0 over %d env steps", k, env_steps[k], success[k],
+                 c.distill.teacher_success, c.distill.decay_steps)
+  if not passing.any():
+    return state
+  surpassed_at = np.where(passing, env_steps, surpassed_at).astype(np.int32)
+  return state.replace(surpassed_at=parallel.replicate(surpassed_at, run.mesh))
 
 
 def evaluate(run: Run, eval_env: VecEnv, state: ppo.TrainState, iteration: int
@@ -255,6 +310,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                             final_obs_keys=())
             last_eval = evaluate(run, eval_env, state, iteration)
             summary.update(last_eval)
+            if run.budget is not None and c.distill.schedule == "surpass":
+              state = _mark_surpassed(run, state, last_eval)
         with guard.deferred():  # the iteration completes: a signal now waits for the save
           if summary is not None:
             run.log.write(iteration, summary)

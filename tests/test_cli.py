@@ -36,6 +36,8 @@ CASES = [
      "checkpoint='nope' is neither a folder, nor a shipped teacher"),
     ("rpd_jax.bench.train", ["--config=experiments/jax_push.py:smoke", "--iterations=1"],
      "--iterations=1 must be >= 2"),
+    ("rpd_jax.bench.train", ["--config=experiments/jax_push.py:smoke", "--query_fractions=1,x"],
+     "--query_fractions=1,x: give numbers in (0, 1]"),
     ("rpd_jax.bench.teacher", ["--size=huge"], "--size='huge' is unknown"),
     ("rpd_jax.bench.teacher", ["--batch=1,x"], "--batch=1,x: give integers"),
     ("rpd_jax.bench.octo", ["--dtype=float16"], "--dtype has 'float16'"),

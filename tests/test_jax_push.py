@@ -73,6 +73,22 @@ def test_rgb_obs():
   np.testing.assert_array_equal(result.obs["rgb"], env.render())
 
 
+def test_on_demand_keys_are_observed_where_a_step_asks_and_zero_elsewhere():
+  env = jax_push.JaxPushVecEnv(4, seed=0, obs_mode="rgb", image_size=16,
+                               on_demand_keys=("rgb",))
+  twin = jax_push.JaxPushVecEnv(4, seed=0, obs_mode="rgb", image_size=16)
+  action = jnp.zeros((4, env.action_dim))
+  asked = np.array([True, False, True, False])
+  result, full = env.step(action, asked), twin.step(action)
+  assert_obs_match_spec(env, result.obs)
+  np.testing.assert_array_equal(result.obs["rgb"][asked], full.obs["rgb"][asked])
+  assert not np.asarray(result.obs["rgb"])[~asked].any()
+  np.testing.assert_array_equal(result.obs["state"], full.obs["state"])  # not on demand
+  np.testing.assert_array_equal(env.step(action).obs["rgb"], twin.step(action).obs["rgb"])
+  with pytest.raises(ValueError, match="on_demand_keys has 'depth'"):
+    jax_push.JaxPushVecEnv(2, seed=0, on_demand_keys=("depth",))
+
+
 def test_actions_are_clipped():
   action = jax.random.normal(jax.random.key(0), (NUM_ENVS, 7)) * 5.0
   clipped = sparse_env(seed=3).step(jnp.clip(action, -1.0, 1.0))

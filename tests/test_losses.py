@@ -161,3 +161,21 @@ def test_bootstrap_values(mode, want):
 def test_schedules(schedule, step, want):
   got = losses.distill_coef(jnp.asarray(step), 2.0, schedule, 1000)
   assert float(got) == pytest.approx(want, abs=1e-6)
+
+
+@pytest.mark.parametrize("step,surpassed_at,decay,want", [
+    (5000, losses.NEVER, 1000, 2.0),  # not passed its teacher yet: constant
+    (3000, 3000, 1000, 2.0), (3250, 3000, 1000, 1.5), (4000, 3000, 1000, 0.0),
+    (9000, 3000, 1000, 0.0),  # then linear to 0 over decay_steps
+    (2999, 3000, 0, 2.0), (3000, 3000, 0, 0.0)])  # decay_steps 0: off at once
+def test_the_surpass_schedule(step, surpassed_at, decay, want):
+  got = losses.distill_coef(jnp.asarray(step, jnp.int32), 2.0, "surpass", decay,
+                            jnp.asarray(surpassed_at, jnp.int32))
+  assert float(got) == pytest.approx(want, abs=1e-6)
+
+
+def test_labelled_mean_by_hand():
+  x = jnp.array([[1.0, 3.0], [5.0, 7.0], [100.0, 100.0]])  # rows' means: 2, 6, 100
+  assert float(losses.labelled_mean(x, jnp.array([1.0, 1.0, 0.0]))) == pytest.approx(4.0)
+  assert float(losses.labelled_mean(x, jnp.zeros(3))) == 0.0  # no labels: no distillation
+  assert float(losses.labelled_mean(x, None)) == pytest.approx(36.0)

@@ -437,10 +437,11 @@ def test_a_signal_to_the_process_group_stops_a_maniskill_run_without_tracebacks(
 def test_one_render_per_step_and_final_images_only_where_read():
   """The camera renders once per step, after the ended episodes were reset; a final
   observation carries an image only where one is asked for (a second render, only on the
-  steps that end an episode)."""
+  steps that end an episode). With ``rgb`` on demand, a step that does not ask renders none
+  (and observes zeros)."""
   for final_keys, renders_at_end in ((("privileged",), 1), (("privileged", "rgb"), 2)):
     env = _env(backend="in_process", obs_mode="rgb", image_size=64, max_episode_steps=2,
-               final_obs_keys=final_keys)
+               final_obs_keys=final_keys, on_demand_keys=("rgb",))
     try:
       calls, frames = [], env._sim.frames  # pylint: disable=protected-access
       env._sim.frames = lambda: (calls.append(1), frames())[1]  # pylint: disable=protected-access
@@ -454,8 +455,38 @@ def test_one_render_per_step_and_final_images_only_where_read():
       if "rgb" in final_keys:  # the old episode's last frame, not the new one's first
         assert np.abs(np.asarray(res.final_obs["rgb"], np.int32) -
                       np.asarray(res.obs["rgb"], np.int32)).max() > 0
+      calls.clear()
+      res = env.step(jnp.zeros((1, 7)), np.zeros(1, bool))  # not asked (the episode goes on)
+      assert calls == [] and not np.asarray(res.obs["rgb"]).any()
+      assert np.asarray(res.obs["privileged"]).any()
     finally:
       env.close()
+
+
+# In process (one CPU env): test_one_render_per_step_and_final_images_only_where_read.
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != "in_process"], indirect=True)
+def test_the_camera_renders_only_for_the_envs_that_ask(backend):
+  """``rgb`` on demand (the teacher's camera beside a state student): a step renders it only
+  where some env asks for it, and the envs that did not ask get zeros; the rest of the
+  observation is always there."""
+  env = _env(backend=backend, num_envs=2, obs_mode="rgb", image_size=64,
+             on_demand_keys=("rgb",))
+  try:
+    b, zeros = env.num_envs, jnp.zeros((env.num_envs, 7))
+    rendered = lambda res: np.asarray(res.obs["rgb"]).reshape(b, -1).any(axis=1)
+    calls = []
+    if backend != "workers":  # in process: count the renders themselves
+      frames = env._sim.frames  # pylint: disable=protected-access
+      env._sim.frames = lambda: (calls.append(1), frames())[1]  # pylint: disable=protected-access
+    res = env.step(zeros, np.zeros(b, bool))
+    assert not rendered(res).any() and np.asarray(res.obs["privileged"]).any()
+    assert calls == []
+    asked = np.arange(b) == 0
+    np.testing.assert_array_equal(rendered(env.step(zeros, asked)), asked)
+    assert rendered(env.step(zeros)).all()  # no mask: every env
+    assert calls == ([] if backend == "workers" else [1, 1])
+  finally:
+    env.close()
 
 
 def test_an_episode_depends_on_its_seed_alone():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax import gaussian, ppo, rollout
+from rpd_jax import gaussian, ppo, rollout, students
 from rpd_jax.networks import make_network
 from rpd_jax.teachers.base import Teacher, TeacherOutput, query
 
@@ -54,13 +54,14 @@ def random_rollout(seed):
       last_value=jnp.zeros(B))
 
 
-def setup(config):
+def setup(config, num_labelled=0):
   network = make_network(config.network, A)
   optimizer = ppo.make_optimizer(config.ppo, 10)
   state = ppo.init_train_state(network, optimizer, {"state": jnp.zeros((B, D))},
                                jax.random.key(0))
   update = ppo.make_update(network, optimizer, config.ppo, config.distill,
-                           config.teacher.max_batch or T * B, config.teacher.resample)
+                           config.teacher.max_batch or T * B, config.teacher.resample,
+                           num_labelled)
   return state, update
 
 
@@ -182,3 +183,99 @@ def test_resample_per_epoch_makes_no_query_after_a_target_kl_stop():
   # KL is 0 at the first minibatch only (log-probs are random here, so the stop comes at
   # once): epochs after the stop make no query.
   assert 1.0 <= float(metrics["teacher/calls_per_step"]) < 4.0
+
+
+def _labelled(steps):
+  """bool [T, B]: every env of ``steps`` labelled (a teacher budget, rpd_jax/budget.py)."""
+  return jnp.asarray(np.isin(np.arange(T), steps)[:, None] & np.ones(B, bool))
+
+
+def test_the_teacher_answers_labelled_steps_only_and_the_update_compiles_once():
+  calls = []
+  teacher = linear_teacher(calls=calls)
+  config = make_config("ppd")
+  state, update = setup(config, num_labelled=2)
+  for i in range(3):
+    data = random_rollout(i)._replace(labelled=_labelled([i, i + 3]))
+    state, metrics = update(state, teacher, data, jax.random.key(i))
+    assert float(metrics["teacher/calls_per_step"]) == pytest.approx(2 / T)
+  jax.effects_barrier()
+  assert calls == [2 * B] * 3  # 2 steps x B envs per update, in one call
+  # Nothing labelled (a student past its lambda's end): no call, no distillation.
+  calls.clear()
+  data = random_rollout(5)._replace(labelled=jnp.zeros((T, B), bool))
+  _, metrics = update(state, teacher, data, jax.random.key(5))
+  jax.effects_barrier()
+  assert calls == [] and float(metrics["teacher/calls_per_step"]) == 0.0
+  assert float(metrics["loss/distill"]) == 0.0
+
+
+def test_a_budget_with_a_fresh_answer_per_epoch_asks_the_labelled_steps_every_epoch():
+  calls = []
+  config = make_config("mse")
+  config.teacher.resample = "epoch"  # 2 epochs, no target-KL stop
+  state, update = setup(config, num_labelled=2)
+  data = random_rollout(0)._replace(labelled=_labelled([0, 5]))
+  _, metrics = update(state, linear_teacher(calls=calls), data, jax.random.key(0))
+  jax.effects_barrier()
+  assert calls == [2 * B] * 2
+  assert float(metrics["teacher/calls_per_step"]) == pytest.approx(2 * 2 / T)
+
+
+def test_distillation_reads_the_labelled_transitions_alone():
+  """The teacher's view of unlabelled steps is zeros (the env skipped it): were those rows
+  answered or weighted, the NaNs put there would reach the loss."""
+  def apply_fn(params, obs, prev_obs, is_first, key, num_samples):
+    return TeacherOutput(jnp.tanh(obs["view"] @ params["w"]), None)
+
+  teacher = Teacher(params=linear_teacher().params, apply_fn=apply_fn)
+  config = make_config("mse")
+  labelled = _labelled([1, 4])
+  data = random_rollout(0)
+  view = jnp.where(labelled[..., None], data.obs["state"], jnp.nan)
+  state, update = setup(config, num_labelled=2)
+  prev_obs0 = {**data.prev_obs0, "view": data.prev_obs0["state"]}
+  data = data._replace(prev_obs0=prev_obs0)
+  _, masked = update(state, teacher, data._replace(obs={**data.obs, "view": view},
+                                                   labelled=labelled), jax.random.key(0))
+  assert np.isfinite(float(masked["loss/distill"])) and float(masked["loss/distill"]) > 0
+  # Every transition labelled through the mask: the update without a budget, to rounding.
+  full = jnp.ones((T, B), bool)
+  state, update = setup(config, num_labelled=T)
+  obs = {**data.obs, "view": data.obs["state"]}
+  new_mask, with_mask = update(state, teacher, data._replace(obs=obs, labelled=full),
+                               jax.random.key(0))
+  state, update = setup(config)
+  new_all, without = update(state, teacher, data._replace(obs=obs), jax.random.key(0))
+  for name in ("loss/distill", "loss/total", "loss/teacher_gap"):
+    assert float(with_mask[name]) == pytest.approx(float(without[name]), rel=1e-5), name
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               new_mask.params, new_all.params)
+
+
+def test_students_with_a_budget_update_as_each_alone():
+  """Two students vmapped, each with its own labelled rows (one asks, one has stopped), get
+  what each would alone."""
+  config = make_config("mse")
+  network = make_network(config.network, A)
+  stack = students.Students(network, 2, 2)
+  optimizer = ppo.make_optimizer(config.ppo, 10)
+  one = ppo.make_update(network, optimizer, config.ppo, config.distill, T * B, "transition", 2)
+  obs = {"state": jnp.zeros((2 * B, D))}
+  states = stack.init(lambda o, k: ppo.init_train_state(network, optimizer, o, k), obs,
+                      stack.run_keys(0)[0])
+  parts = [random_rollout(k)._replace(labelled=_labelled([1, 4]) & (k == 0)) for k in range(2)]
+  # [T, B] each -> [T, 2 B] as collected (student k on rows [k B, (k + 1) B)).
+  both = rollout.Rollout(**{
+      name: jax.tree.map(lambda *x, axis=int(name not in ("prev_obs0", "last_value")):
+                         jnp.concatenate(x, axis=axis), *[p._asdict()[name] for p in parts])
+      for name in rollout.Rollout._fields})
+  keys, teacher = stack.run_keys(0)[1], linear_teacher()
+  _, together = stack.make_update(one)(states, teacher, both, keys)
+  # Each alone: an update of its own (each compiles once).
+  solo = ppo.make_update(network, optimizer, config.ppo, config.distill, T * B, "transition", 2)
+  for k in range(2):
+    _, alone = solo(jax.tree.map(lambda x: x[k], states), teacher, parts[k], keys[k])
+    for name in ("loss/distill", "loss/total", "teacher/calls_per_step"):
+      assert float(together[name][k]) == pytest.approx(float(alone[name]), rel=1e-5, abs=1e-7)
+  assert float(together["teacher/calls_per_step"][1]) == 0.0

@@ -208,8 +208,10 @@ def test_teacher_success(in_repo, tmp_path, monkeypatch):
   off.teacher.kwargs.noise = 0.1  # not the noise its record was measured at
   assert reproduce.teacher_success(off) is None
   for spec in ("experiments/pushcube.py:ppo", "experiments/pushcube.py:scripted,ppo",
-               "experiments/jax_push.py:ppo", "experiments/jax_push.py"):
+               "experiments/jax_push.py:ppo"):
     assert reproduce.teacher_success(load(spec)) is None, spec
+  # The push task's scripted teacher at the noise and bias of its record (scripted_push_eval).
+  assert reproduce.teacher_success(load("experiments/jax_push.py")) == 0.445
   # A shipped Octo teacher, by name: its folder's teacher_eval.json (eval_teacher's rows).
   shipped = tmp_path / "checkpoints"
   monkeypatch.setattr(hub, "SHIPPED", shipped)
@@ -245,3 +247,24 @@ def test_a_tiny_figure_end_to_end(in_repo, tmp_path, monkeypatch, capsys):
     assert run["seeds"] == 2 and run["env_steps"] == 256 and run["finished"]
     assert 0 <= run["final_mean"] <= 1
   assert (tmp_path / "figuretiny_cpu" / "figuretiny.png").exists()
+
+
+def test_a_grid_names_a_run_per_value_and_the_table_counts_the_teachers_answers(tmp_path):
+  assert sweep.grid(None) == [("", None)]
+  assert sweep.grid("teacher.query_fraction=1,0.25") == [
+      ("_query_fraction1", "teacher.query_fraction=1"),
+      ("_query_fraction0.25", "teacher.query_fraction=0.25")]
+  with pytest.raises(ConfigError, match="--grid=teacher.query_fraction: give field=v1,v2"):
+    sweep.grid("teacher.query_fraction")
+  # Two logged rows: 1000 env steps at a quarter, then 3000 more at half.
+  workdir = tmp_path / "rpd_mse_query_fraction0.25_s0"
+  os.makedirs(workdir)
+  with open(workdir / "metrics.jsonl", "w") as f:
+    f.write(json.dumps({"env_steps": 1000, "teacher/calls_per_step": 0.25,
+                        "time/elapsed_s": 10.0, "eval/success_rate": 0.6}) + "\n")
+    f.write(json.dumps({"env_steps": 4000, "teacher/calls_per_step": 0.5,
+                        "time/elapsed_s": 30.0, "eval/success_rate": 0.9}) + "\n")
+  assert plot.cost(str(workdir)) == {"teacher_calls": 1750.0, "wall_s": 30.0}
+  rows = plot.summarise(plot.group_runs([str(tmp_path)]), "eval/success_rate", 0.8)
+  assert "| rpd_mse_query_fraction0.25 | 1 | 1,000 / 4,000 | 4,000 | 0.900 +- 0.000 | 1,750 | " \
+         "30 s | 4,000 |" in plot.table(rows, "eval/success_rate", 0.8)

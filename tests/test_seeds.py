@@ -3,13 +3,14 @@
 import json
 import os
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax import gaussian, ppo, rollout, students, trainer
+from rpd_jax import gaussian, losses, ppo, rollout, students, trainer
 from rpd_jax.teachers.base import Teacher, TeacherOutput
 from rpd_jax.errors import ConfigError
 from rpd_jax.networks import make_network
@@ -126,14 +127,39 @@ def test_one_student_is_a_stack_of_one(repo_root, tmp_path):
   ckpt = Checkpointer(str(tmp_path), 3)
   step, tree = ckpt.restore_latest(None)
   assert step == 2 and np.shape(tree["state"]["env_steps"]) == (1,)
-  # The same checkpoint as the version before the axis wrote it: the train state unstacked.
-  tree["state"] = jax.tree.map(lambda x: x[0], tree["state"])
+  # The same checkpoint as the version before the axis wrote it: the train state unstacked
+  # (and, older than the teacher budget, without surpassed_at).
+  tree["state"] = {k: jax.tree.map(lambda x: x[0], v) for k, v in tree["state"].items()
+                   if k != "surpassed_at"}
   ckpt.save(4, tree)
   ckpt.close()
   c.total_env_steps = 5 * 128
   trainer.train_and_evaluate(c, str(tmp_path))  # resumes at 4, converted
   rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
   assert [r["iteration"] for r in rows] == [1, 2, 5]
+
+
+def test_a_checkpoint_from_before_the_teacher_budget_resumes(tmp_path):
+  """Train states saved before ``surpassed_at`` existed restore with it unset (NEVER)."""
+  from rpd_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  c = config_lib.base_config()
+  c.network.hidden = (8,)
+  network = make_network(c.network, 7)
+  stack = students.Students(network, 2, 2)
+  optimizer = ppo.make_optimizer(c.ppo, 1)
+  states = stack.init(lambda o, k: ppo.init_train_state(network, optimizer, o, k),
+                      {"state": jnp.zeros((4, 5))}, stack.run_keys(0)[0])
+  states = states.replace(env_steps=jnp.array([7, 9], jnp.int32))
+  ckpt = Checkpointer(str(tmp_path), 3)
+  old = flax.serialization.to_state_dict({"state": states})
+  del old["state"]["surpassed_at"]
+  ckpt.save(3, old)
+  target = {"state": states.replace(env_steps=jnp.zeros(2, jnp.int32))}  # a fresh run's
+  step, tree = ckpt.restore_latest(target, legacy=stack.legacy_checkpoints(target))
+  ckpt.close()
+  assert step == 3 and isinstance(tree["state"], ppo.TrainState)
+  np.testing.assert_array_equal(tree["state"].env_steps, [7, 9])
+  np.testing.assert_array_equal(tree["state"].surpassed_at, [losses.NEVER] * 2)
 
 
 def _update_memory(num_students: int, side_by_side: int) -> int:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from rpd_jax import config as config_lib
-from rpd_jax import students, trainer
+from rpd_jax import losses, students, trainer
+from rpd_jax.errors import ConfigError
 
 
 def load_config(repo_root, arg):
@@ -35,6 +36,53 @@ def test_smoke_training_writes_everything(repo_root, tmp_path):
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
   assert os.listdir(tmp_path / "tensorboard")
   assert json.load(open(tmp_path / "config.json"))["distill"]["loss"] == "ppd"
+
+
+def test_a_budget_labels_a_fraction_and_a_student_past_its_teacher_stops_asking(
+    repo_root, tmp_path, monkeypatch):
+  config = load_config(repo_root, "smoke")  # 4 iterations of 16 steps, evaluations at 2 and 4
+  config.num_seeds = 2
+  config.teacher.query_fraction = 0.25  # 4 of 16 steps
+  config.distill.schedule = "surpass"  # at once: decay_steps 0; the teacher's 0.445 (records)
+  evaluate = trainer.evaluate
+
+  def student_1_passes(run, eval_env, state, iteration):
+    out = evaluate(run, eval_env, state, iteration)
+    return {**out, "seed1/eval/success_rate": 0.5}
+
+  monkeypatch.setattr(trainer, "evaluate", student_1_passes)
+  trainer.train_and_evaluate(config, str(tmp_path))
+  rows = read_metrics(tmp_path)
+  assert [r["seed0/teacher/calls_per_step"] for r in rows] == [0.25] * 4
+  assert [r["seed1/teacher/calls_per_step"] for r in rows] == [0.25, 0.25, 0.0, 0.0]
+  assert [r["seed1/loss/distill_coef"] for r in rows] == [1.0, 1.0, 0.0, 0.0]
+  assert json.load(open(tmp_path / "config.json"))["distill"]["teacher_success"] == 0.445
+  from rpd_jax.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
+  ckpt = Checkpointer(str(tmp_path), 3)
+  _, tree = ckpt.restore_latest(None)
+  ckpt.close()  # student 1 passed at the evaluation after iteration 2: 2 x 128 env steps
+  assert np.asarray(tree["state"]["surpassed_at"]).tolist() == [losses.NEVER, 256]
+
+
+def test_a_bad_budget_is_one_config_error(repo_root):
+  def error(**fields):
+    c = load_config(repo_root, "smoke")  # 16 steps per rollout
+    for name, value in fields.items():
+      section, key = name.split("__")
+      c[section][key] = value
+    with pytest.raises(ConfigError) as e:
+      config_lib.validate(c)
+    return str(e.value)
+
+  assert "config.teacher.query_fraction=0.02 must be in (0, 1] and label at least one of the " \
+         "config.ppo.num_steps=16 steps" in error(teacher__query_fraction=0.02)
+  # A teacher noise without a record: "surpass" has nothing to compare with.
+  c = load_config(repo_root, "smoke")
+  c.distill.schedule, c.teacher.kwargs.noise = "surpass", 0.3
+  with pytest.raises(ConfigError, match="records of the 'scripted_push' teacher have none"):
+    config_lib.validate(c)
+  assert "config.distill.teacher_success=1.0 must be in [0, 1)" in error(
+      distill__schedule="surpass", distill__teacher_success=1.0)
 
 
 def test_crash_and_resume_continue_identically(repo_root, tmp_path, monkeypatch):

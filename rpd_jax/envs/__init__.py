@@ -108,15 +108,17 @@ def env_class(env_config: ml_collections.ConfigDict) -> type:
 
 
 def make_env(env_config: ml_collections.ConfigDict, num_envs: int, seed: int,
-             final_obs_keys: Optional[Sequence[str]] = None) -> VecEnv:
+             final_obs_keys: Optional[Sequence[str]] = None,
+             on_demand_keys: Sequence[str] = ()) -> VecEnv:
   """Builds ``num_envs`` environments of ``env_config.name`` with ``env_config.kwargs``;
-  ``final_obs_keys``: the keys of ``StepResult.final_obs`` (None: all)."""
+  ``final_obs_keys``: the keys of ``StepResult.final_obs`` (None: all); ``on_demand_keys``:
+  keys observed only where a step asks for them (``base``'s module doc)."""
   cls = env_class(env_config)
   kwargs = dict(env_config.kwargs)
   check_options(cls, kwargs, "env.kwargs", f"the {env_config.name} env",
-                fixed=("num_envs", "seed", "reward_mode", "final_obs_keys"))
+                fixed=("num_envs", "seed", "reward_mode", "final_obs_keys", "on_demand_keys"))
   return cls(num_envs=num_envs, seed=seed, reward_mode=env_config.reward_mode,
-             final_obs_keys=final_obs_keys, **kwargs)
+             final_obs_keys=final_obs_keys, on_demand_keys=tuple(on_demand_keys), **kwargs)
 
 
 __all__ = ["ENV_NAMES", "FRAME_SIZE_KWARGS", "OBSERVATION_KEYS", "OPTIONAL_OBSERVATIONS",

@@ -23,13 +23,23 @@ boundary and ManiSkill's semantics:
   bootstrapping on truncation), holding only the keys ``final_obs_keys`` names (the envs take
   them as an argument: the student's, whose value bootstraps ended episodes; an image there may
   cost a second render). Where no episode ended ``final_obs`` equals ``obs`` on those keys.
+- observations on demand: the keys ``on_demand_keys`` names (the envs take them as an argument:
+  the teacher's keys that the student does not read, e.g. its camera beside a state student,
+  under a teacher budget, ``rpd_jax/budget.py``) are observed only for the envs that a step
+  asks for: ``step(action, on_demand)`` with bool ``on_demand`` [B] (numpy) fills them in the
+  returned ``obs`` where it is True and leaves zeros (of their spec) elsewhere, so that skipped
+  rows skip their work (a render); ``step(action)`` observes every env. ``reset``, ``render``
+  and ``final_obs`` are not affected. The ManiSkill bridge renders its camera only where some
+  env asks (on the GPU one render of the batch, in CPU workers one per asking worker); the
+  pure-JAX env zeroes the rows (its rendering is one cheap fused XLA computation).
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
 
 import jax
+import numpy as np
 
 from rpd_jax.errors import RunError
 
@@ -63,13 +73,16 @@ class VecEnv(Protocol):
   jax_native: bool  # its state is JAX arrays (see the module doc)
   sim_backend: str  # "jax", "physx_cpu", "physx_cuda", ...
   final_obs_keys: tuple[str, ...]
+  on_demand_keys: tuple[str, ...]  # observed only where a step asks (see the module doc)
   # Per-env shapes and dtypes of the observation dict, without the batch dim.
   observation_spec: dict[str, jax.ShapeDtypeStruct]
 
   def reset(self, seed: int) -> Observation:
     ...
 
-  def step(self, action: jax.Array) -> StepResult:
+  def step(self, action: jax.Array, on_demand: Optional[np.ndarray] = None) -> StepResult:
+    """Steps every env with ``action`` [B, A]; ``on_demand`` bool [B] (None: all): the envs
+    whose returned ``obs`` holds the ``on_demand_keys`` (zeros elsewhere)."""
     ...
 
   def render(self) -> jax.Array:

@@ -62,15 +62,17 @@ class FactoryVecEnv:
   jax_native = False
 
   def __init__(self, num_envs: int, seed: int, reward_mode: str = "normalized_dense",
-               final_obs_keys: Optional[Sequence[str]] = None, **kwargs):
+               final_obs_keys: Optional[Sequence[str]] = None,
+               on_demand_keys: Sequence[str] = (), **kwargs):
+    del on_demand_keys  # a factory's env observes every key at every step (on_demand_keys=())
     make = load(kwargs)
     options = {k: v.to_dict() if isinstance(v, ml_collections.ConfigDict) else v
                for k, v in kwargs.items() if k != "factory"}
     env = make(num_envs=num_envs, seed=seed, reward_mode=reward_mode,
                final_obs_keys=final_obs_keys, **options)
     where = f"config.env.kwargs.factory={kwargs['factory']!r}"
-    if not isinstance(env, base.VecEnv):
-      missing = [n for n in _CONTRACT if getattr(env, n, None) is None]
+    missing = [n for n in _CONTRACT if getattr(env, n, None) is None]
+    if missing:
       raise ConfigError(f"{where} returned a {type(env).__name__} without "
                         f"{', '.join(missing)}: it must return a VecEnv (rpd_jax/envs/base.py)")
     if env.num_envs != num_envs:
@@ -80,6 +82,7 @@ class FactoryVecEnv:
     self.max_episode_steps = int(env.max_episode_steps)
     self.sim_backend, self.final_obs_keys = env.sim_backend, tuple(env.final_obs_keys)
     self.observation_spec = dict(env.observation_spec)
+    self.on_demand_keys: tuple[str, ...] = ()
 
   @property
   def holds_state(self) -> bool:
@@ -94,7 +97,8 @@ class FactoryVecEnv:
   def reset(self, seed: int) -> base.Observation:
     return self._env.reset(seed)
 
-  def step(self, action) -> base.StepResult:
+  def step(self, action, on_demand=None) -> base.StepResult:
+    del on_demand  # every env observes everything (no on-demand keys)
     return self._env.step(action)
 
   def render(self):
@@ -104,7 +108,8 @@ class FactoryVecEnv:
     self._env.close(terminate=terminate)
 
 
-# What a VecEnv has (base.VecEnv), named where a factory's env lacks some.
+# What a VecEnv has (base.VecEnv), named where a factory's env lacks some; on_demand_keys is
+# optional (a factory's env observes every key at every step).
 _CONTRACT = ("num_envs", "action_dim", "max_episode_steps", "holds_state", "jax_native",
              "sim_backend", "final_obs_keys", "observation_spec", "reset", "step", "render",
              "close")

@@ -89,8 +89,12 @@ class GymnasiumVecEnv:
     obs, _ = self._env.reset(seed=[seed + i for i in range(self.num_envs)])
     return {k: self._jax(v) for k, v in self._obs(obs).items()}
 
-  def step(self, action) -> base.StepResult:
-    """Steps with float32 action [B, A] in [-1, 1] (clipped, then scaled to the Box)."""
+  on_demand_keys: tuple[str, ...] = ()  # every key observed at every step
+
+  def step(self, action, on_demand=None) -> base.StepResult:
+    """Steps with float32 action [B, A] in [-1, 1] (clipped, then scaled to the Box);
+    ``on_demand`` is ignored (no on-demand keys)."""
+    del on_demand
     unit = np.clip(np.asarray(action, np.float32).reshape(self.num_envs, -1), -1.0, 1.0)
     scaled = self._low + (unit + 1.0) * 0.5 * (self._high - self._low)
     obs, reward, terminated, truncated, info = self._env.step(

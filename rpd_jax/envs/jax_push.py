@@ -223,6 +223,13 @@ def _batched_render(params: PushParams, state: PushState) -> jax.Array:
   return jax.vmap(functools.partial(render, params))(state)
 
 
+@jax.jit
+def _only_rows(rows: jax.Array, obs: Observation) -> Observation:
+  """obs [B, ...] where ``rows`` bool [B] is True, zeros elsewhere."""
+  return jax.tree.map(lambda x: jnp.where(rows.reshape((-1,) + (1,) * (x.ndim - 1)), x, 0)
+                      .astype(x.dtype), obs)
+
+
 class JaxPushVecEnv:
   """``num_envs`` pushing envs behind the VecEnv protocol, stepped by one jitted batched call."""
 
@@ -232,9 +239,11 @@ class JaxPushVecEnv:
   sim_backend = "jax"
 
   def __init__(self, num_envs: int, seed: int = 0, reward_mode: str = "normalized_dense",
-               final_obs_keys: Optional[Sequence[str]] = None, **kwargs):
+               final_obs_keys: Optional[Sequence[str]] = None,
+               on_demand_keys: Sequence[str] = (), **kwargs):
     """``kwargs`` override PushParams fields (obs_mode, image_size, max_delta, ...);
-    ``final_obs_keys``: the keys of ``StepResult.final_obs`` (None: all)."""
+    ``final_obs_keys``: the keys of ``StepResult.final_obs`` (None: all); ``on_demand_keys``:
+    keys observed only where ``step`` asks (``base``'s module doc; here zeroed elsewhere)."""
     unknown = set(kwargs) - {f.name for f in dataclasses.fields(PushParams)}
     if unknown:
       raise ConfigError(f"config.env.kwargs.{sorted(unknown)[0]} is not an option of the "
@@ -250,16 +259,26 @@ class JaxPushVecEnv:
     obs = self.reset(seed)
     self.observation_spec = spec_of(obs)
     self.final_obs_keys = tuple(k for k in obs if final_obs_keys is None or k in final_obs_keys)
+    unknown = sorted(set(on_demand_keys) - set(obs))
+    if unknown:
+      raise ValueError(f"on_demand_keys has {unknown[0]!r}, which this env does not observe "
+                       f"(it gives {', '.join(obs)})")
+    self.on_demand_keys = tuple(on_demand_keys)
 
   def reset(self, seed: int) -> Observation:
     keys = jax.random.split(jax.random.key(seed), self.num_envs)
     self.state, obs = _batched_reset(self.params, keys)
     return obs
 
-  def step(self, action: jax.Array) -> StepResult:
+  def step(self, action: jax.Array, on_demand: Optional[np.ndarray] = None) -> StepResult:
     chex.assert_shape(action, (self.num_envs, ACTION_DIM))
     self.state, result = _batched_step(self.params, self.state, action)
-    return result._replace(final_obs={k: result.final_obs[k] for k in self.final_obs_keys})
+    obs = result.obs
+    if on_demand is not None and self.on_demand_keys:
+      obs = {**obs, **_only_rows(np.asarray(on_demand, bool),
+                                 {k: obs[k] for k in self.on_demand_keys})}
+    return result._replace(obs=obs,
+                           final_obs={k: result.final_obs[k] for k in self.final_obs_keys})
 
   def render(self) -> jax.Array:
     return _batched_render(self.params, self.state)

@@ -18,7 +18,10 @@ scripted teachers) whatever the student sees, and ``_Sim`` adds the camera itsel
   policy would get on a real robot.
 - ``rgb``: uint8 [B, H, W, 3] from the ``human`` render camera (the paper's 256x256 view, which
   shows goal markers such as PickCube's hidden goal sphere) or ManiSkill's ``sensor`` camera,
-  rendered ONCE per step, after ended episodes were reset.
+  rendered ONCE per step, after ended episodes were reset; where ``rgb`` is an on-demand key
+  (the teacher's camera under a teacher budget, ``base``'s module doc), only on the steps where
+  some env asks for it (the GPU batch renders whole, zeroing the envs that did not ask; a CPU
+  worker renders only when its env asks).
 - ``privileged``: float32 [B, P], ManiSkill's flat ``state`` observation.
 - ``qpos``, ``qvel``: float32 [B, J], the robot's joint positions and velocities (ManiSkill's
   joint order; the Panda's 7 arm joints and 2 fingers), and ``tcp_pose``: float32 [B, 7], the
@@ -211,7 +214,8 @@ class _Sim:
 
   def __init__(self, env: gym.Env, obs_mode: str, camera: str, image_size: int,
                final_obs_keys: Optional[Sequence[str]], ignore_terminations: bool,
-               wrist_image_size: Optional[int] = None):
+               wrist_image_size: Optional[int] = None,
+               on_demand_keys: Sequence[str] = ()):
     self.env, self.base = env, env.unwrapped
     self.num_envs = self.base.num_envs
     self.device = self.base.device
@@ -231,6 +235,11 @@ class _Sim:
     keys = tuple(self.observation_space.spaces)
     self.final_obs_keys = keys if final_obs_keys is None else tuple(
         k for k in keys if k in final_obs_keys)
+    unknown = sorted(set(on_demand_keys) - set(keys))
+    if unknown:
+      raise ValueError(f"on_demand_keys has {unknown[0]!r}, which obs_mode={obs_mode!r} does "
+                       f"not give (it gives {', '.join(keys)})")
+    self.on_demand_keys = tuple(on_demand_keys)
 
   def frames(self) -> torch.Tensor:
     """uint8 [B, H, W, 3]: the camera's view of the current state (one render)."""
@@ -239,10 +248,17 @@ class _Sim:
     # The sensor camera, rendered on demand (ManiSkill hides its hidden objects from it).
     return self.base.get_sensor_images()["base_camera"]["rgb"]
 
-  def observe(self, state: torch.Tensor, keys: Sequence[str]) -> dict[str, torch.Tensor]:
+  def observe(self, state: torch.Tensor, keys: Sequence[str],
+              on_demand: Optional[torch.Tensor] = None) -> dict[str, torch.Tensor]:
     """The obs dict restricted to ``keys`` from ManiSkill's flat state [B, D]; renders the
-    camera only where ``keys`` has ``rgb``."""
+    camera only where ``keys`` has ``rgb``. ``on_demand`` bool [B] (None: all): the envs
+    whose ``on_demand_keys`` are observed, zeros elsewhere (no render where none is)."""
     privileged = state.float().contiguous()
+    # An image only the teacher reads, asked by no env this step: zeros instead of a render.
+    skip = lambda key: (on_demand is not None and key in self.on_demand_keys
+                        and not bool(on_demand.any()))
+    blank = lambda key: torch.zeros((self.num_envs,) + self.observation_space[key].shape,
+                                    dtype=torch.uint8, device=self.device)
     out = {}
     if "privileged" in keys:
       out["privileged"] = privileged
@@ -250,10 +266,16 @@ class _Sim:
       out["state"] = (privileged if self._obs_mode == "state"
                       else privileged[:, :self._proprio_dim].contiguous())
     if "rgb" in keys:
-      out["rgb"] = self.frames().contiguous()
+      out["rgb"] = blank("rgb") if skip("rgb") else self.frames().contiguous()
     out.update({k: v for k, v in robot_state(self.env).items() if k in keys})
     if "rgb_wrist" in keys:
-      out["rgb_wrist"] = wrist_image(self.env).contiguous()
+      out["rgb_wrist"] = (blank("rgb_wrist") if skip("rgb_wrist")
+                          else wrist_image(self.env).contiguous())
+    if on_demand is not None:
+      for key in self.on_demand_keys:
+        if key in out:
+          rows = on_demand.reshape((-1,) + (1,) * (out[key].ndim - 1))
+          out[key] = torch.where(rows, out[key], torch.zeros_like(out[key]))
     return out
 
   def reset(self, seeds: Sequence[int]) -> dict[str, torch.Tensor]:
@@ -269,8 +291,9 @@ class _Sim:
             "env_idx": torch.tensor([i], device=self.device)})
     return self.observe(state, tuple(self.observation_space.spaces))
 
-  def step(self, action: torch.Tensor):
-    """(obs, reward float32 [B], terminated, truncated, success bool [B], final_obs)."""
+  def step(self, action: torch.Tensor, on_demand: Optional[torch.Tensor] = None):
+    """(obs, reward float32 [B], terminated, truncated, success bool [B], final_obs);
+    ``on_demand`` bool [B]: see ``observe``."""
     state, reward, terminated, truncated, info = self.env.step(action)
     success = info.get("success", torch.zeros_like(truncated)).bool()
     terminated = terminated.bool() & (not self._ignore_terminations)
@@ -279,7 +302,7 @@ class _Sim:
     if done.any():
       final = self.observe(state, self.final_obs_keys)  # before the reset overwrites it
       state, _ = self.env.reset(options={"env_idx": torch.nonzero(done).flatten()})
-    obs = self.observe(state, tuple(self.observation_space.spaces))
+    obs = self.observe(state, tuple(self.observation_space.spaces), on_demand)
     if final is None:
       final_obs = {k: obs[k] for k in self.final_obs_keys}
     else:
@@ -295,7 +318,7 @@ def _make_sim(env_id: str, num_envs: int, sim_backend: str, obs_mode: str, rewar
               control_mode: str, image_size: int, camera: str, camera_variant: Optional[str],
               max_episode_steps: Optional[int], final_obs_keys: Optional[Sequence[str]],
               ignore_terminations: bool, wrist_image_size: Optional[int] = None,
-              render: bool = True) -> _Sim:
+              render: bool = True, on_demand_keys: Sequence[str] = ()) -> _Sim:
   """The batched ManiSkill env behind ``_Sim``. ``sim_backend`` may name a GPU
   (``physx_cuda:N``; its renderer then runs on the same GPU). ``render=False``: no renderer at
   all (for the spaces alone, 20x faster to build)."""
@@ -320,7 +343,7 @@ def _make_sim(env_id: str, num_envs: int, sim_backend: str, obs_mode: str, rewar
     kwargs.update(_wrist_kwargs(sensor, wrist_image_size))
   env = gym.make(env_id, **kwargs)
   return _Sim(env, obs_mode, camera, image_size, final_obs_keys, ignore_terminations,
-              wrist_image_size)
+              wrist_image_size, on_demand_keys)
 
 
 def _wrist_kwargs(sensor: dict, size: int) -> dict:
@@ -337,7 +360,9 @@ def _wrist_kwargs(sensor: dict, size: int) -> dict:
 class _Worker(gym.Env):
   """One CPU env (a ``_Sim`` of one) as a plain gymnasium env for AsyncVectorEnv: numpy in and
   out, no batch dim. It resets its own ended episodes (the vector env's autoreset is off) and
-  passes the final observation in ``info["final_obs"]``, only on steps that end an episode."""
+  passes the final observation in ``info["final_obs"]``, only on steps that end an episode.
+  Its steps observe the on-demand keys while ``on_demand`` is True (set through the vector
+  env's ``set_attr``, where it changes)."""
 
   metadata = {"render_modes": ["rgb_array"]}
   render_mode = "rgb_array"
@@ -346,6 +371,7 @@ class _Worker(gym.Env):
     self._sim = sim
     self.observation_space = sim.observation_space
     self.action_space = sim.action_space
+    self.on_demand = True
 
   @staticmethod
   def _unbatch(obs: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
@@ -354,7 +380,7 @@ class _Worker(gym.Env):
   @torch.inference_mode()
   def step(self, action: np.ndarray):
     obs, reward, terminated, truncated, success, final_obs = self._sim.step(
-        torch.from_numpy(action)[None])
+        torch.from_numpy(action)[None], torch.tensor([self.on_demand]))
     info = {"success": bool(success[0])}
     if bool(terminated[0] | truncated[0]):
       info["final_obs"] = self._unbatch(final_obs)
@@ -479,6 +505,9 @@ class ManiSkillVecEnv:
       published evaluation's fixed-step protocol.
     final_obs_keys: the keys ``StepResult.final_obs`` holds (None: all); the trainer passes the
       student's, evaluation none.
+    on_demand_keys: keys observed only for the envs a step asks for (``step(action,
+      on_demand)``; ``base``'s module doc): the teacher's camera beside a state student, under a
+      teacher budget.
     in_process: None: the GPU simulation in process, the CPU one in worker processes. True runs
       a CPU simulation of one env in this process (no worker).
     wrist_image_size: S, to render the Panda's hand camera as ``rgb_wrist`` [B, S, S, 3] (an
@@ -494,7 +523,7 @@ class ManiSkillVecEnv:
                control_mode: str = "pd_ee_delta_pose", sim_backend: str = "auto",
                max_episode_steps: Optional[int] = None, ignore_terminations: bool = False,
                final_obs_keys: Optional[Sequence[str]] = None,
-               in_process: Optional[bool] = None,
+               on_demand_keys: Sequence[str] = (), in_process: Optional[bool] = None,
                wrist_image_size: Optional[int] = None):
     for name, value, choices in (("obs_mode", obs_mode, OBS_MODES), ("camera", camera, CAMERAS),
                                  ("reward_mode", reward_mode, REWARD_MODES)):
@@ -528,7 +557,10 @@ class ManiSkillVecEnv:
                        control_mode=control_mode, image_size=image_size, camera=camera,
                        camera_variant=camera_variant, max_episode_steps=max_episode_steps,
                        final_obs_keys=final_obs_keys, ignore_terminations=ignore_terminations,
-                       wrist_image_size=wrist_image_size)
+                       wrist_image_size=wrist_image_size,
+                       on_demand_keys=tuple(on_demand_keys))
+    self.on_demand_keys = tuple(on_demand_keys)
+    self._workers_on_demand = np.ones(num_envs, bool)  # what the CPU workers observe now
     self._sim, self._cpu = None, None
     if in_process:
       backend = self.sim_backend
@@ -574,18 +606,35 @@ class ManiSkillVecEnv:
         raise self._worker_error() from e
     return {k: self._jax(v) for k, v in obs.items()}
 
-  def step(self, action: jax.Array) -> base.StepResult:
-    """Steps every env with float32 action [B, A]; ended episodes are reset inside the step."""
+  def step(self, action: jax.Array, on_demand: Optional[np.ndarray] = None) -> base.StepResult:
+    """Steps every env with float32 action [B, A]; ended episodes are reset inside the step.
+    ``on_demand`` bool [B] (None: all): the envs whose observation holds the on-demand keys."""
     if action.shape != (self.num_envs, self.action_dim):
       raise ValueError(f"action has shape {action.shape}; expected (num_envs, action_dim) = "
                        f"{(self.num_envs, self.action_dim)}")
     act = to_torch(jnp.asarray(action, jnp.float32), self._torch_device)
+    asked = None
+    if on_demand is not None and self.on_demand_keys:
+      asked = np.asarray(on_demand, bool).reshape(self.num_envs)
     if self._sim is not None:
+      rows = None if asked is None else torch.from_numpy(asked).to(self._torch_device)
       with torch.inference_mode():
-        out = self._sim.step(act)
+        out = self._sim.step(act, rows)
       self._settle()
       return self._result(*out)
+    self._tell_workers(np.ones(self.num_envs, bool) if asked is None else asked)
     return self._step_cpu(act.numpy())
+
+  def _tell_workers(self, asked: np.ndarray) -> None:
+    """Sets each CPU worker's ``on_demand`` for the coming steps, where it changed (one round
+    trip to the workers)."""
+    if np.array_equal(asked, self._workers_on_demand):
+      return
+    try:
+      self._cpu.set_attr("on_demand", [bool(a) for a in asked])
+    except (BrokenPipeError, EOFError, ConnectionError) as e:
+      raise self._worker_error() from e
+    self._workers_on_demand = asked.copy()
 
   def _settle(self) -> None:
     """Waits for the GPU simulator's and renderer's writes before JAX reads their tensors.

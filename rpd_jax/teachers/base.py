@@ -43,6 +43,9 @@ class Teacher:
   name: str = struct.field(pytree_node=False, default="teacher")
   # The simulation backend the teacher was made and measured on (teachers.records), or None.
   made_on: Optional[str] = struct.field(pytree_node=False, default=None)
+  # Frames per query: 1, or 2 where ``apply_fn`` also reads ``prev_obs`` (a teacher budget then
+  # observes the step before each labelled one too, rpd_jax/budget.py).
+  window: int = struct.field(pytree_node=False, default=1)
 
 
 def noisy_samples(mean: jax.Array, noise: jax.Array, key: jax.Array,

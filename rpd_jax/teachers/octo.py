@@ -612,7 +612,8 @@ def teacher_from_model(model: Any, language_embedding: Optional[jax.Array], *,
   }
   apply_fn = OctoApply(feed.cameras, feed.window, feed.gripper, feed.proprio,
                        feed.proprio_dim, feed.normalization_type, transformer_batch)
-  return Teacher(params=params, apply_fn=apply_fn, name=name or feed.name)
+  return Teacher(params=params, apply_fn=apply_fn, name=name or feed.name,
+                 window=feed.window)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,9 @@
 
 Records are files beside a teacher, never numbers in code: an Octo teacher's in its checkpoint
 folder (``teacher_eval.json``, ``demonstrations.json``, ``config.json``), the scripted ManiSkill
-teachers' in ``scripted_maniskill_eval.json`` here; rows of evaluations are as
+teachers' in ``scripted_maniskill_eval.json`` here, the pure-JAX push task's scripted teacher's
+in ``scripted_push_eval.json`` (``experiments/measure_push_teacher.py``, per noise and bias);
+rows of evaluations are as
 ``python -m rpd_jax.pipeline.eval_teacher`` writes them (``teacher_table.json``).
 
 Where a teacher was made:
@@ -25,6 +27,7 @@ from typing import Any, Callable, Optional
 import ml_collections
 
 SCRIPTED_EVALUATIONS = pathlib.Path(__file__).parent / "scripted_maniskill_eval.json"
+PUSH_EVALUATIONS = pathlib.Path(__file__).parent / "scripted_push_eval.json"
 
 # (file in the checkpoint folder, how to read the backend from its JSON), most direct first.
 _RECORDS: tuple[tuple[str, Callable[[Any], Optional[str]]], ...] = (
@@ -75,12 +78,15 @@ def success(teacher: ml_collections.ConfigDict, env: ml_collections.ConfigDict
             ) -> Optional[float]:
   """The success rate of the teacher of ``config.teacher`` alone on the task (and camera) of
   ``config.env``, executed as RPD queries it (one action per step), where it was measured;
-  else None. A scripted teacher's counts only at the noise it was measured with."""
-  kwargs, task = teacher.kwargs, env.kwargs.get("env_id")
+  else None. A scripted teacher's counts only at the noise (and bias) it was measured with."""
+  kwargs, task = teacher.kwargs, env.kwargs.get("env_id", env.name)
   camera = env.kwargs.get("camera_variant")
   if teacher.name == "scripted_maniskill":
     rows = [r for r in _rows(str(SCRIPTED_EVALUATIONS))
             if kwargs.get("noise") is None or r["noise"] == kwargs.get("noise")]
+  elif teacher.name == "scripted_push":
+    rows = [r for r in _rows(str(PUSH_EVALUATIONS))
+            if r["noise"] == kwargs.get("noise") and r["bias"] == kwargs.get("bias")]
   elif teacher.name == "octo":
     from rpd_jax.octo import hub  # pylint: disable=g-import-not-at-top
     try:

@@ -3,8 +3,9 @@
   python -m rpd_jax.tools.plot runs/jax_push_curves --out=curves.png [--metric=eval/success_rate]
 
 Run directories are grouped by name: ``<label>_s<seed>`` (e.g. ``rpd_mse_s0``) share the label
-``rpd_mse``. Prints a markdown table: per label, the env steps at which the seed-mean curve first
-reaches ``--target``, and the final value.
+``rpd_mse``; a run of K students (``config.num_seeds``) adds its K curves. Prints a markdown
+table: per label, the env steps at which the seed-mean curve first reaches 0.5 and ``--target``,
+the final value, the teacher's answers per student and the wall time of a run.
 """
 
 from __future__ import annotations
@@ -102,18 +103,33 @@ def curve_row(label: str, curves: list[tuple[np.ndarray, np.ndarray]], target: f
   steps, mean, std = mean_std(curves)
   per_seed = [steps_to(s, v, target) for s, v in curves]
   return dict(label=label, seeds=len(curves), steps=steps, mean=mean, std=std,
-              steps_to_target=steps_to(steps, mean, target), per_seed=per_seed,
+              steps_to_target=steps_to(steps, mean, target),
+              steps_to_half=steps_to(steps, mean, 0.5), per_seed=per_seed,
               final=float(mean[-1]), final_std=float(std[-1]), max_steps=int(steps[-1]))
+
+
+def cost(workdir: str) -> dict[str, float]:
+  """What a run spent: ``teacher_calls``, the teacher's answers per student (the sum over the
+  logged rows of ``teacher/calls_per_step`` times the env steps since the row before; 0
+  without a teacher), and ``wall_s``, the last row's ``time/elapsed_s``."""
+  calls, wall, before = 0.0, 0.0, 0
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    for line in f:
+      row = json.loads(line)
+      calls += row.get("teacher/calls_per_step", 0.0) * (row["env_steps"] - before)
+      wall, before = row.get("time/elapsed_s", wall), row["env_steps"]
+  return {"teacher_calls": calls, "wall_s": wall}
 
 
 def summarise(groups: dict[str, list[str]], metric: str, target: float) -> list[dict]:
   rows = []
   for label, runs in sorted(groups.items()):
-    curves = [read_curve(r, metric) for r in runs]
-    curves = [c for c in curves if len(c[0])]
+    curves = [c for r in runs for c in read_seed_curves(r, metric)]
     if not curves:
       continue
-    rows.append(curve_row(label, curves, target))
+    costs = [cost(r) for r in runs]
+    rows.append({**curve_row(label, curves, target),
+                 **{k: float(np.mean([c[k] for c in costs])) for k in costs[0]}})
   return rows
 
 
@@ -146,13 +162,15 @@ def plot(rows: list[dict], metric: str, out: str, reference: Optional[float], ti
 
 
 def table(rows: list[dict], metric: str, target: float) -> str:
-  lines = [f"| run | seeds | env steps to {metric} >= {target} (mean curve) | per seed | "
-           f"final {metric} (mean +- std) | steps run |", "|---|---|---|---|---|---|"]
+  lines = [f"| run | seeds | env steps to {metric} >= 0.5 / >= {target} (mean curve) | "
+           f"per seed (to {target}) | final {metric} (mean +- std) | teacher answers per "
+           "student | wall time per run | steps run |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     fmt = lambda s: "not reached" if s is None else f"{s:,}"
-    lines.append(f"| {r['label']} | {r['seeds']} | {fmt(r['steps_to_target'])} | "
-                 f"{', '.join(fmt(s) for s in r['per_seed'])} | "
-                 f"{r['final']:.3f} +- {r['final_std']:.3f} | {r['max_steps']:,} |")
+    lines.append(f"| {r['label']} | {r['seeds']} | {fmt(r['steps_to_half'])} / "
+                 f"{fmt(r['steps_to_target'])} | {', '.join(fmt(s) for s in r['per_seed'])} | "
+                 f"{r['final']:.3f} +- {r['final_std']:.3f} | {r['teacher_calls']:,.0f} | "
+                 f"{r['wall_s']:.0f} s | {r['max_steps']:,} |")
   return "\n".join(lines)
 
 

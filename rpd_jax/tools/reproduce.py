@@ -149,18 +149,6 @@ def out_dir(root: str, figure: str, scale: str) -> str:
   return os.path.join(root, f"figure{figure}_{scale}")
 
 
-def _check_override(config: ml_collections.ConfigDict, override: str) -> None:
-  key, sep, _ = override.partition("=")
-  if not sep or not key:
-    raise ConfigError(f"--set={override}: give key=value, e.g. --set=env.num_envs=8")
-  node = config
-  for part in key.split("."):
-    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
-      raise ConfigError(f"--set={override}: the config has no field {key!r}; see the "
-                        "experiment file for the fields it sets")
-    node = node[part]
-
-
 def plan(figure: str, scale: str, root: str, tasks: Optional[Sequence[str]] = None,
          seeds: Optional[int] = None, steps: Optional[int] = None,
          overrides: Sequence[str] = (), experiments: str = "experiments") -> list[Run]:
@@ -194,7 +182,7 @@ def plan(figure: str, scale: str, root: str, tasks: Optional[Sequence[str]] = No
         raise ConfigError(f"{spec} trains with distill.loss={config.distill.loss!r}, not "
                           f"{LOSSES[loss][1]}; check the variants of figure {figure}")
       for override in overrides:
-        _check_override(config, override)
+        sweep.check_override(config, override)
       config.num_seeds = seeds
       config.total_env_steps = config.total_env_steps if steps is None else steps
       workdir = os.path.join(out_dir(root, figure, scale), task, loss)

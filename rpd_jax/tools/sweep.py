@@ -5,8 +5,16 @@
 
 Each run is ``python -m rpd_jax.train`` in ``<root>/<variant>_s<seed>``, so an interrupted sweep
 picks up where it stopped (finished runs are skipped, killed ones resume). ``--parallel`` runs go
-at once. Extra ``--config.x=y`` overrides apply to every run. The plot and a table of env steps to
-``--target`` go to ``<root>/curves.png`` and ``<root>/summary.md``.
+at once. ``--set=x=y`` overrides apply to every run; ``--grid=x=v1,v2,...`` runs every variant at
+each value of one field (in ``<root>/<variant>_<field><value>_s<seed>``), e.g. the teacher budget:
+
+  python -m rpd_jax.tools.sweep --config=experiments/jax_push.py:sparse --variants=rpd_mse \
+      --grid=teacher.query_fraction=1,0.5,0.25,0.125,0.0625 --seeds=0 --set=num_seeds=3 \
+      --root=runs/budget_jax_push
+
+(one process of 3 students per value). The plot and a table of env steps to 0.5 and
+``--target``, final value, teacher answers and wall time go to ``<root>/curves.png`` and
+``<root>/summary.md``.
 """
 
 from __future__ import annotations
@@ -15,8 +23,9 @@ import os
 import subprocess
 import sys
 import time
-from typing import Sequence
+from typing import Optional, Sequence
 
+import ml_collections
 from absl import flags
 
 from rpd_jax import cli
@@ -32,17 +41,45 @@ _ROOT = flags.DEFINE_string("root", None, "Folder for the runs.", required=True)
 _PARALLEL = flags.DEFINE_integer("parallel", 1, "Runs at once.")
 _OVERRIDES = flags.DEFINE_multi_string("set", [], "Overrides for every run, e.g. "
                                        "--set=total_env_steps=300000.")
+_GRID = flags.DEFINE_string("grid", None, "One config field and the values to run every variant "
+                            "at, e.g. --grid=teacher.query_fraction=1,0.5,0.25.")
 # --target (success rate to report steps to) and --reference (the teacher's own success, drawn
 # in the plot) are rpd_jax.tools.plot's flags.
 _TARGET, _REFERENCE = plot._TARGET, plot._REFERENCE  # pylint: disable=protected-access
 
 
-def _command(variant: str, seed: str, workdir: str) -> list[str]:
+def _command(variant: str, seed: str, workdir: str, overrides: Sequence[str]) -> list[str]:
   path, _, base = _CONFIG.value.partition(":")
   variants = ",".join(filter(None, [base, variant]))
   return ([sys.executable, "-m", "rpd_jax.train", f"--config={path}:{variants}",
            f"--workdir={workdir}", f"--config.seed={seed}"] +
-          [f"--config.{o}" for o in _OVERRIDES.value])
+          [f"--config.{o}" for o in overrides])
+
+
+def check_override(config: ml_collections.ConfigDict, override: str, flag: str = "--set"
+                   ) -> None:
+  """ConfigError unless ``override`` is ``key=value`` for a field that ``config`` has."""
+  key, sep, _ = override.partition("=")
+  if not sep or not key:
+    raise ConfigError(f"{flag}={override}: give key=value, e.g. {flag}=env.num_envs=8")
+  node = config
+  for part in key.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise ConfigError(f"{flag}={override}: the config has no field {key!r}; see the "
+                        "experiment file for the fields it sets")
+    node = node[part]
+
+
+def grid(spec: Optional[str]) -> list[tuple[str, Optional[str]]]:
+  """(run name suffix, override) per value of ``--grid=field=v1,v2,...``; [("", None)]
+  without one."""
+  if not spec:
+    return [("", None)]
+  key, _, values = spec.partition("=")
+  if not key or not values or "" in values.split(","):
+    raise ConfigError(f"--grid={spec}: give field=v1,v2,..., e.g. "
+                      "--grid=teacher.query_fraction=1,0.5,0.25")
+  return [(f"_{key.split('.')[-1]}{value}", f"{key}={value}") for value in values.split(",")]
 
 
 def finished(workdir: str) -> bool:
@@ -95,16 +132,25 @@ def main() -> None:
   bad = [s for s in _SEEDS.value if not s.lstrip("-").isdigit()]
   if bad:
     raise ConfigError(f"--seeds has {bad[0]!r}, not an integer; e.g. --seeds=0,1,2")
-  # Every variant must load before any run starts (one error line for a typo, not N failures).
+  # Every variant and override must load before any run starts (one error line for a typo,
+  # not N failures).
   path, _, base = _CONFIG.value.partition(":")
+  values = grid(_GRID.value)
   for variant in _VARIANTS.value:
-    config_lib.load(f"{path}:{','.join(filter(None, [base, variant]))}")
+    config = config_lib.load(f"{path}:{','.join(filter(None, [base, variant]))}")
+    for override in _OVERRIDES.value:
+      check_override(config, override)
+    for _, override in values:
+      if override:
+        check_override(config, override, "--grid")
   os.makedirs(_ROOT.value, exist_ok=True)
   jobs = []
   for seed in _SEEDS.value:
     for variant in _VARIANTS.value:
-      workdir = os.path.join(_ROOT.value, f"{variant}_s{seed}")
-      jobs.append((_command(variant, seed, workdir), workdir))
+      for suffix, override in values:
+        workdir = os.path.join(_ROOT.value, f"{variant}{suffix}_s{seed}")
+        overrides = _OVERRIDES.value + ([override] if override else [])
+        jobs.append((_command(variant, seed, workdir, overrides), workdir))
   run_all(jobs, _PARALLEL.value)
 
   rows = plot.summarise(plot.group_runs([_ROOT.value]), "eval/success_rate", _TARGET.value)
