@@ -19,7 +19,6 @@ import numpy as np
 from rpd_jax.checkpoint import Checkpointer
 from rpd_jax.errors import ConfigError
 from rpd_jax.networks import ActorCritic, make_network
-from rpd_jax.students import Students
 
 
 class SavedStudent(NamedTuple):
@@ -53,6 +52,18 @@ def read_checkpoint(workdir: str, step: Optional[int] = None) -> tuple[int, Any]
     ckpt.close()
 
 
+def _student_params(state: Any, k: int) -> tuple[Any, int]:
+  """(student k's params, K) from a checkpoint's train state as saved (``Checkpointer.read``:
+  nested dicts of arrays; the students' layout, ``students.Students``). One student written
+  before the student axis has no leading K (its iteration counter is a scalar)."""
+  iteration = np.asarray(state["iteration"])
+  count = 1 if iteration.ndim == 0 else iteration.shape[0]
+  if not 0 <= k < count:
+    raise IndexError(f"student {k} of {count}")
+  params = state["params"]
+  return (params if iteration.ndim == 0 else jax.tree.map(lambda x: x[k], params)), count
+
+
 def saved_student(config: ml_collections.ConfigDict, checkpoint: tuple[int, Any],
                   student: int = 0) -> SavedStudent:
   """Student ``student`` of a checkpoint (``read_checkpoint``) of a run with ``config``;
@@ -60,9 +71,9 @@ def saved_student(config: ml_collections.ConfigDict, checkpoint: tuple[int, Any]
   step, tree = checkpoint
   state = tree["state"]
   try:
-    params, count = Students.saved(state, student)
+    params, count = _student_params(state, student)
   except IndexError:
-    count = Students.saved(state, 0)[1]
+    count = _student_params(state, 0)[1]
     raise ConfigError(f"--student={student}: the run trained {count} student(s) "
                       f"(config.num_seeds); pick one of 0..{count - 1}") from None
   params = jax.tree.map(np.asarray, params)

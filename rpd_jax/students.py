@@ -178,18 +178,6 @@ class Students:
 
   # ---- checkpoints
 
-  @staticmethod
-  def saved(state: Any, k: int) -> tuple[Any, int]:
-    """(student k's params, K) from a checkpoint's train state as saved (``Checkpointer.read``:
-    nested dicts of arrays). One student written before the student axis has no leading K
-    (its iteration counter is a scalar)."""
-    iteration = np.asarray(state["iteration"])
-    count = 1 if iteration.ndim == 0 else iteration.shape[0]
-    if not 0 <= k < count:
-      raise IndexError(f"student {k} of {count}")
-    params = state["params"]
-    return (params if iteration.ndim == 0 else jax.tree.map(lambda x: x[k], params)), count
-
   def legacy_checkpoints(self, tree: dict[str, Any]) -> list[tuple[Any, Callable]]:
     """(target, convert) per earlier layout of a run's checkpoint ``tree``: the train state
     without ``surpassed_at`` (written before the teacher budget; a student that has not
