@@ -23,7 +23,8 @@ import rpd_jax.octo as rpd_octo
 from rpd_jax import config as config_lib
 from rpd_jax import teachers
 from rpd_jax.errors import ConfigError
-from rpd_jax.teachers import base, inspect, octo
+from rpd_jax.pipeline import inspect
+from rpd_jax.teachers import base, octo
 
 EXT = pathlib.Path(__file__).parent / "data" / "octo_parity_ext"
 A, B, C = "ext_l1_proprio_wrist", "ext_mse_bounds", "ext_diffusion_proprio_w2"

@@ -6,7 +6,7 @@ built: every camera its image tokenizers read (``image_primary`` from ``obs["rgb
 ``config.teacher.kwargs.proprio``), its window, head, action normalisation and statistics, its
 task (instruction, or goal image). Anything the adapter cannot feed exactly is refused with one
 ConfigError naming the piece; nothing is dropped or adapted silently, and ``describe`` says how
-the checkpoint is fed (the trainer logs it; ``python -m rpd_jax.teachers.inspect`` prints it).
+the checkpoint is fed (the trainer logs it; ``python -m rpd_jax.pipeline.inspect`` prints it).
 
 One teacher call, inside the jitted PPO update, for a batch of B observations:
 
@@ -793,8 +793,9 @@ def make_teacher(checkpoint: Optional[str] = None, *, instruction: Optional[str]
                    image_key=image_key, wrist_image_key=wrist_image_key)
   tokenizer = None
   if feed.language is not None:
+    path = tokenizer_path(tokenizer_dir)  # its own ConfigError names the kwarg
     try:
-      tokenizer = text.T5Tokenizer.from_file(tokenizer_path(tokenizer_dir))
+      tokenizer = text.T5Tokenizer.from_file(path)
     except ValueError as e:  # a SentencePiece model without T5's pad and eos ids
       raise ConfigError(f"{_KWARGS}.tokenizer_dir={tokenizer_dir!r}: {e}") from e
   # Loaded in float32: the instruction is embedded once, at full precision, whatever the

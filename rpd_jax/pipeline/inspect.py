@@ -1,6 +1,6 @@
 """How an experiment would feed an Octo checkpoint, without training or reading its weights.
 
-  python -m rpd_jax.teachers.inspect --checkpoint=<folder or name> \
+  python -m rpd_jax.pipeline.inspect --checkpoint=<folder or name> \
       --config=experiments/pushcube.py[:variants] [--config.teacher.kwargs.proprio=qpos ...]
 
 Prints what the trainer logs when it builds the teacher (``rpd_jax.teachers.octo.describe``:
