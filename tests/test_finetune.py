@@ -143,20 +143,6 @@ def test_finetune_from_scratch_writes_an_octo_checkpoint_the_teacher_loads(tmp_p
   assert np.all(np.abs(np.asarray(out.action)) <= 1.0)
 
 
-def test_finetune_resumes_from_its_last_save(tmp_path):
-  folder = write_fake_demos(str(tmp_path / "d"), [6, 9])
-  workdir = str(tmp_path / "ckpt")
-  c = _smoke_config(folder)  # 6 steps, saves at 3 and 6
-  c.num_steps = 3
-  finetune.finetune(c, workdir, progress=False)
-  c.num_steps = 6
-  last = finetune.finetune(c, workdir, progress=False)
-  rows = [json.loads(l) for l in open(os.path.join(workdir, "metrics.jsonl"))]
-  assert [r["step"] for r in rows] == [2, 3, 4, 6]
-  assert last["step"] == 6
-  assert {"3", "6"} <= set(os.listdir(workdir))
-
-
 def test_finetune_from_a_pretrained_checkpoint_copies_matching_params(tmp_path,
                                                                      tiny_tokenizer_dir):
   # A "pretrained" Octo in the official layout: language input, goal images, 64x64, 1.5 config.

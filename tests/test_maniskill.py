@@ -405,10 +405,12 @@ def test_a_worker_dying_mid_run_stops_training_and_keeps_the_checkpoint(repo_roo
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2", "4"]
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+# SIGINT: Ctrl-C in a terminal reaches the trainer and its workers alike. SIGTERM's stop and
+# resume are tests/test_preemption.py's (one process) and tests/test_finetune.py's.
+@pytest.mark.parametrize("signum", [signal.SIGINT])
 def test_a_signal_to_the_process_group_stops_a_maniskill_run_without_tracebacks(
     repo_root, tmp_path, signum):
-  """Ctrl-C in a terminal, and a cluster's SIGTERM, reach the trainer and its workers alike."""
+  """Ctrl-C in a terminal reaches the trainer and its ManiSkill workers alike."""
   proc = subprocess.Popen(
       [sys.executable, "-m", "rpd_jax.train", "--config=experiments/pushcube.py:scripted,ppo",
        "--config.env.num_envs=2", "--config.ppo.num_steps=10", "--config.checkpoint_every=1000",

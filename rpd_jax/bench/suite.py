@@ -120,7 +120,7 @@ def plan(quick: bool) -> Plan:
                             "ppo.update_epochs": 2, "network.cnn_features": 32,
                             "eval_envs": 1, "eval_videos": 0},
         training_iterations=2,
-        learning=Learning(jax_push + ":sparse", ("rpd_mse", "ppo"), 25_600,
+        learning=Learning(jax_push + ":sparse", ("rpd_mse", "ppo"), 12_800,
                           {"eval_every": 2, "eval_episodes": 64, "eval_videos": 0}),
         seeds=Seeds((("state student, RPD-MSE, 16 envs x 16 steps", f"{jax_push}:rpd_mse",
                       {"env.num_envs": 16, "ppo.num_steps": 16, "ppo.num_minibatches": 4,
