@@ -36,7 +36,7 @@ boundary and ManiSkill's semantics:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Optional, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Optional, Protocol, Sequence, runtime_checkable
 
 import jax
 import numpy as np
@@ -97,6 +97,12 @@ class VecEnv(Protocol):
 def spec_of(obs: Observation) -> dict[str, jax.ShapeDtypeStruct]:
   """Per-env observation spec (batch dim dropped) of a batched observation dict."""
   return {k: jax.ShapeDtypeStruct(v.shape[1:], v.dtype) for k, v in obs.items()}
+
+
+def final_keys(keys: Sequence[str], asked: Optional[Sequence[str]]) -> tuple[str, ...]:
+  """The env's ``final_obs_keys``: those of ``keys`` (what it observes) that ``asked`` names, in
+  the env's order; all of them where ``asked`` is None."""
+  return tuple(k for k in keys if asked is None or k in asked)
 
 
 def describe(spec: dict[str, Any]) -> str:

@@ -69,9 +69,7 @@ class GymnasiumVecEnv:
     self.sim_backend = sim_backend
     self._device = devices.default_device()
     self.observation_spec = base.spec_of(self.reset(0))
-    keys = tuple(self.observation_spec)
-    self.final_obs_keys = keys if final_obs_keys is None else tuple(
-        k for k in keys if k in final_obs_keys)
+    self.final_obs_keys = base.final_keys(tuple(self.observation_spec), final_obs_keys)
 
   def _obs(self, obs) -> dict[str, np.ndarray]:
     """The vector env's batched observation as the project's dict [B, ...] (any B)."""

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from rpd_jax.envs.base import Observation, StepResult, spec_of
+from rpd_jax.envs.base import Observation, StepResult, final_keys, spec_of
 from rpd_jax.errors import ConfigError
 
 ACTION_DIM = 7
@@ -258,7 +258,7 @@ class JaxPushVecEnv:
     self.max_episode_steps = self.params.max_episode_steps
     obs = self.reset(seed)
     self.observation_spec = spec_of(obs)
-    self.final_obs_keys = tuple(k for k in obs if final_obs_keys is None or k in final_obs_keys)
+    self.final_obs_keys = final_keys(tuple(obs), final_obs_keys)
     unknown = sorted(set(on_demand_keys) - set(obs))
     if unknown:
       raise ValueError(f"on_demand_keys has {unknown[0]!r}, which this env does not observe "

@@ -182,28 +182,22 @@ def wrist_image(env: gym.Env) -> torch.Tensor:
   return camera.get_obs(rgb=True, depth=False, position=False, segmentation=False)["rgb"]
 
 
-def _extra_spaces(env: gym.Env, wrist_image_size: Optional[int]) -> dict[str, gym.Space]:
-  """The spaces of robot_state's keys and, with a wrist camera, of rgb_wrist."""
+def _observation_spaces(obs_mode: str, image_size: int, full_dim: int, proprio_dim: int,
+                        joints: int, wrist_image_size: Optional[int]) -> gym.spaces.Dict:
+  """The per-env observation spaces of the project's obs dict (see the module doc): the
+  obs_mode's keys, robot_state's, and rgb_wrist with a wrist camera."""
   box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
-  joints = int(env.unwrapped.agent.robot.get_qpos().shape[-1])
-  spaces = {"qpos": box(joints), "qvel": box(joints), "tcp_pose": box(7)}
-  if wrist_image_size:
-    spaces["rgb_wrist"] = gym.spaces.Box(0, 255, (wrist_image_size, wrist_image_size, 3),
-                                         np.uint8)
-  return spaces
-
-
-def _observation_spaces(obs_mode: str, image_size: int, full_dim: int,
-                        proprio_dim: int) -> gym.spaces.Dict:
-  """The per-env observation spaces of the project's obs dict (see the module doc)."""
-  box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
+  image = lambda size: gym.spaces.Box(0, 255, (size, size, 3), np.uint8)
   spaces = {"privileged": box(full_dim)}
   if obs_mode == "state":
     spaces["state"] = box(full_dim)
   elif obs_mode == "state_rgb":
     spaces["state"] = box(proprio_dim)
   if obs_mode != "state":
-    spaces["rgb"] = gym.spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    spaces["rgb"] = image(image_size)
+  spaces.update(qpos=box(joints), qvel=box(joints), tcp_pose=box(7))
+  if wrist_image_size:
+    spaces["rgb_wrist"] = image(wrist_image_size)
   return gym.spaces.Dict(spaces)
 
 
@@ -227,14 +221,13 @@ class _Sim:
     proprio_dim = sum(int(np.prod(v.shape[1:])) for v in proprio.values())
     space = self.base.single_observation_space
     full_dim = (space["state"] if isinstance(space, gym.spaces.Dict) else space).shape[0]
-    self.observation_space = gym.spaces.Dict({
-        **_observation_spaces(obs_mode, image_size, full_dim, proprio_dim).spaces,
-        **_extra_spaces(env, wrist_image_size)})
+    joints = int(self.base.agent.robot.get_qpos().shape[-1])
+    self.observation_space = _observation_spaces(obs_mode, image_size, full_dim, proprio_dim,
+                                                 joints, wrist_image_size)
     self.action_space = self.base.single_action_space
     self._proprio_dim = proprio_dim
     keys = tuple(self.observation_space.spaces)
-    self.final_obs_keys = keys if final_obs_keys is None else tuple(
-        k for k in keys if k in final_obs_keys)
+    self.final_obs_keys = base.final_keys(keys, final_obs_keys)
     unknown = sorted(set(on_demand_keys) - set(keys))
     if unknown:
       raise ValueError(f"on_demand_keys has {unknown[0]!r}, which obs_mode={obs_mode!r} does "
@@ -581,9 +574,7 @@ class ManiSkillVecEnv:
           fns, copy=False, context="forkserver",
           autoreset_mode=gym.vector.AutoresetMode.DISABLED)
       self.action_dim = int(np.prod(spaces[1].shape))
-      keys = tuple(spaces[0].spaces)
-      self.final_obs_keys = keys if final_obs_keys is None else tuple(
-          k for k in keys if k in final_obs_keys)
+      self.final_obs_keys = base.final_keys(tuple(spaces[0].spaces), final_obs_keys)
     # ManiSkill applies its own time limit (gym's env.spec.max_episode_steps is None).
     self.max_episode_steps = int(max_episode_steps or task.max_episode_steps)
     self.observation_spec = base.spec_of(self.reset(seed))
