@@ -1,7 +1,6 @@
 """The device suite's quick run, as CI runs it: every section measured, written and readable."""
 
 import json
-import os
 import subprocess
 import sys
 

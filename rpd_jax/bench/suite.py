@@ -35,7 +35,7 @@ import platform
 import sys
 import time
 import traceback
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import jax
 import numpy as np
