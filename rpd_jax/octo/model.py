@@ -369,6 +369,13 @@ def normalize(actions: jax.Array, statistics: Data, max_action: float) -> jax.Ar
   return jnp.clip(jnp.where(statistics["mask"], normed, actions), -max_action, max_action)
 
 
+def _mask(statistics: Data, ref: Any) -> jax.Array:
+  """bool [D]: the statistics' optional ``mask`` (dims normalised), all True where absent;
+  ``ref``: one of the statistics, for the shape."""
+  mask = statistics.get("mask")
+  return jnp.ones(np.shape(ref), bool) if mask is None else jnp.asarray(mask, bool)
+
+
 def unnormalize(actions: jax.Array, statistics: Data, normalization_type: str = "normal"):
   """Normalised actions [..., dim] -> environment units, on the dims where ``mask`` is True.
 
@@ -382,8 +389,7 @@ def unnormalize(actions: jax.Array, statistics: Data, normalization_type: str = 
   else:
     raise ValueError(f"normalization_type must be 'normal' or 'bounds', got "
                      f"{normalization_type!r}")
-  mask = statistics.get("mask")
-  mask = jnp.ones(np.shape(ref), bool) if mask is None else jnp.asarray(mask, bool)
+  mask = _mask(statistics, ref)
   actions = actions[..., :mask.shape[0]]
   if normalization_type == "normal":
     raw = actions * statistics["std"] + statistics["mean"]
@@ -407,6 +413,5 @@ def normalize_proprio(proprio: jax.Array, statistics: Data,
   else:
     raise ValueError(f"normalization_type must be 'normal' or 'bounds', got "
                      f"{normalization_type!r}")
-  mask = statistics.get("mask")
-  mask = jnp.ones(np.shape(ref), bool) if mask is None else jnp.asarray(mask, bool)
+  mask = _mask(statistics, ref)
   return jnp.where(mask, normed, proprio)
