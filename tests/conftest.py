@@ -21,6 +21,15 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs",
 
 
 @pytest.fixture
+def legacy_threefry():
+  """JAX's pre-0.5 threefry (the official Octo goldens' random streams), restored afterwards."""
+  old = jax.config.jax_threefry_partitionable
+  jax.config.update("jax_threefry_partitionable", False)
+  yield
+  jax.config.update("jax_threefry_partitionable", old)
+
+
+@pytest.fixture
 def repo_root():
   return os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
 

@@ -66,12 +66,8 @@ def subtree(golden, prefix):
   return flax.traverse_util.unflatten_dict(flat, sep="/")
 
 
-@pytest.fixture(autouse=True)
-def legacy_threefry():
-  old = jax.config.jax_threefry_partitionable
-  jax.config.update("jax_threefry_partitionable", False)
-  yield
-  jax.config.update("jax_threefry_partitionable", old)
+# The official goldens' random streams come from the pre-0.5 threefry (conftest.py).
+pytestmark = pytest.mark.usefixtures("legacy_threefry")
 
 
 def test_what_the_fine_tuning_example_checkpoint_reads():

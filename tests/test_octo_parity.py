@@ -47,13 +47,8 @@ class NormalizationType(str, enum.Enum):
   BOUNDS = "bounds"
 
 
-@pytest.fixture(autouse=True)
-def legacy_threefry():
-  """The goldens' random streams come from the pre-0.5 threefry; restored afterwards."""
-  old = jax.config.jax_threefry_partitionable
-  jax.config.update("jax_threefry_partitionable", False)
-  yield
-  jax.config.update("jax_threefry_partitionable", old)
+# The official goldens' random streams come from the pre-0.5 threefry (conftest.py).
+pytestmark = pytest.mark.usefixtures("legacy_threefry")
 
 
 @functools.lru_cache(maxsize=None)
