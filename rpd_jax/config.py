@@ -321,6 +321,15 @@ def check_observation_keys(c: ml_collections.ConfigDict, produced: Sequence[str]
             f"{envs.how_to_observe(c.env, key)}")
 
 
+def unread_keys(c: ml_collections.ConfigDict) -> tuple[str, ...]:
+  """The observation keys the env of ``c`` gives that the student does not read (() where the
+  keys are known only once the env is built: a factory's). Envs built with them as
+  ``on_demand_keys`` skip them (a render) wherever no teacher reads them: in evaluation, and in
+  training without a teacher."""
+  produced = envs.observation_keys(c.env) or ()
+  return tuple(k for k in produced if k not in c.network.obs_keys)
+
+
 def _resolve_teacher_success(c: ml_collections.ConfigDict) -> None:
   """Fills config.distill.teacher_success from the teacher's records where it is None."""
   if c.distill.teacher_success is None:

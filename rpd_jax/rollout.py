@@ -165,7 +165,8 @@ def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: in
   recorded (jit it if it computes); ``render`` fills ``Transition.frame``; ``until_done`` stops
   early once every env has ended an episode since the start. ``on_demand`` bool [T, B]: step t
   is ``env.step(action, on_demand[t])`` (the envs whose next observation holds the env's
-  ``on_demand_keys``, ``envs/base.py``); None: ``env.step(action)``. ``timings``, where given,
+  ``on_demand_keys``, ``envs/base.py``); None: none of them (the policy does not read those keys;
+  an env without any steps with ``env.step(action)``). ``timings``, where given,
   gets the seconds spent acting (the policy, waited for) and simulating (``env.step`` and
   ``render``) added to its ``"act_s"`` and ``"simulate_s"``.
 
@@ -176,6 +177,8 @@ def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: in
   ended = np.zeros(env.num_envs, bool)
   obs, prev_obs, is_first = carry.obs, carry.prev_obs, carry.is_first
   clock = {"act_s": 0.0, "simulate_s": 0.0}
+  if on_demand is None and env.on_demand_keys:
+    on_demand = np.zeros((num_steps, env.num_envs), bool)
   for t in range(num_steps):
     start = time.perf_counter()
     frame = env.render() if render else None

@@ -105,8 +105,12 @@ def _make_train_env(c: ml_collections.ConfigDict, mesh, num_students: int,
 def _budget(c: ml_collections.ConfigDict, teacher: Optional[Teacher]
             ) -> tuple[Optional[budget_lib.Budget], tuple[str, ...]]:
   """(the teacher budget, the keys the envs observe on demand): None and () where the teacher
-  labels every transition (query_fraction 1 and a constant lambda), as without a budget."""
-  if teacher is None or (c.teacher.query_fraction == 1 and c.distill.schedule == "constant"):
+  labels every transition (query_fraction 1 and a constant lambda), as without a budget; None
+  and every key the student does not read without a teacher (PPO: nothing renders a camera
+  that only a teacher would read)."""
+  if teacher is None:
+    return None, config_lib.unread_keys(c)
+  if c.teacher.query_fraction == 1 and c.distill.schedule == "constant":
     return None, ()
   plan = budget_lib.Budget(c.ppo.num_steps, c.teacher.query_fraction, teacher.window,
                            c.env.num_envs)
@@ -307,7 +311,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
           if last or iteration % c.eval_every == 0:
             eval_env = eval_env or make_env(evaluate_lib.env_config(c),
                                             c.num_seeds * c.eval_envs, seed=c.seed + 1,
-                                            final_obs_keys=())
+                                            final_obs_keys=(),
+                                            on_demand_keys=config_lib.unread_keys(c))
             last_eval = evaluate(run, eval_env, state, iteration)
             summary.update(last_eval)
             if run.budget is not None and c.distill.schedule == "surpass":

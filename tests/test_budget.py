@@ -46,3 +46,30 @@ def test_the_plan_labels_asking_students_and_observes_what_the_teacher_reads():
   # Where the next rollout labels its step 0 (iteration 5's does), the last step observes it.
   np.testing.assert_array_equal(plan.plan(4, asking)[1][7], rows)
   assert plan.calls_per_step == 0.25
+
+
+def test_keys_no_one_reads_are_never_observed(tmp_path):
+  """Without a teacher (PPO), and in every evaluation, the env's keys that the student does not
+  read (a teacher's camera beside a state student) are on demand and never asked for."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from rpd_jax import config as config_lib  # pylint: disable=g-import-not-at-top
+  from rpd_jax import rollout, trainer  # pylint: disable=g-import-not-at-top
+  from rpd_jax.envs import make_env  # pylint: disable=g-import-not-at-top
+  c = config_lib.load("experiments/jax_push.py:smoke,ppo")
+  config_lib.validate(c)
+  assert config_lib.unread_keys(c) == ("privileged",) and c.network.obs_keys == ("state",)
+  run, _, carry, _ = trainer.build(c, str(tmp_path), teacher=None)
+  try:
+    assert run.budget is None and run.env.on_demand_keys == ("privileged",)
+    policy = lambda obs, prev_obs, is_first, key: (
+        jnp.zeros((obs["state"].shape[0], run.env.action_dim)), {})
+    _, obs, _ = rollout.run(run.env, policy, carry, jax.random.key(0), 3, keep=lambda t: t.obs)
+    assert not np.asarray(obs["privileged"][1:]).any()  # obs[0] is the reset's, observed whole
+    assert np.asarray(obs["state"]).any()
+  finally:
+    run.env.close()
+  eval_env = make_env(c.env, 2, seed=1, final_obs_keys=(), on_demand_keys=("privileged",))
+  _, obs, _ = rollout.run(eval_env, policy, rollout.reset(eval_env, 5), jax.random.key(0), 2,
+                          keep=lambda t: t.obs)
+  assert not np.asarray(obs["privileged"][1:]).any()

@@ -63,11 +63,18 @@ def one_device(tmp_path_factory):
   return _metrics(workdir)
 
 
-def test_two_devices_in_one_process_learn_as_one(repo_root, tmp_path, one_device):
-  _train(repo_root, tmp_path, "--config.mesh.data=2",
-         env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
-  metrics = _metrics(tmp_path)
-  _assert_same_learning(one_device, metrics)
+def test_two_devices_in_one_process_learn_as_one_under_a_teacher_budget(repo_root, tmp_path):
+  """With a teacher budget (4 of 16 steps labelled, the teacher's keys observed on demand):
+  the labelled steps and the on-demand masks are split over the devices like the envs. (The
+  two-process test below runs without one.)"""
+  budget = "--config.teacher.query_fraction=0.25"
+  _train(repo_root, tmp_path / "one", budget)
+  proc = _train(repo_root, tmp_path / "two", budget, "--config.mesh.data=2",
+                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+  assert "teacher budget: 4 of 16 steps per rollout labelled" in proc.stderr
+  metrics = _metrics(tmp_path / "two")
+  _assert_same_learning(_metrics(tmp_path / "one"), metrics)
+  assert metrics[-1]["teacher/calls_per_step"] == 0.25
   assert metrics[-1]["loss/grad_norm"] > 0 and "eval/success_rate" in metrics[-1]
 
 
@@ -122,9 +129,11 @@ def test_two_processes_each_with_its_own_maniskill_simulator(repo_root, tmp_path
   """One simulator per process (parallel.ProcessEnvs): each process steps its own ManiSkill
   env of N / 2 envs, seeded as rows of one N-env run; the first iteration's metrics equal
   those of one process with all N. (Later iterations are not compared: two identical
-  one-process ManiSkill CPU runs already differ from the second iteration on.)"""
+  one-process ManiSkill CPU runs already differ from the second iteration on.) Under a teacher
+  budget: each process observes the teacher's key (``privileged``) on the steps and rows of
+  the one plan, and the teacher labels the same transitions."""
   config = ["--config=experiments/pushcube.py:scripted,smoke", "--config.env.num_envs=2",
-            "--config.eval_envs=1"]
+            "--config.eval_envs=1", "--config.teacher.query_fraction=0.5"]
   one = tmp_path / "one"
   subprocess.run([sys.executable, "-m", "rpd_jax.train", *config, f"--workdir={one}"],
                  cwd=repo_root, check=True, capture_output=True, timeout=600)

@@ -58,7 +58,8 @@ def evaluate_run(c: ml_collections.ConfigDict, workdir: str, *, checkpoint: Opti
                             f"checkpoint{saved.iteration}_student{saved.index}")
   seed = 10_000 + saved.iteration if seed is None else seed
   from rpd_jax.envs import make_env  # pylint: disable=g-import-not-at-top  (after the checks)
-  env = make_env(evaluate_lib.env_config(c), c.eval_envs, seed=c.seed + 1, final_obs_keys=())
+  env = make_env(evaluate_lib.env_config(c), c.eval_envs, seed=c.seed + 1, final_obs_keys=(),
+                 on_demand_keys=config_lib.unread_keys(c))
   try:
     played = evaluate_lib.episodes(
         env, rollout.student_policy(saved.network, saved.params, deterministic=True),
