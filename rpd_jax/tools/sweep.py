@@ -154,7 +154,8 @@ def main() -> None:
   run_all(jobs, _PARALLEL.value)
 
   rows = plot.summarise(plot.group_runs([_ROOT.value]), "eval/success_rate", _TARGET.value)
-  title = f"{_CONFIG.value} ({len(_SEEDS.value)} seeds, mean +- std)"
+  # Seeds are curves: a run of K students (config.num_seeds) adds K.
+  title = f"{_CONFIG.value} ({max((r['seeds'] for r in rows), default=0)} seeds, mean +- std)"
   plot.plot(rows, "eval/success_rate", os.path.join(_ROOT.value, "curves.png"),
             _REFERENCE.value, title)
   summary = plot.table(rows, "eval/success_rate", _TARGET.value)
