@@ -177,7 +177,7 @@ def run(env: VecEnv, policy: Policy, carry: Carry, key: jax.Array, num_steps: in
   ended = np.zeros(env.num_envs, bool)
   obs, prev_obs, is_first = carry.obs, carry.prev_obs, carry.is_first
   clock = {"act_s": 0.0, "simulate_s": 0.0}
-  if on_demand is None and getattr(env, "on_demand_keys", ()):  # a minimal env may lack them
+  if on_demand is None and env.on_demand_keys:
     on_demand = np.zeros((num_steps, env.num_envs), bool)
   for t in range(num_steps):
     start = time.perf_counter()

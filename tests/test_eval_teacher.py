@@ -64,6 +64,7 @@ def test_evaluation_episodes_start_from_distinct_seeds():
 
   class OneStepEnv:
     num_envs, max_episode_steps = 2, 3
+    on_demand_keys = ()  # the VecEnv contract (envs/base.py): every key at every step
     seeds = []
 
     def reset(self, seed):
